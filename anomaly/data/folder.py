@@ -1,0 +1,201 @@
+"""The one on-disk data-set format (documented in README "Data-set format").
+
+    DIR/images/NAME.png|.nii|.nii.gz    2D PNG (8/16-bit) or 2D/3D NIfTI
+    DIR/masks/NAME.*                    optional lesion mask, same stem as the image
+    DIR/labels.csv                      optional: file,label[,kind,size_mm,subject,...]
+
+A 3D NIfTI is read in the project's display order (``anomaly.scan.ras_to_display``),
+so each axial slice is one sample. Labels: from labels.csv if given, else from the mask
+(any lesion pixel -> 1), else unknown (None).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anomaly.errors import DatasetError
+from anomaly.scan import display_to_ras, ras_to_display
+
+IMAGE_SUFFIXES = (".png", ".nii", ".nii.gz")
+
+
+def _stem(p: Path) -> str:
+    n = p.name
+    for s in (".nii.gz", ".nii", ".png"):
+        if n.lower().endswith(s):
+            return n[: -len(s)]
+    return p.stem
+
+
+@dataclass
+class Item:
+    name: str
+    image_path: Path
+    mask_path: Path | None = None
+    label: int | None = None
+    extras: dict = field(default_factory=dict)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """(N, H, W) float32: a PNG is (1, H, W); a NIfTI 2D/3D is (S, H, W) in display order."""
+    path = Path(path)
+    try:
+        if path.name.lower().endswith(".png"):
+            with Image.open(path) as im:
+                if im.mode in ("RGB", "RGBA", "P", "LA"):
+                    im = im.convert("L")
+                a = np.asarray(im).astype(np.float32)
+            return a[None]
+        import nibabel as nib
+
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        a = np.asarray(img.dataobj, dtype=np.float32)
+    except DatasetError:
+        raise
+    except Exception as e:
+        raise DatasetError(f"cannot read {path}: {e}") from e
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim == 4 and a.shape[3] == 1:
+        a = a[..., 0]
+    if a.ndim != 3:
+        raise DatasetError(f"{path}: expected a 2D or 3D image, got shape {a.shape}")
+    return ras_to_display(a).astype(np.float32)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    return read_image(path) > 0
+
+
+def read_folder(root: Path) -> list[Item]:
+    """Items of a data-set folder, validated; ``DatasetError`` names the offending file."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"data folder {root} does not exist")
+    img_dir = root / "images"
+    if not img_dir.is_dir():
+        raise DatasetError(f"{root} has no images/ folder (see README, 'Data-set format')")
+    images = sorted(p for p in img_dir.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    if not images:
+        raise DatasetError(f"{img_dir} holds no .png, .nii or .nii.gz images")
+    masks = {}
+    if (root / "masks").is_dir():
+        masks = {_stem(p): p for p in (root / "masks").iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)}
+    labels: dict[str, dict] = {}
+    csv_path = root / "labels.csv"
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "file" not in reader.fieldnames or "label" not in reader.fieldnames:
+                raise DatasetError(f"{csv_path} must have the columns file,label")
+            for row in reader:
+                labels[_stem(Path(row["file"]))] = row
+    items = []
+    for p in images:
+        stem = _stem(p)
+        row = labels.get(stem, {})
+        label = None
+        if row.get("label", "") != "":
+            try:
+                label = int(float(row["label"]))
+            except ValueError:
+                raise DatasetError(f"{csv_path}: label of {row['file']} is not 0 or 1: {row['label']!r}") from None
+        extras = {k: v for k, v in row.items() if k not in ("file", "label")}
+        items.append(Item(stem, p, masks.get(stem), label, extras))
+    return items
+
+
+@dataclass
+class Sample:
+    """One 2D sample: a slice of an item."""
+
+    item: Item
+    index: int
+    image: np.ndarray
+    mask: np.ndarray | None
+    label: int | None
+
+
+def iter_samples(root: Path):
+    """Yield every 2D ``Sample`` of a folder (one per PNG, one per slice of a volume)."""
+    for item in read_folder(root):
+        img = read_image(item.image_path)
+        mask = None
+        if item.mask_path is not None:
+            mask = read_mask(item.mask_path)
+            if mask.shape != img.shape:
+                raise DatasetError(
+                    f"mask {item.mask_path} has shape {mask.shape[1:]}x{mask.shape[0]} slices but image "
+                    f"{item.image_path} has {img.shape[1:]}x{img.shape[0]}: they must match"
+                )
+        for i in range(img.shape[0]):
+            m = mask[i] if mask is not None else None
+            if m is not None:
+                label = int(m.any())
+            elif img.shape[0] == 1:
+                label = item.label
+            else:
+                label = None if item.label is None else (0 if item.label == 0 else None)
+            yield Sample(item, i, img[i], m, label)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_image(root: Path, name: str, image: np.ndarray, spacing=(1.0, 1.0, 1.0), scale: float | None = None) -> Path:
+    """2D -> 16-bit PNG (intensities x ``scale``, default so that the max is 60000); 3D (S,H,W) -> NIfTI."""
+    d = Path(root) / "images"
+    d.mkdir(parents=True, exist_ok=True)
+    return _write(d, name, image, spacing, scale, is_mask=False)
+
+
+def write_mask(root: Path, name: str, mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    d = Path(root) / "masks"
+    d.mkdir(parents=True, exist_ok=True)
+    return _write(d, name, np.asarray(mask) > 0, spacing, None, is_mask=True)
+
+
+def _write(d: Path, name: str, a: np.ndarray, spacing, scale, is_mask: bool) -> Path:
+    a = np.asarray(a)
+    if a.ndim == 2:
+        if is_mask:
+            out = (a > 0).astype(np.uint8) * 255
+        else:
+            s = scale if scale is not None else 60000.0 / max(float(a.max()), 1e-6)
+            out = np.clip(np.round(a.astype(np.float64) * s), 0, 65535).astype(np.uint16)
+        p = d / f"{name}.png"
+        Image.fromarray(out).save(p)
+        return p
+    if a.ndim != 3:
+        raise DatasetError(f"cannot write an array of shape {a.shape}")
+    import nibabel as nib
+
+    ds, dh, dw = spacing
+    affine = np.diag([dw, dh, ds, 1.0])
+    data = display_to_ras(a.astype(np.uint8) if is_mask else a.astype(np.float32))
+    # RAS+ canonical: rows/cols were flipped for display, so the array here is RAS already
+    p = d / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(p))
+    return p
+
+
+def write_labels(root: Path, rows: list[dict]) -> Path:
+    """labels.csv with columns file,label then any extra keys (union, in first-seen order)."""
+    cols = ["file", "label"]
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    p = Path(root) / "labels.csv"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    return p

@@ -1,0 +1,152 @@
+"""The method interface, its one result type and the registry (a contract; see docs/contracts.md).
+
+A method is one module (or package) in ``anomaly.methods`` that subclasses
+``AnomalyMethod`` and decorates it with ``@register``. Adding a method touches
+nothing else: the registry discovers every module of this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from anomaly.errors import UnknownMethodError
+
+CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+@dataclass
+class MethodOutput:
+    """What every method returns for a batch of N preprocessed slices (model space, S x S).
+
+    pseudo_healthy: (N, S, S) reconstruction, or None (feature-space methods);
+    residual: (N, S, S) raw anomaly map (>= 0, higher = more anomalous), before the
+    shared post-processing; image_score: (N,) a method's own image score, or None to
+    derive it from the post-processed map; extra_maps: named (N, S, S) maps such as
+    DDAD's ``intra_discrepancy`` or an ``uncertainty`` map.
+    """
+
+    pseudo_healthy: np.ndarray | None
+    residual: np.ndarray
+    image_score: np.ndarray | None = None
+    extra_maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class AnomalyMethod:
+    """Base class. Subclasses set the class attributes and implement ``predict``.
+
+    ``predict(images, masks, seed)`` takes images (N, S, S) float32 normalised by
+    ``anomaly.preprocess`` and brain masks (N, S, S) bool, and returns a ``MethodOutput``.
+    Stochastic methods must be deterministic for a given ``seed``.
+    Training lives in ``fit`` (a classmethod) so the nn.Module stays free of glue.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = False
+    on_demand: ClassVar[bool] = False  # slow methods run per slice on request in the app
+
+    def __init__(self, checkpoint_dir: Path | None = None):
+        from anomaly.checkpoints import load_card
+
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINT_ROOT / self.name
+        self.card: dict = load_card(self.checkpoint_dir)
+        self.load()
+
+    def load(self) -> None:
+        """Load weights from ``self.checkpoint_dir`` (called once)."""
+
+    def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
+        raise NotImplementedError
+
+    @property
+    def calibration(self):
+        from anomaly.calibration import Calibration
+
+        cal = self.card.get("calibration")
+        return Calibration.from_dict(cal) if cal else None
+
+    @property
+    def checkpoint_hash(self) -> str:
+        return str(self.card.get("checkpoint_hash", "none"))
+
+
+_REGISTRY: dict[str, type[AnomalyMethod]] = {}
+_INSTANCES: dict[tuple[str, str], AnomalyMethod] = {}
+_LOCK = threading.Lock()
+_DISCOVERED = False
+
+
+def register(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
+    """Class decorator: add a method to the registry under its lower-case ``name``."""
+    if not cls.name or cls.name != cls.name.lower():
+        raise ValueError(f"method name must be non-empty lower case, got {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import anomaly.methods as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in ("base",) and not mod.name.startswith("_"):
+            importlib.import_module(f"anomaly.methods.{mod.name}")
+    _DISCOVERED = True
+
+
+def registered_methods() -> list[str]:
+    """Every registered method name, in registration order."""
+    _discover()
+    return list(_REGISTRY)
+
+
+def method_class(name: str) -> type[AnomalyMethod]:
+    _discover()
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise UnknownMethodError(
+            f"unknown method {name!r}; registered: {', '.join(_REGISTRY) or 'none'}"
+        ) from None
+
+
+def available_methods(checkpoint_root: Path | None = None) -> list[str]:
+    """Registered methods that have a trained checkpoint (a card) under ``checkpoint_root``."""
+    root = Path(checkpoint_root) if checkpoint_root else CHECKPOINT_ROOT
+    return [n for n in registered_methods() if (root / n / "card.json").exists()]
+
+
+def get_method(name: str, checkpoint_dir: Path | None = None) -> AnomalyMethod:
+    """The method, loaded once (lazily) and cached per checkpoint folder."""
+    cls = method_class(name)
+    key = (cls.name, str(checkpoint_dir or CHECKPOINT_ROOT / cls.name))
+    with _LOCK:
+        if key not in _INSTANCES:
+            _INSTANCES[key] = cls(checkpoint_dir)
+        return _INSTANCES[key]
+
+
+def resolve_methods(spec: str, checkpoint_root: Path | None = None) -> list[str]:
+    """``all`` -> every registered method with a checkpoint; else a comma list, validated."""
+    if spec.strip().lower() == "all":
+        return available_methods(checkpoint_root)
+    names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    for n in names:
+        method_class(n)
+    return names
+
+
+def clear_cache() -> None:
+    with _LOCK:
+        _INSTANCES.clear()

@@ -1,0 +1,221 @@
+"""The one preprocessing path shared by training, evaluation, the app and batch scoring.
+
+Per slice: brain extraction -> square crop around the brain (+margin) -> resize to the
+model size (default 128x128) -> robust intensity normalisation (background level -> 0,
+99th percentile of the brain -> 1, clipped to [0, 1.5]) -> background set to 0.
+``PreparedSlices.to_original`` brings model-space maps back to the input's pixels.
+No other module crops, resizes or normalises images for a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from anomaly.errors import InvalidImageError
+
+MODEL_SIZE = 128
+CROP_MARGIN = 0.06  # fraction of the brain's extent added on each side
+MIN_BRAIN_FRACTION = 0.25  # slices with less brain than this x the largest slice are not scored
+MIN_BRAIN_PIXELS = 64
+NORM_CLIP = 1.5
+
+
+@dataclass
+class PreparedSlices:
+    """Model-ready slices and the geometry to map results back.
+
+    images: (N, S, S) float32 normalised; masks: (N, S, S) bool brain masks;
+    boxes: (N, 4) int (row0, col0, side, side) square crop in original pixels;
+    original_masks: (N, H, W) bool; valid: (N,) bool slices with enough brain to score.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+    original_shape: tuple[int, int]
+    original_masks: np.ndarray
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to_original(self, maps: np.ndarray, order: int = 1) -> np.ndarray:
+        """Model-space maps (N, S, S) -> original pixel grid (N, H, W); 0 outside the crop."""
+        maps = np.asarray(maps, dtype=np.float32)
+        h, w = self.original_shape
+        out = np.zeros((len(maps), h, w), np.float32)
+        for i, (m, (r0, c0, side, _)) in enumerate(zip(maps, self.boxes)):
+            t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
+            mode = "bilinear" if order == 1 else "nearest"
+            kw = {"align_corners": False} if mode == "bilinear" else {}
+            big = F.interpolate(t, size=(int(side), int(side)), mode=mode, **kw)[0, 0].numpy()
+            rs, cs = max(r0, 0), max(c0, 0)
+            re_, ce = min(r0 + side, h), min(c0 + side, w)
+            if re_ > rs and ce > cs:
+                out[i, rs:re_, cs:ce] = big[rs - r0 : re_ - r0, cs - c0 : ce - c0]
+        return out
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def foreground_mask(img: np.ndarray) -> np.ndarray:
+    """Classical head/brain foreground: Otsu threshold, largest component, holes filled."""
+    img = np.nan_to_num(np.asarray(img, np.float32))
+    lo, hi = np.percentile(img, [1, 99.5])
+    if hi - lo <= 1e-6:
+        return np.zeros(img.shape, bool)
+    x = np.clip((img - lo) / (hi - lo), 0, 1)
+    t = _otsu(x[x > 0.02]) if np.count_nonzero(x > 0.02) > 16 else 0.5
+    m = x > max(0.5 * t, 0.04)
+    m = ndimage.binary_opening(m, iterations=1)
+    lab, n = ndimage.label(m)
+    if n == 0:
+        return np.zeros(img.shape, bool)
+    sizes = ndimage.sum(m, lab, index=np.arange(1, n + 1))
+    m = lab == (int(np.argmax(sizes)) + 1)
+    m = ndimage.binary_closing(m, iterations=2)
+    return ndimage.binary_fill_holes(m)
+
+
+BrainExtractor = "callable (N, H, W) float32 -> (N, H, W) bool"
+_extractor = None
+
+
+def set_brain_extractor(fn) -> None:
+    """Install a brain extractor (e.g. the trained UNet); ``None`` restores the default."""
+    global _extractor
+    _extractor = fn
+
+
+def extract_brain(slices: np.ndarray) -> np.ndarray:
+    """Brain masks for (N, H, W) slices: the trained extractor if installed, else classical."""
+    global _extractor
+    if _extractor is None:
+        try:
+            from anomaly.brainmask import default_extractor
+
+            _extractor = default_extractor()
+        except Exception:  # no checkpoint: classical fallback
+            _extractor = False
+    if _extractor:
+        return _extractor(slices)
+    return np.stack([foreground_mask(s) for s in slices]) if len(slices) else np.zeros((0, 1, 1), bool)
+
+
+def informative_slices(masks: np.ndarray) -> np.ndarray:
+    """(N,) bool: slices whose brain area is at least MIN_BRAIN_FRACTION of the largest."""
+    areas = masks.reshape(len(masks), -1).sum(1)
+    if len(areas) == 0:
+        return np.zeros(0, bool)
+    return (areas >= MIN_BRAIN_FRACTION * areas.max()) & (areas >= MIN_BRAIN_PIXELS)
+
+
+def square_box(mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """Square (row0, col0, side, side) around the mask (whole image if mask is empty)."""
+    h, w = mask.shape
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        side = max(h, w)
+        return ((h - side) // 2, (w - side) // 2, side, side)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    side = int(np.ceil(max(r1 - r0, c1 - c0) * (1 + 2 * margin))) + 2
+    rc, cc = (r0 + r1) / 2, (c0 + c1) / 2
+    return (int(round(rc - side / 2)), int(round(cc - side / 2)), side, side)
+
+
+def _crop(img: np.ndarray, box: tuple[int, int, int, int], fill: float = 0.0) -> np.ndarray:
+    r0, c0, side, _ = box
+    h, w = img.shape
+    out = np.full((side, side), fill, img.dtype)
+    rs, cs, re_, ce = max(r0, 0), max(c0, 0), min(r0 + side, h), min(c0 + side, w)
+    if re_ > rs and ce > cs:
+        out[rs - r0 : re_ - r0, cs - c0 : ce - c0] = img[rs:re_, cs:ce]
+    return out
+
+
+def _resize(img: np.ndarray, size: int, mode: str = "area") -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    if mode == "area" and img.shape[0] < size:
+        mode = "bilinear"
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(t, size=(size, size), mode=mode, **kw)[0, 0].numpy()
+
+
+def normalise_intensity(img: np.ndarray, mask: np.ndarray, background: float) -> np.ndarray:
+    """(x - background) / (p99(brain) - background), clipped to [0, NORM_CLIP]."""
+    vals = img[mask]
+    hi = float(np.percentile(vals, 99)) if vals.size else float(img.max())
+    scale = hi - background
+    if not np.isfinite(scale) or scale <= 1e-6:
+        return np.zeros_like(img, np.float32)
+    return np.clip((img - background) / scale, 0.0, NORM_CLIP).astype(np.float32)
+
+
+def check_pixels(slices: np.ndarray) -> np.ndarray:
+    """Validate and clean pixel data; raise ``InvalidImageError`` with a clear message."""
+    a = np.asarray(slices)
+    if a.ndim != 3:
+        raise InvalidImageError(f"expected slices (N, H, W), got an array with shape {a.shape}")
+    if min(a.shape[1:]) < 8:
+        raise InvalidImageError(
+            f"image is {a.shape[1]}x{a.shape[2]} pixels: too small to analyse (at least 8x8 needed)"
+        )
+    a = a.astype(np.float32, copy=False)
+    finite = np.isfinite(a)
+    if not finite.any():
+        raise InvalidImageError("image holds no finite values (all NaN or infinite)")
+    if not finite.all():
+        a = np.where(finite, a, float(np.min(a[finite])))
+    if float(a.max() - a.min()) <= 1e-6:
+        raise InvalidImageError("image is constant: there is nothing to analyse")
+    return a
+
+
+def preprocess_slices(
+    slices: np.ndarray, masks: np.ndarray | None = None, size: int = MODEL_SIZE
+) -> PreparedSlices:
+    """Slices (N, H, W) of one scan -> ``PreparedSlices`` (see module docstring)."""
+    a = check_pixels(slices)
+    if masks is None:
+        masks = extract_brain(a)
+    masks = np.asarray(masks, bool)
+    background = float(np.percentile(a, 0.5))
+    n = len(a)
+    images = np.zeros((n, size, size), np.float32)
+    small = np.zeros((n, size, size), bool)
+    boxes = np.zeros((n, 4), np.int64)
+    for i in range(n):
+        box = square_box(masks[i])
+        boxes[i] = box
+        norm = normalise_intensity(a[i], masks[i], background) if masks[i].any() else np.zeros_like(a[i])
+        crop = _crop(norm * masks[i], box)
+        mcrop = _crop(masks[i].astype(np.float32), box)
+        images[i] = _resize(crop, size)
+        small[i] = _resize(mcrop, size, "bilinear") > 0.5
+    images *= small
+    return PreparedSlices(images, small, boxes, a.shape[1:], masks, informative_slices(small) if n > 1 else small.reshape(n, -1).sum(1) >= MIN_BRAIN_PIXELS)
+
+
+def preprocess_scan(scan, plane: str = "axial", indices=None, size: int = MODEL_SIZE) -> PreparedSlices:
+    """Preprocess slices of a ``Scan`` in ``plane`` (all slices if ``indices`` is None)."""
+    from anomaly.scan import plane_size
+
+    n = plane_size(scan, plane)
+    idx = range(n) if indices is None else indices
+    slices = np.stack([scan.slice(i, plane) for i in idx])
+    return preprocess_slices(slices, size=size)
