@@ -44,6 +44,15 @@ class PreparedSlices:
     def __len__(self) -> int:
         return len(self.images)
 
+    def to_model(self, arrays: np.ndarray, threshold: float | None = 0.5) -> np.ndarray:
+        """Original-grid arrays (N, H, W) (e.g. lesion masks) -> model space (N, S, S).
+
+        With ``threshold`` the result is boolean (for masks); None keeps floats."""
+        s = self.images.shape[-1]
+        out = np.stack([_resize(_crop(np.asarray(a, np.float32), tuple(b)), s, "bilinear")
+                        for a, b in zip(arrays, self.boxes)]) if len(arrays) else np.zeros((0, s, s), np.float32)
+        return out > threshold if threshold is not None else out
+
     def to_original(self, maps: np.ndarray, order: int = 1) -> np.ndarray:
         """Model-space maps (N, S, S) -> original pixel grid (N, H, W); 0 outside the crop."""
         maps = np.asarray(maps, dtype=np.float32)

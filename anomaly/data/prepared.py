@@ -1,0 +1,99 @@
+"""Load a data-set folder through the shared preprocessing, as model-ready arrays (cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from anomaly.data.folder import read_folder, read_image, read_mask
+from anomaly.preprocess import MODEL_SIZE, preprocess_slices
+
+
+@dataclass
+class PreparedSet:
+    """Preprocessed slices of a folder: images/masks (N,S,S), labels (N,) -1 unknown, lesion masks."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    lesions: np.ndarray | None = None  # (N,S,S) bool lesion masks in model space, if any
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx) -> "PreparedSet":
+        idx = np.asarray(idx)
+        return PreparedSet(self.images[idx], self.masks[idx], self.labels[idx],
+                           None if self.lesions is None else self.lesions[idx],
+                           [self.names[i] for i in idx])
+
+
+def _fingerprint(root: Path) -> str:
+    h = hashlib.sha256()
+    for sub in ("images", "masks"):
+        d = root / sub
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                st = p.stat()
+                h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    lab = root / "labels.csv"
+    if lab.exists():
+        h.update(lab.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, cache: bool = True,
+                  desc: str | None = None) -> PreparedSet:
+    """Every slice of ``root`` preprocessed (one image/volume at a time), valid slices only.
+
+    Lesion masks are carried into model space with the same crop/resize as the image.
+    Cached in ``root/.prepared-<fingerprint>.npz`` (rebuilt when files change).
+    """
+    root = Path(root)
+    cache_path = root / f".prepared-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
+    if cache and cache_path.exists():
+        z = np.load(cache_path, allow_pickle=False)
+        les = z["lesions"] if z["has_lesions"] else None
+        return PreparedSet(z["images"], z["masks"], z["labels"], les, json.loads(str(z["names"])))
+    imgs, msks, labs, less, names = [], [], [], [], []
+    any_lesion = False
+    for item in tqdm(read_folder(root), desc=desc or f"preprocess {root.name}", leave=False):
+        a = read_image(item.image_path)
+        prep = preprocess_slices(a, size=size)
+        lesion_model = np.zeros_like(prep.masks)
+        if item.mask_path is not None:
+            any_lesion = True
+            lesion_model = prep.to_model(read_mask(item.mask_path))
+        for i in range(len(a)):
+            if only_valid and not prep.valid[i]:
+                continue
+            if item.mask_path is not None:
+                lab = int(lesion_model[i].any())
+            elif item.label is not None and (len(a) == 1 or item.label == 0):
+                lab = item.label
+            else:
+                lab = -1
+            imgs.append(prep.images[i]); msks.append(prep.masks[i]); labs.append(lab)
+            less.append(lesion_model[i]); names.append(f"{item.name}:{i}")
+    s = size
+    ps = PreparedSet(
+        np.stack(imgs) if imgs else np.zeros((0, s, s), np.float32),
+        np.stack(msks) if msks else np.zeros((0, s, s), bool),
+        np.asarray(labs, np.int64),
+        np.stack(less) if (less and any_lesion) else None,
+        names,
+    )
+    if cache:
+        try:
+            np.savez_compressed(cache_path, images=ps.images, masks=ps.masks, labels=ps.labels,
+                                lesions=ps.lesions if ps.lesions is not None else np.zeros(1, bool),
+                                has_lesions=ps.lesions is not None, names=json.dumps(names))
+        except OSError:
+            pass
+    return ps

@@ -1,0 +1,259 @@
+"""Evaluation metrics: small pure functions around scikit-learn.
+
+Image level (one score per image/slice): ``image_auroc``, ``image_ap``,
+``sensitivity_at_specificity``, with ``bootstrap_ci`` for confidence intervals.
+Pixel level (maps against lesion masks, optionally only inside brain masks):
+``pixel_auroc``, ``pixel_ap``, ``best_dice``, ``dice_at_threshold`` and ``dice``.
+
+Conventions:
+
+* higher score / map value = more anomalous; label 1 = anomalous, 0 = normal;
+* an undefined metric (one class only, no pixels, empty prediction and target)
+  is ``NaN``, never an exception;
+* a pixel is predicted anomalous when its map value is strictly above the threshold
+  (``map > thr``), in ``dice_at_threshold`` and ``best_dice`` alike;
+* ``best_dice`` and ``dice_at_threshold`` are data-set-level Dice scores: true
+  positives, false positives and false negatives are summed over all images first
+  (the figure reported by e.g. Baur et al. 2021), not averaged per image.
+
+``masks``/``maps``/``brain_masks`` may be one array (N, H, W) or a sequence of arrays
+of different sizes (one per image); they are flattened and concatenated pixel-wise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+MAX_PIXELS = 5_000_000  # pixel metrics subsample (deterministically) above this many pixels
+_SUBSAMPLE_SEED = 0
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _labels_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(np.float64).ravel()
+    s = np.asarray(scores, np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    keep = np.isfinite(y) & np.isfinite(s)
+    return (y[keep] > 0).astype(np.int8), s[keep]
+
+
+def _two_classes(y: np.ndarray) -> bool:
+    return y.size > 0 and 0 < int(y.sum()) < y.size
+
+
+def _flat(arrays, dtype) -> np.ndarray:
+    if isinstance(arrays, np.ndarray):
+        return np.asarray(arrays, dtype).ravel()
+    parts = [np.asarray(a, dtype).ravel() for a in arrays]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def pixel_values(masks, maps, brain_masks=None, max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """(labels int8, values float32) of all pixels (inside ``brain_masks`` if given).
+
+    Above ``max_pixels`` pixels, a fixed-seed random subset of that size is returned
+    (deterministic: the same inputs always give the same subset).
+    """
+    if isinstance(masks, np.ndarray) and isinstance(maps, np.ndarray) and masks.shape != maps.shape:
+        raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
+    if not isinstance(masks, np.ndarray) and not isinstance(maps, np.ndarray):
+        for i, (a, b) in enumerate(zip(masks, maps)):
+            if np.shape(a) != np.shape(b):
+                raise ValueError(f"mask {i} {np.shape(a)} and map {i} {np.shape(b)} differ in shape")
+    y = _flat(masks, bool)
+    v = _flat(maps, np.float32)
+    if y.shape != v.shape:
+        raise ValueError(f"masks ({y.size} pixels) and maps ({v.size} pixels) differ in size")
+    if brain_masks is not None:
+        b = _flat(brain_masks, bool)
+        if b.shape != y.shape:
+            raise ValueError(f"brain masks ({b.size} pixels) and masks ({y.size} pixels) differ in size")
+        y, v = y[b], v[b]
+    finite = np.isfinite(v)
+    if not finite.all():
+        y, v = y[finite], v[finite]
+    if max_pixels is not None and y.size > max_pixels:
+        idx = np.sort(np.random.default_rng(_SUBSAMPLE_SEED).choice(y.size, int(max_pixels), replace=False))
+        y, v = y[idx], v[idx]
+    return y.astype(np.int8), v
+
+
+# ----------------------------------------------------------------------------- image level
+
+
+def image_auroc(labels, scores) -> float:
+    """Area under the ROC curve; NaN with only one class."""
+    y, s = _labels_scores(labels, scores)
+    if not _two_classes(y):
+        return NAN
+    return float(roc_auc_score(y, s))
+
+
+def image_ap(labels, scores) -> float:
+    """Average precision (area under the precision-recall curve, sklearn's step rule); NaN with one class."""
+    y, s = _labels_scores(labels, scores)
+    if not _two_classes(y):
+        return NAN
+    return float(average_precision_score(y, s))
+
+
+def sensitivity_at_specificity(labels, scores, specificity: float = 0.95) -> float:
+    """The highest true-positive rate over thresholds whose specificity is >= ``specificity``.
+
+    Ties in the score are never split: a threshold classifies all equal scores alike.
+    NaN with one class.
+    """
+    y, s = _labels_scores(labels, scores)
+    if not _two_classes(y):
+        return NAN
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    ok = fpr <= (1.0 - specificity) + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def bootstrap_ci(fn: Callable, labels, scores, n: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI of ``fn(labels, scores)``, resampling images.
+
+    Resamples with a single class (or a NaN metric) are skipped. Deterministic for a
+    given ``seed``. ``(nan, nan)`` when no resample is usable or ``n`` is 0.
+    """
+    y = np.asarray(labels)
+    s = np.asarray(scores, np.float64)
+    m = len(y)
+    if n <= 0 or m == 0:
+        return (NAN, NAN)
+    yb = np.asarray(y, np.float64) > 0
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(int(n)):
+        idx = rng.integers(0, m, m)
+        k = int(yb[idx].sum())
+        if k == 0 or k == m:
+            continue
+        v = fn(y[idx], s[idx])
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return (NAN, NAN)
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return (float(lo), float(hi))
+
+
+# ----------------------------------------------------------------------------- pixel level
+
+
+def pixel_auroc(masks, maps, brain_masks=None) -> float:
+    """ROC AUC over pixels (inside ``brain_masks`` if given); NaN with one class."""
+    y, v = pixel_values(masks, maps, brain_masks)
+    if not _two_classes(y):
+        return NAN
+    return float(roc_auc_score(y, v))
+
+
+def pixel_ap(masks, maps, brain_masks=None) -> float:
+    """Average precision over pixels (inside ``brain_masks`` if given); NaN with one class."""
+    y, v = pixel_values(masks, maps, brain_masks)
+    if not _two_classes(y):
+        return NAN
+    return float(average_precision_score(y, v))
+
+
+def dice(pred, target) -> float:
+    """2|P & T| / (|P| + |T|) of two boolean arrays; NaN when both are empty."""
+    p = np.asarray(pred, bool)
+    t = np.asarray(target, bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and target {t.shape} differ in shape")
+    denom = int(p.sum()) + int(t.sum())
+    if denom == 0:
+        return NAN
+    return float(2 * np.logical_and(p, t).sum() / denom)
+
+
+def _dice_counts(tp, fp, fn) -> np.ndarray:
+    tp, fp, fn = (np.asarray(x, np.float64) for x in (tp, fp, fn))
+    denom = 2 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def dice_at_threshold(masks, maps, thr: float, brain_masks=None) -> float:
+    """Data-set-level Dice of ``maps > thr`` against ``masks`` (inside ``brain_masks`` if given).
+
+    NaN when neither the prediction nor the masks hold a pixel. Uses every pixel (no subsampling).
+    """
+    y, v = pixel_values(masks, maps, brain_masks, max_pixels=None)
+    if not np.isfinite(thr):
+        return NAN
+    p = v > thr
+    t = y.astype(bool)
+    tp = int(np.count_nonzero(p & t))
+    return float(_dice_counts(tp, int(p.sum()) - tp, int(t.sum()) - tp))
+
+
+def _dice_curve_values(y: np.ndarray, v: np.ndarray, n_thresholds: int) -> tuple[np.ndarray, np.ndarray]:
+    if v.size == 0:
+        return np.zeros(0), np.zeros(0)
+    lo, hi = float(v.min()), float(v.max())
+    thr = np.linspace(lo, hi, max(int(n_thresholds), 1)) if hi > lo else np.array([lo])
+    # k(v) = number of thresholds strictly below v, so v > thr[j] exactly for j < k(v)
+    k = np.searchsorted(thr, v, side="left")
+    t = y.astype(bool)
+    pos = np.bincount(k[t], minlength=len(thr) + 1)
+    neg = np.bincount(k[~t], minlength=len(thr) + 1)
+    # pixels above thr[j] = pixels with k > j
+    tp = np.cumsum(pos[::-1])[::-1][1:]
+    fp = np.cumsum(neg[::-1])[::-1][1:]
+    fn = int(t.sum()) - tp
+    return thr, _dice_counts(tp, fp, fn)
+
+
+def dice_curve(masks, maps, n_thresholds: int = 100, brain_masks=None) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds, data-set-level Dice at each threshold) for ``n_thresholds`` evenly spaced
+    thresholds from the lowest to the highest map value (prediction: ``map > threshold``).
+
+    Vectorised: each pixel is binned once by ``searchsorted`` and the per-bin counts are
+    accumulated, so the cost is one pass over the pixels whatever ``n_thresholds`` is.
+    """
+    y, v = pixel_values(masks, maps, brain_masks, max_pixels=None)
+    return _dice_curve_values(y, v, n_thresholds)
+
+
+def best_dice_threshold(masks, maps, n_thresholds: int = 100, brain_masks=None) -> tuple[float, float]:
+    """(best data-set-level Dice over thresholds, the threshold reaching it).
+
+    ``(nan, nan)`` if the masks hold no lesion pixel.
+    """
+    y, v = pixel_values(masks, maps, brain_masks, max_pixels=None)
+    if not y.any():
+        return (NAN, NAN)
+    thr, d = _dice_curve_values(y, v, n_thresholds)
+    if d.size == 0 or not np.isfinite(d).any():
+        return (NAN, NAN)
+    i = int(np.nanargmax(d))
+    return (float(d[i]), float(thr[i]))
+
+
+def best_dice(masks, maps, n_thresholds: int = 100, brain_masks=None) -> float:
+    """Max over ``n_thresholds`` thresholds of the data-set-level Dice (the figure papers report).
+
+    An optimistic upper bound: the threshold is chosen on the test data itself. NaN if the
+    masks hold no lesion pixel.
+    """
+    return best_dice_threshold(masks, maps, n_thresholds, brain_masks)[0]
+
+
+__all__ = [
+    "image_auroc", "image_ap", "sensitivity_at_specificity", "bootstrap_ci",
+    "pixel_auroc", "pixel_ap", "dice", "best_dice", "best_dice_threshold", "dice_curve",
+    "dice_at_threshold", "pixel_values", "MAX_PIXELS",
+]
+

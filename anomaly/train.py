@@ -1,0 +1,151 @@
+"""``python -m anomaly.train METHOD --data DIR``: train a method, calibrate it, write its card.
+
+DIR is a folder in the data-set format. If it has ``train/`` and ``val_normal/`` sub-folders
+(as ``python -m anomaly.data build`` writes), those are used, and ``val_lesion/`` if present
+gives validation figures; otherwise DIR itself is the healthy training set and a
+subject-free 10% of its files (by name, deterministic) is held back for calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from anomaly import __version__
+from anomaly.calibration import fit_calibration
+from anomaly.checkpoints import load_card, save_checkpoint, write_card
+from anomaly.data.prepared import PreparedSet, load_prepared
+from anomaly.errors import AnomalyError, DatasetError
+from anomaly.methods.base import CHECKPOINT_ROOT, clear_cache, get_method, method_class
+from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
+from anomaly.scoring import run_method
+from anomaly.training import TrainConfig, set_threads
+
+
+def _as_prepared(ps: PreparedSet) -> PreparedSlices:
+    n = len(ps)
+    return PreparedSlices(ps.images, ps.masks, np.zeros((n, 4), np.int64), ps.images.shape[1:],
+                          ps.masks, np.ones(n, bool))
+
+
+def load_training_data(data: Path, train_split: str = "train", val_split: str = "val_normal"):
+    """(train, val_normal, val_lesion or None) prepared sets, normal slices only for train/val."""
+    data = Path(data)
+    if (data / train_split).is_dir():
+        train = load_prepared(data / train_split, desc="preprocess train")
+        val = load_prepared(data / val_split, desc="preprocess val") if (data / val_split).is_dir() else None
+        vl = data / "val_lesion"
+        val_lesion = load_prepared(vl, desc="preprocess val_lesion") if vl.is_dir() else None
+    else:
+        allset = load_prepared(data, desc="preprocess")
+        train, val, val_lesion = allset, None, None
+    train = train.subset(np.nonzero(train.labels != 1)[0])
+    if val is None:
+        rng = np.random.default_rng(0)
+        idx = rng.permutation(len(train))
+        k = max(1, len(train) // 10)
+        val, train = train.subset(np.sort(idx[:k])), train.subset(np.sort(idx[k:]))
+    else:
+        val = val.subset(np.nonzero(val.labels != 1)[0])
+    if len(train) == 0:
+        raise DatasetError(f"no healthy slices to train on in {data}")
+    return train, val, val_lesion
+
+
+def validation_figures(method, val_lesion: PreparedSet | None, seed: int) -> dict:
+    if val_lesion is None or len(val_lesion) == 0:
+        return {}
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    res = run_method(method, _as_prepared(val_lesion), seed=seed)
+    out: dict = {"val_lesion_slices": len(val_lesion)}
+    lab = val_lesion.labels
+    known = lab >= 0
+    if known.any() and len(set(lab[known])) == 2:
+        out["val_lesion_image_auroc"] = float(roc_auc_score(lab[known], res.scores[known]))
+    if val_lesion.lesions is not None:
+        m = val_lesion.masks
+        y = val_lesion.lesions[m]
+        if y.any():
+            out["val_lesion_pixel_ap"] = float(average_precision_score(y, res.anomaly_map[m]))
+    return out
+
+
+def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | None = None,
+          command: str | None = None) -> dict:
+    """Train, save weights + card, calibrate on val-normal; returns the card."""
+    cfg = cfg or TrainConfig()
+    set_threads()
+    cls = method_class(method)
+    out = Path(out) if out else CHECKPOINT_ROOT / cls.name
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train_set, val_set, val_lesion = load_training_data(data)
+    print(f"{cls.name}: {len(train_set)} training slices, {len(val_set)} healthy validation slices"
+          + (f", {len(val_lesion)} lesion-validation slices" if val_lesion is not None else ""), file=sys.stderr)
+    tensors, extra = cls.fit(train_set, val_set, out, cfg)
+    card = {
+        "method": cls.name,
+        "title": cls.title,
+        "paper": cls.paper,
+        "citation": cls.citation,
+        "input_size": [MODEL_SIZE, MODEL_SIZE],
+        "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / (p99 brain - background), clip [0, {NORM_CLIP}]",
+        "training_data": str(data),
+        "n_train_slices": len(train_set),
+        "n_val_normal_slices": len(val_set),
+        "command": command or f"python -m anomaly.train {cls.name} --data {data}",
+        "seed": cfg.seed,
+        "config": {k: v for k, v in vars(cfg).items()},
+        "trained_on": f"{platform.machine()} CPU ({platform.node() and 'local'}), torch threads",
+        "project_version": __version__,
+        **extra,
+    }
+    card = save_checkpoint(out, tensors, card)
+    clear_cache()
+    m = get_method(cls.name, out)
+    res = run_method(m, _as_prepared(val_set), seed=cfg.seed)
+    card["calibration"] = fit_calibration(res.anomaly_map, val_set.masks, res.scores).to_dict()
+    card["validation"] = {"ms_per_slice": res.ms_per_slice}
+    clear_cache()
+    m = get_method(cls.name, out)
+    card["validation"].update(validation_figures(m, val_lesion, cfg.seed))
+    card["total_wall_time_s"] = round(time.time() - t0, 1)
+    write_card(out, card)
+    clear_cache()
+    return load_card(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m anomaly.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method", help="registered method name (e.g. zscore, ae)")
+    p.add_argument("--data", required=True, type=Path, help="data-set folder (see README)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default checkpoints/METHOD)")
+    p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget")
+    p.add_argument("--steps", type=int, default=100_000, help="maximum optimiser steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/work/state.safetensors")
+    a = p.parse_args(argv)
+    cfg = TrainConfig(seed=a.seed, minutes=a.minutes, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                      resume=a.resume)
+    cmd = "python -m anomaly.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        card = train(a.method, a.data, a.out, cfg, command=cmd)
+    except AnomalyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    v = card.get("validation", {})
+    print(f"trained {card['method']}: checkpoint {card['checkpoint_hash']}, validation {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

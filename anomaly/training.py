@@ -1,0 +1,154 @@
+"""Training glue shared by every method: seeding, a timed loop with progress bar, resumable state.
+
+Methods keep their nn.Modules free of this; ``anomaly.train`` (the CLI) calls each
+method's ``fit`` and then calibrates and writes the card.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    minutes: float = 20.0  # wall-time budget
+    max_steps: int = 100_000
+    batch_size: int = 32
+    lr: float = 1e-3
+    resume: bool = False
+    device: str = "cpu"
+    save_every_s: float = 120.0
+    augment: bool = True
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def set_threads() -> None:
+    n = int(os.environ.get("ANOMALY_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(max(1, n))
+
+
+def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.random.Generator, augment: bool = True):
+    """Endless random mini-batches (B,1,S,S) images and masks, with light flips/shifts."""
+    n = len(images)
+    while True:
+        idx = rng.permutation(n)
+        for s in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            b = idx[s : s + batch_size]
+            x = images[b][:, None].copy()
+            m = masks[b][:, None].copy()
+            if augment:
+                flip = rng.random(len(b)) < 0.5
+                x[flip] = x[flip][..., ::-1]
+                m[flip] = m[flip][..., ::-1]
+                g = rng.uniform(0.9, 1.1, size=(len(b), 1, 1, 1)).astype(np.float32)
+                x = np.clip(x * g, 0, 1.5)
+            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m))
+
+
+class TrainLoop:
+    """A timed, resumable loop: ``for step in loop: ...; loop.log(loss=...)``.
+
+    Saves ``state.safetensors`` (model + optimiser tensors flattened) in ``work_dir``
+    every ``save_every_s`` and at the end; with ``resume`` it continues from it.
+    """
+
+    def __init__(self, cfg: TrainConfig, work_dir: Path, modules: dict[str, torch.nn.Module],
+                 optimizers: dict[str, torch.optim.Optimizer], desc: str = "train"):
+        self.cfg, self.work_dir, self.modules, self.optimizers = cfg, Path(work_dir), modules, optimizers
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.step = 0
+        self.elapsed_before = 0.0
+        self.history: list[dict] = []
+        if cfg.resume:
+            self._load()
+        self.desc = desc
+
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "state.safetensors"
+
+    def _flat(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, m in self.modules.items():
+            for k, v in m.state_dict().items():
+                out[f"model.{name}.{k}"] = v
+        for name, o in self.optimizers.items():
+            sd = o.state_dict()
+            for pid, st in sd["state"].items():
+                for k, v in st.items():
+                    t = v if torch.is_tensor(v) else torch.tensor(v)
+                    out[f"optim.{name}.{pid}.{k}"] = t.reshape(-1) if t.ndim == 0 else t
+        out["meta.step"] = torch.tensor([self.step])
+        out["meta.elapsed"] = torch.tensor([self.elapsed_before + self._run_time()], dtype=torch.float64)
+        return out
+
+    def _run_time(self) -> float:
+        return time.perf_counter() - getattr(self, "_t0", time.perf_counter())
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in self._flat().items()}, str(tmp))
+        tmp.replace(self.state_path)
+
+    def _load(self) -> None:
+        if not self.state_path.exists():
+            return
+        flat = load_file(str(self.state_path))
+        for name, m in self.modules.items():
+            pre = f"model.{name}."
+            m.load_state_dict({k[len(pre):]: v for k, v in flat.items() if k.startswith(pre)})
+        for name, o in self.optimizers.items():
+            sd = o.state_dict()
+            pre = f"optim.{name}."
+            for pid in list(sd["state"].keys()) or [p for g in sd["param_groups"] for p in g["params"]]:
+                st = {}
+                for k, v in flat.items():
+                    if k.startswith(f"{pre}{pid}."):
+                        key = k[len(f"{pre}{pid}.") :]
+                        st[key] = v.reshape(()) if key == "step" else v
+                if st:
+                    sd["state"][pid] = st
+            o.load_state_dict(sd)
+        self.step = int(flat["meta.step"][0])
+        self.elapsed_before = float(flat["meta.elapsed"][0])
+
+    def __iter__(self):
+        cfg = self.cfg
+        self._t0 = time.perf_counter()
+        budget = cfg.minutes * 60 - self.elapsed_before
+        last_save = time.perf_counter()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.desc, dynamic_ncols=True, mininterval=2)
+        while self.step < cfg.max_steps and self._run_time() < budget:
+            yield self.step
+            self.step += 1
+            bar.update(1)
+            if self.history and self.step % 10 == 0:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in self.history[-1].items() if k != "step"})
+            if time.perf_counter() - last_save > cfg.save_every_s:
+                self.save()
+                last_save = time.perf_counter()
+        bar.close()
+        self.save()
+
+    def log(self, **values: float) -> None:
+        self.history.append({"step": self.step, **{k: float(v) for k, v in values.items()}})
+
+    @property
+    def wall_time_s(self) -> float:
+        return self.elapsed_before + self._run_time()

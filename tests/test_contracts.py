@@ -1,0 +1,127 @@
+"""The contracts of docs/contracts.md: registry, result type, scoring path, calibration, keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomaly.calibration import Calibration, fit_calibration, volume_score
+from anomaly.errors import CheckpointError, UnknownMethodError
+from anomaly.keys import study_key
+from anomaly.methods.base import AnomalyMethod, MethodOutput, get_method, method_class, registered_methods, resolve_methods
+from anomaly.preprocess import MODEL_SIZE, preprocess_slices
+from anomaly.scoring import image_score_from_map, postprocess_residual, run_method
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_registry_names_are_lower_case_and_have_citations():
+    names = registered_methods()
+    assert {"zscore", "ae"} <= set(names)
+    for n in names:
+        cls = method_class(n)
+        assert n == n.lower() and issubclass(cls, AnomalyMethod)
+        assert cls.title and cls.paper and cls.citation
+
+
+def test_unknown_method_is_a_typed_error():
+    with pytest.raises(UnknownMethodError, match="nosuch"):
+        resolve_methods("ae,nosuch")
+
+
+def test_postprocess_masks_and_median_filters():
+    r = np.zeros((1, 32, 32), np.float32)
+    r[0, 10, 10] = 5.0  # isolated speck: removed by the 5x5 median
+    r[0, 20:26, 20:26] = 2.0  # a blob survives
+    mask = np.ones((1, 32, 32), bool)
+    mask[0, :, :4] = False
+    r[0, :, :4] = 9.0  # outside the brain: zeroed
+    out = postprocess_residual(r, mask)
+    assert out[0, 10, 10] == 0 and out[0, 23, 23] == 2.0 and out[0, :, :4].max() == 0
+
+
+def test_image_score_is_mean_of_top_percent():
+    maps = np.zeros((1, 10, 10), np.float32)
+    maps[0, 0, 0] = 7.0
+    masks = np.ones((1, 10, 10), bool)
+    assert image_score_from_map(maps, masks)[0] == pytest.approx(7.0)  # top 1% of 100 px = 1 px
+
+
+def test_calibration_percentiles_and_threshold():
+    rng = np.random.default_rng(0)
+    maps = rng.random((20, 16, 16)).astype(np.float32)
+    masks = np.ones_like(maps, bool)
+    scores = np.linspace(0, 1, 20)
+    cal = fit_calibration(maps, masks, scores)
+    assert cal.pixel_threshold == pytest.approx(np.percentile(maps, 99.5))
+    p = cal.percentile([-1, 0.5, 2])
+    assert p[0] == 0 and p[2] == 100 and 45 < p[1] < 55
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    assert volume_score(np.array([1, 5, 3]), np.array([True, False, True])) == 3
+
+
+def test_study_key_is_salted_and_stable():
+    a = study_key("1.2.3", salt="s1")
+    assert a == study_key("1.2.3", salt="s1") and a != study_key("1.2.3", salt="s2")
+    assert a.startswith("sk-") and "1.2.3" not in a
+
+
+def test_trained_methods_follow_the_result_contract(tiny_checkpoints, tiny_dataset):
+    from anomaly.data.folder import read_image
+
+    img = read_image(tiny_dataset / "test" / "images" / "l065.png")
+    prep = preprocess_slices(img)
+    assert prep.images.shape == (1, MODEL_SIZE, MODEL_SIZE)
+    for name in ("zscore", "ae"):
+        m = get_method(name, tiny_checkpoints / name)
+        assert get_method(name, tiny_checkpoints / name) is m  # loaded once, cached
+        out = m.predict(prep.images, prep.masks, seed=0)
+        assert isinstance(out, MethodOutput)
+        assert out.residual.shape == prep.images.shape and out.pseudo_healthy.shape == prep.images.shape
+        res = run_method(m, prep)
+        assert res.calibration is not None and res.calibration.pixel_threshold > 0
+        full = prep.to_original(res.calibrated_map)
+        assert full.shape == img.shape  # maps come back at the input's resolution
+        assert 0 <= res.percentiles[0] <= 100
+        card = json.loads((tiny_checkpoints / name / "card.json").read_text())
+        for key in ("method", "input_size", "normalisation", "training_data", "command", "seed", "calibration", "checkpoint_hash", "validation"):
+            assert key in card
+
+
+def test_ae_is_deterministic_and_reloads_identically(tiny_checkpoints, tiny_dataset, tmp_path):
+    from anomaly.train import train
+    from anomaly.training import TrainConfig
+
+    c1 = train("ae", tiny_dataset, tmp_path / "a", TrainConfig(seed=3, max_steps=3, batch_size=4))
+    c2 = train("ae", tiny_dataset, tmp_path / "b", TrainConfig(seed=3, max_steps=3, batch_size=4))
+    assert c1["checkpoint_hash"] == c2["checkpoint_hash"]
+
+
+def test_checkpoint_hash_mismatch_is_refused(tiny_checkpoints, tmp_path):
+    import shutil
+
+    from anomaly.methods.base import clear_cache
+
+    d = tmp_path / "zscore"
+    shutil.copytree(tiny_checkpoints / "zscore", d)
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (d / "model.safetensors").write_bytes(bytes(data))
+    clear_cache()
+    with pytest.raises(CheckpointError, match="hash"):
+        get_method("zscore", d)
+
+
+def test_residual_higher_inside_lesion_for_zscore(tiny_checkpoints, tiny_dataset):
+    from anomaly.data.folder import read_image, read_mask
+
+    img = read_image(tiny_dataset / "test" / "images" / "l065.png")
+    mask = read_mask(tiny_dataset / "test" / "masks" / "l065.png")
+    assert mask.any()
+    prep = preprocess_slices(img)
+    res = run_method(get_method("zscore", tiny_checkpoints / "zscore"), prep)
+    full = prep.to_original(res.anomaly_map)[0]
+    brain = prep.original_masks[0]
+    assert full[mask & brain].mean() > 2 * full[~mask & brain].mean()
