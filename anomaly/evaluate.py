@@ -271,7 +271,6 @@ class _MethodAcc:
     fn: int = 0
     worst_normal: list = field(default_factory=list)  # min-heap of (score, -sid, payload)
     missed: list = field(default_factory=list)  # min-heap of (-score, -sid, payload)
-    tie: int = 0
 
 
 def _push(heap: list, key: float, sid: int, payload_fn, k: int = MONTAGE_K) -> None:
@@ -400,7 +399,9 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
                             acc.fn += int(np.count_nonzero(t)) - tp
 
                     def payload(s=s, k=k, maps=maps, e=e, score=score):
-                        return {"image": s.image, "map": maps[k], "mask": s.mask, "brain": e.prep.original_masks[k],
+                        return {"image": s.image.copy(), "map": maps[k].copy(),
+                                "mask": None if s.mask is None else s.mask.copy(),
+                                "brain": e.prep.original_masks[k].copy(),
                                 "title": f"{e.item.image_path.name}" + (f" [{s.index}]" if len(e.samples) > 1 or s.index else "")
                                 + f"\nscore {score:.3g}"}
 

@@ -118,7 +118,7 @@ def test_residual_higher_inside_lesion_for_zscore(tiny_checkpoints, tiny_dataset
     from anomaly.data.folder import read_image, read_mask
 
     img = read_image(tiny_dataset / "test" / "images" / "l065.png")
-    mask = read_mask(tiny_dataset / "test" / "masks" / "l065.png")
+    mask = read_mask(tiny_dataset / "test" / "masks" / "l065.png")[0]
     assert mask.any()
     prep = preprocess_slices(img)
     res = run_method(get_method("zscore", tiny_checkpoints / "zscore"), prep)
