@@ -29,12 +29,14 @@ Bad input (missing/empty folder, unreadable file, mask of the wrong size, ...) e
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -44,8 +46,12 @@ from anomaly.calibration import fit_calibration
 from anomaly.data.folder import Item, Sample, read_folder, read_image, read_mask
 from anomaly.errors import AnomalyError, CheckpointError, DatasetError
 from anomaly.methods.base import AnomalyMethod, get_method, resolve_methods
-from anomaly.preprocess import PreparedSlices, preprocess_slices
-from anomaly.scoring import BATCH, MEDIAN_SIZE, run_method
+
+if TYPE_CHECKING:
+    from anomaly.preprocess import PreparedSlices
+
+# anomaly.preprocess / anomaly.scoring (torch) are imported where used, so that bad input
+# and --help are answered without loading torch.
 
 SCHEMA_VERSION = 1
 POSTPROCESSING = "brain mask + median filter 5x5 (anomaly.scoring)"
@@ -56,10 +62,8 @@ SIZE_BINS = (("<10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), (">=20 mm", 20.0, 
 IMAGE_METRICS = {
     "image_auroc": M.image_auroc,
     "image_ap": M.image_ap,
-    "sensitivity_at_95_specificity": lambda y, s: M.sensitivity_at_specificity(y, s, SPECIFICITY),
+    "sensitivity_at_95_specificity": functools.partial(M.sensitivity_at_specificity, specificity=SPECIFICITY),
 }
-
-assert MEDIAN_SIZE == 5, "POSTPROCESSING text is out of date"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -133,12 +137,16 @@ def _shape_text(shape) -> str:
 
 
 def _subset(prep: PreparedSlices, idx: np.ndarray) -> PreparedSlices:
+    from anomaly.preprocess import PreparedSlices
+
     return PreparedSlices(prep.images[idx], prep.masks[idx], prep.boxes[idx], prep.original_shape,
                           prep.original_masks[idx], prep.valid[idx])
 
 
 def _concat(preps: list[PreparedSlices]) -> PreparedSlices:
     """Model-space concatenation for one ``run_method`` call (original geometry is not used)."""
+    from anomaly.preprocess import PreparedSlices
+
     n = sum(len(p) for p in preps)
     return PreparedSlices(np.concatenate([p.images for p in preps]), np.concatenate([p.masks for p in preps]),
                           np.concatenate([p.boxes for p in preps]), (0, 0), np.zeros((n, 0, 0), bool),
@@ -156,6 +164,9 @@ class _Entry:
 def _chunks(items: list[Item], selection: dict[str, set[int]] | None, exclude_invalid: bool,
             skipped: list[dict], progress: bool, desc: str):
     """Yield lists of ``_Entry`` holding about ``BATCH`` slices or more (one file is never split)."""
+    from anomaly.preprocess import preprocess_slices
+    from anomaly.scoring import BATCH
+
     pending: list[_Entry] = []
     n = 0
     bar = tqdm(items, desc=desc, unit="file", disable=not progress, dynamic_ncols=True, leave=False)
@@ -297,6 +308,8 @@ def calibrate_on(val_dir: Path, methods: dict[str, AnomalyMethod], seed: int = 0
                  progress: bool = True) -> dict:
     """Calibrations recomputed on a folder of healthy images (valid slices, label != 1),
     exactly as ``anomaly.train`` calibrates: ``fit_calibration`` of post-processed maps."""
+    from anomaly.scoring import run_method
+
     items = _check_folder(val_dir, "validation")
     vals: dict[str, list[np.ndarray]] = {n: [] for n in methods}
     scores: dict[str, list[np.ndarray]] = {n: [] for n in methods}
@@ -329,6 +342,9 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     items = _check_folder(data_dir)
+    from anomaly.scoring import MEDIAN_SIZE, run_method
+
+    assert MEDIAN_SIZE == 5, "POSTPROCESSING text is out of date"
     if checkpoint_root is not None and not Path(checkpoint_root).is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoint_root} does not exist")
     if val_data is not None:
@@ -662,11 +678,14 @@ def _montage(path: Path, acc: _MethodAcc) -> bool:
             ax_ov.imshow(img, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
             mp = p["map"]
             vmax = 2 * thr if thr else max(float(np.percentile(mp[p["brain"]], 99.9)) if p["brain"].any() else 0.0, 1e-6)
-            ax_ov.imshow(np.ma.masked_where(mp <= (thr if thr else 0.25 * vmax) * 0.5, mp), cmap="inferno",
-                         alpha=0.6, vmin=0, vmax=vmax)
+            # only values above the healthy threshold (or half the display maximum if uncalibrated)
+            ax_ov.imshow(np.ma.masked_where(mp <= (thr if thr else 0.25 * vmax), mp), cmap="inferno",
+                         alpha=0.7, vmin=0, vmax=vmax)
             if p["mask"] is not None and p["mask"].any():
                 ax_ov.contour(p["mask"].astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
-            ax_ov.set_title("map" + (" (/ val threshold, 0-2)" if thr else "") + ("; cyan = lesion" if p["mask"] is not None and p["mask"].any() else ""), fontsize=6)
+            lesion = p["mask"] is not None and p["mask"].any()
+            ax_ov.set_title(("map > val threshold (colour 1-2x)" if thr else "map (uncalibrated)")
+                            + ("; cyan = lesion" if lesion else ""), fontsize=6)
     fig.suptitle(f"{acc.name}: worst false positives (top) and missed lesions (bottom)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +62,35 @@ def tiny_checkpoints(tiny_dataset, tmp_path_factory) -> Path:
     train("zscore", tiny_dataset, root / "zscore", TrainConfig(seed=0))
     train("ae", tiny_dataset, root / "ae", TrainConfig(seed=0, max_steps=25, batch_size=8))
     return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_app(tiny_checkpoints, tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(tmp_path_factory.mktemp("appdata")))
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app exited: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("app did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+

@@ -8,6 +8,7 @@ nothing else: the registry discovers every module of this package.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import threading
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 
 from anomaly.errors import UnknownMethodError
 
-CHECKPOINT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"
+CHECKPOINT_ROOT = Path(os.environ.get("ANOMALY_CHECKPOINTS", Path(__file__).resolve().parents[2] / "checkpoints"))
 
 
 @dataclass

@@ -1,0 +1,152 @@
+"""Analysis of one scan by several methods: what the app, its API and batch scoring show.
+
+``analyse(scan, methods)`` runs the one scoring path over every slice of a plane and
+returns an ``Analysis`` that can render any slice, list findings in 3D and build the
+score table, without re-running the models.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from anomaly.calibration import IMAGE_DECISION_PERCENTILE
+from anomaly.keys import study_key
+from anomaly.methods.base import get_method
+from anomaly.ood import OODVerdict, verdict
+from anomaly.preprocess import PreparedSlices, preprocess_scan
+from anomaly.render import GridRow, RenderConfig, compose_grid
+from anomaly.scan import Scan, plane_size
+from anomaly.scoring import MethodResult, run_method
+from anomaly.windowing import apply_window, window_for
+
+
+@dataclass
+class Analysis:
+    scan: Scan
+    plane: str
+    prepared: PreparedSlices
+    results: dict[str, MethodResult]
+    study_key: str
+    ood: OODVerdict
+    seconds: float
+    _full_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.prepared)
+
+    def slice_percentiles(self) -> dict[str, np.ndarray]:
+        return {n: r.percentiles for n, r in self.results.items()}
+
+    def most_anomalous_slice(self) -> int:
+        """Slice with the highest mean calibrated percentile across methods (raw score if uncalibrated)."""
+        if not self.results:
+            return self.n_slices // 2
+        p = np.nanmean([np.nan_to_num(r.percentiles, nan=0.0) for r in self.results.values()], axis=0)
+        p = np.where(self.prepared.valid, p, -1)
+        return int(np.argmax(p))
+
+    def full_map(self, method: str) -> np.ndarray:
+        """Calibrated map of every slice at the input's pixel grid (S, H, W), cached."""
+        if method not in self._full_maps:
+            self._full_maps[method] = self.prepared.to_original(self.results[method].calibrated_map)
+        return self._full_maps[method]
+
+    def pixel_area_mm2(self) -> float:
+        r, c = self.scan.slice_spacing(self.plane)
+        return r * c
+
+    def score_table(self, index: int, threshold: float = 1.0) -> list[dict]:
+        """Per method at slice ``index``: raw score, percentile, decision, area mm², ms."""
+        rows = []
+        for name, r in self.results.items():
+            pct = float(r.percentiles[index]) if r.calibration else float("nan")
+            area = float((self.full_map(name)[index] >= threshold).sum() * self.pixel_area_mm2())
+            rows.append({
+                "method": name,
+                "score": round(float(r.scores[index]), 5),
+                "percentile vs healthy": round(pct, 1) if np.isfinite(pct) else None,
+                "decision": ("anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal") if np.isfinite(pct) else "uncalibrated",
+                "area above threshold (mm²)": round(area, 1),
+                "volume score": round(r.volume_score, 5),
+                "ms per slice": round(r.ms_per_slice, 1),
+                "scored": bool(r.valid[index]),
+            })
+        return rows
+
+    def findings(self, method: str, threshold: float = 1.0, min_voxels: int = 10) -> list[dict]:
+        """Connected regions above threshold in 3D: volume (mL), slice range, peak, centre."""
+        m = self.full_map(method)
+        region = (m >= threshold) & self.prepared.original_masks
+        region[~np.asarray(self.prepared.valid, bool)] = False
+        lab, n = ndimage.label(region)
+        if n == 0:
+            return []
+        ds, dh, dw = self.scan.spacing
+        plane_sp = {"axial": (ds, dh, dw), "coronal": (dh, ds, dw), "sagittal": (dw, ds, dh)}[self.plane]
+        voxel_ml = float(np.prod(plane_sp)) / 1000.0 if self.scan.is_volume else float(np.prod(plane_sp[1:])) / 100.0
+        idx = np.arange(1, n + 1)
+        sizes = ndimage.sum(region, lab, idx)
+        peaks = ndimage.maximum(m, lab, idx)
+        out = []
+        for k, size, peak in zip(idx, sizes, peaks):
+            if size < min_voxels:
+                continue
+            zz, yy, xx = np.nonzero(lab == k)
+            out.append({
+                "method": method,
+                "volume (mL)" if self.scan.is_volume else "area (cm²)": round(size * voxel_ml, 3),
+                "slices": f"{zz.min()}-{zz.max()}",
+                "peak (x threshold)": round(float(peak), 2),
+                "centre slice": int(round(zz.mean())),
+                "centre (row, col)": f"{int(yy.mean())}, {int(xx.mean())}",
+            })
+        out.sort(key=lambda f: -f["peak (x threshold)"])
+        return out
+
+    def display_u8(self, index: int, preset: str = "auto") -> np.ndarray:
+        img = self.scan.slice(index, self.plane)
+        c, w = window_for(self.scan, preset, img)
+        return apply_window(img, c, w)
+
+    def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None):
+        """The grid image for slice ``index``."""
+        index = int(np.clip(index, 0, self.n_slices - 1))
+        img_u8 = self.display_u8(index, preset)
+        rows = []
+        for name in methods or list(self.results):
+            r = self.results[name]
+            ph = None
+            if r.pseudo_healthy is not None:
+                ph_full = self.prepared.to_original(r.pseudo_healthy[index : index + 1])[0]
+                ph = (np.clip(ph_full / 1.2, 0, 1) * 255).astype(np.uint8)
+            pct = r.percentiles[index]
+            cap = (f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy" if np.isfinite(pct)
+                   else f"score {r.scores[index]:.4f} (uncalibrated)")
+            if not r.valid[index]:
+                cap += " - slice has too little brain to score"
+            rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap))
+        r, c = self.scan.slice_spacing(self.plane)
+        plane = self.plane if self.scan.known_frame else None
+        note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
+        return compose_grid(rows, cfg, plane, aspect=r / c if c else 1.0, scale_note=note)
+
+
+def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0, checkpoint_root=None,
+            progress=None) -> Analysis:
+    """Run ``methods`` over every slice of ``scan`` in ``plane`` through the one scoring path."""
+    t0 = time.perf_counter()
+    prepared = preprocess_scan(scan, plane)
+    results = {}
+    for i, name in enumerate(methods):
+        m = get_method(name, None if checkpoint_root is None else checkpoint_root / name)
+        if progress is not None:
+            progress((i, len(methods)), desc=f"{name}: {plane_size(scan, plane)} slices")
+        results[name] = run_method(m, prepared, seed=seed)
+    key = study_key(scan.study_uid or scan.content_hash or str(hash(scan.voxels.tobytes())))
+    v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, prepared.valid)
+    return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0)

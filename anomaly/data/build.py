@@ -1,0 +1,268 @@
+"""Build the cohort: ``python -m anomaly.data build --out DIR [--subjects N] [--seed S]``.
+
+Writes, deterministically for a seed, one data-set folder per split (see docs/data.md):
+
+    train/            normal slices of pseudo-subjects of every real brain
+    val_normal/       normal slices (calibration, early stopping)
+    val_lesion/       synthetic-lesion slices + >= 40 % normal slices (tuning)
+    test/             synthetic-lesion slices + >= 40 % normal slices
+    unlabeled/        normal + lesion mixture from its own seed stream (DDAD); labels.csv
+                      has an empty ``label`` and the truth in ``truth``; no masks/
+    test_volumes/     whole pseudo-subject NIfTI volumes, some with a 3D lesion + mask
+    test_heldout/     pseudo-subjects made ONLY from the held-out real brain (with lesions)
+    train_loo/, val_normal_loo/   pseudo-subjects of every brain except the held-out one:
+                      train these to report the held-out-anatomy figure on test_heldout
+    test_domain_shift/  the real low-resolution ITK subject (never augmented), with
+                      synthetic lesions on copies of some of its slices
+
+Each split also has brainmasks/ (ground-truth brain masks of every written slice). All
+lesions are synthetic, drawn on real healthy anatomy.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from anomaly.data.cohort import Job, lesion_api, run_job
+
+SPLITS = ("train", "val_normal", "val_lesion", "test", "unlabeled", "test_volumes",
+          "test_heldout", "train_loo", "val_normal_loo", "test_domain_shift")
+_CODES = {s: i + 1 for i, s in enumerate(SPLITS)}
+MAIN_VARIANTS = (("mni152", "stripped"), ("colin27", "skull"), ("colin27", "stripped"))
+SIZE_RANGE = (3.0, 40.0)
+COLUMNS = ("file", "label", "truth", "kind", "size_mm", "subject", "source", "skull", "slice", "lesion_px")
+STATEMENT = ("All lesions in this cohort are SYNTHETIC: drawn by anomaly.data.lesions on real healthy "
+             "anatomy (MNI152 2009a, Colin27, one ITK subject). No slice shows real pathology.")
+
+
+def _seeds(seed: int, split: str, n: int) -> list[int]:
+    ss = np.random.SeedSequence([int(seed), _CODES[split]])
+    return [int(c.generate_state(1)[0]) for c in ss.spawn(n)]
+
+
+def _variants(heldout: str | None, family: str):
+    if family == "main":
+        return MAIN_VARIANTS
+    if family == "heldout":
+        return tuple(v for v in MAIN_VARIANTS if v[0] == heldout)
+    return tuple(v for v in MAIN_VARIANTS if v[0] != heldout)  # 'loo'
+
+
+class _LesionCycle:
+    """Kinds cycle over LESION_KINDS; sizes log-uniform in SIZE_RANGE (per-split stream)."""
+
+    def __init__(self, seed: int, split: str, kinds):
+        self.rng = np.random.default_rng(np.random.SeedSequence([int(seed), _CODES[split], 99]))
+        self.kinds = tuple(kinds)
+        self.i = int(self.rng.integers(len(self.kinds)))
+
+    def next(self) -> tuple[str, float]:
+        k = self.kinds[self.i % len(self.kinds)]
+        self.i += 1
+        lo, hi = np.log(SIZE_RANGE[0]), np.log(SIZE_RANGE[1])
+        return k, round(float(np.exp(self.rng.uniform(lo, hi))), 1)
+
+
+def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27", tiny: bool = False) -> list[Job]:
+    """Every pseudo-subject job of the build (deterministic for the arguments)."""
+    out = Path(out)
+    _, kinds = lesion_api()
+    sp = 3.0 if tiny else None  # tiny builds (tests) work on a coarse 3 mm grid
+    jobs: list[Job] = []
+
+    def healthy(split, n, family="main", start=0, **kw):
+        vs = _variants(heldout, family)
+        seeds = _seeds(seed, split, start + n)
+        for i in range(start, start + n):
+            src, var = vs[i % len(vs)]
+            jobs.append(Job(split, f"{split}-{i:03d}", src, var, seeds[i], str(out / split), spacing=sp, **kw))
+
+    def lesional(split, n, n_les, family="main", start=1000, **kw):
+        vs = _variants(heldout, family)
+        cyc = _LesionCycle(seed, split, kinds)
+        seeds = _seeds(seed, split, start + n)
+        for i in range(start, start + n):
+            src, var = vs[i % len(vs)]
+            les = [cyc.next() for _ in range(n_les)]
+            jobs.append(Job(split, f"{split}-{i:03d}", src, var, seeds[i], str(out / split), lesions=les,
+                            spacing=sp, **kw))
+
+    if tiny:
+        healthy("train", subjects, max_normal=6)
+        healthy("val_normal", 1, max_normal=4)
+        lesional("val_lesion", 1, 1, slices_per_lesion=2, max_normal=2)
+        lesional("test", 2, 2, slices_per_lesion=2, max_normal=3)
+        healthy("test", 1, max_normal=3)
+        lesional("unlabeled", 1, 1, slices_per_lesion=2, max_normal=2, label_column="truth", write_masks=False)
+        healthy("unlabeled", 1, max_normal=3, label_column="truth", write_masks=False)
+        lesional("test_heldout", 1, 2, family="heldout", slices_per_lesion=2, max_normal=2)
+        healthy("test_heldout", 1, family="heldout", max_normal=2)
+        healthy("train_loo", 1, family="loo", start=subjects, max_normal=4)
+        n_vol_les, n_itk_les, itk_normals = 1, 2, 6
+    else:
+        healthy("train", subjects, normal_step=2)
+        healthy("val_normal", max(3, subjects // 8), normal_step=3)
+        lesional("val_lesion", 8, 3, slices_per_lesion=4, max_normal=6)
+        healthy("val_lesion", 1, max_normal=20)
+        lesional("test", 16, 3, slices_per_lesion=4, max_normal=6)
+        healthy("test", 3, max_normal=20)
+        lesional("unlabeled", 12, 3, slices_per_lesion=4, max_normal=10, label_column="truth", write_masks=False)
+        healthy("unlabeled", 8, normal_step=2, label_column="truth", write_masks=False)
+        lesional("test_heldout", 10, 3, family="heldout", slices_per_lesion=4, max_normal=6)
+        healthy("test_heldout", 2, family="heldout", max_normal=20)
+        n_vol_les, n_itk_les, itk_normals = 2, 18, None
+    # train_loo / val_normal_loo: copies of train / val_normal pseudo-subjects of the kept
+    # brains (done after the jobs) + fresh ones so each has as many subjects as its twin
+    kept = _variants(heldout, "loo")
+    n_train_kept = sum(1 for j in jobs if j.split == "train" and (j.source, j.variant) in kept)
+    n_val_kept = sum(1 for j in jobs if j.split == "val_normal" and (j.source, j.variant) in kept)
+    n_val = sum(1 for j in jobs if j.split == "val_normal")
+    if not tiny:
+        healthy("train_loo", subjects - n_train_kept, family="loo", start=subjects, normal_step=2)
+        healthy("val_normal_loo", n_val - n_val_kept, family="loo", start=n_val, normal_step=3)
+    # whole volumes: lesion volumes on MNI152 and Colin27-with-skull, then healthy ones
+    vseeds = _seeds(seed, "test_volumes", 2 * n_vol_les)
+    vol_kinds = [("tumour", 30.0), ("stroke", 25.0), ("haemorrhage", 20.0), ("wm_lesions", 15.0)]
+    vol_vars = (("mni152", "stripped"), ("colin27", "skull"))
+    for i in range(2 * n_vol_les):
+        src, var = vol_vars[i % 2]
+        les = [vol_kinds[i]] if i < n_vol_les else []
+        jobs.append(Job("test_volumes", f"test_volumes-{i:03d}", src, var, vseeds[i], str(out / "test_volumes"),
+                        lesions=les, volume=True, spacing=sp))
+    # domain shift: the real ITK subject as is (no augmentation) + lesion copies
+    iseeds = _seeds(seed, "test_domain_shift", n_itk_les + 1)
+    d = str(out / "test_domain_shift")
+    jobs.append(Job("test_domain_shift", "itk", "itk", "skull", iseeds[0], d, augment=False, normal_step=1,
+                    max_normal=itk_normals, prefix="itk-real", spacing=sp))
+    cyc = _LesionCycle(seed, "test_domain_shift", kinds)
+    for i in range(n_itk_les):
+        jobs.append(Job("test_domain_shift", "itk", "itk", "skull", iseeds[i + 1], d, augment=False,
+                        lesions=[cyc.next()], slices_per_lesion=3, max_normal=0, prefix=f"itk-v{i:02d}",
+                        spacing=sp))
+    return jobs
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run(job: Job) -> list[dict]:
+    return run_job(job)
+
+
+def _ordered(row: dict) -> dict:
+    out = {c: row[c] for c in COLUMNS if c in row}
+    out.update({k: v for k, v in row.items() if k not in out})
+    return out
+
+
+def build(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27", tiny: bool = False,
+          workers: int | None = None, progress: bool = True) -> dict:
+    """Build the cohort into ``out``; returns the manifest (also written to out/manifest.json)."""
+    from anomaly.data.folder import write_labels
+
+    t0 = time.time()
+    out = Path(out)
+    if heldout not in ("colin27", "mni152"):
+        raise ValueError("--heldout must be colin27 or mni152")
+    out.mkdir(parents=True, exist_ok=True)
+    for s in SPLITS:
+        if (out / s).exists():
+            shutil.rmtree(out / s)
+    for f in ("manifest.json", "build_timing.json"):
+        (out / f).unlink(missing_ok=True)
+    jobs = plan(out, seed, subjects, heldout, tiny)
+    if workers is None:
+        workers = 1 if tiny else max(1, min(2, os.cpu_count() or 1))
+    rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    bar = tqdm(total=len(jobs), desc="build cohort (pseudo-subjects)", disable=not progress, file=sys.stderr)
+    if workers > 1:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, initializer=_worker_init) as pool:
+            for job, r in zip(jobs, pool.imap(_run, jobs, chunksize=1)):
+                rows[job.split].extend(r)
+                bar.update(1)
+    else:
+        for job in jobs:
+            rows[job.split].extend(run_job(job))
+            bar.update(1)
+    bar.close()
+    # train_loo / val_normal_loo: add copies of the twin split's kept-brain subjects
+    kept = {src for src, _ in _variants(heldout, "loo")}
+    for twin, loo in (("train", "train_loo"), ("val_normal", "val_normal_loo")):
+        for r in rows[twin]:
+            if r["source"] in kept:
+                for sub in ("images", "brainmasks"):
+                    (out / loo / sub).mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(out / twin / sub / r["file"], out / loo / sub / r["file"])
+                rows[loo].append(dict(r))
+    manifest = {
+        "statement": STATEMENT,
+        "seed": seed,
+        "subjects": subjects,
+        "tiny": tiny,
+        "heldout": heldout,
+        "command": "python -m anomaly.data build " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["build"] else "",
+        "sources": {
+            "mni152": "ICBM152 2009a T1 template, skull-stripped, with GM/WM maps (assets/templates)",
+            "colin27": "Colin27 T1 with skull and skull-stripped (assets/templates)",
+            "itk": "one real subject, 2x2x3 mm, other scanner (assets/templates); domain-shift set only",
+        },
+        "families": {
+            "main": "train, val_normal, val_lesion, test, unlabeled, test_volumes: pseudo-subjects of "
+                    "MNI152 (stripped) and Colin27 (with skull and stripped)",
+            "held_out_anatomy": f"train_loo, val_normal_loo: pseudo-subjects of every brain except {heldout}; "
+                                f"test_heldout: pseudo-subjects made only from {heldout}",
+            "domain_shift": "test_domain_shift: the real ITK subject, not augmented",
+        },
+        "working_spacing_mm": 3.0 if tiny else {"mni152": 1.5, "colin27": 1.5, "itk": 2.0},
+        "lesion_kinds": list(lesion_api()[1]),
+        "lesion_sizes_mm": list(SIZE_RANGE),
+        "splits": {},
+    }
+    for s in SPLITS:
+        rs = sorted(rows[s], key=lambda r: r["file"])
+        if not rs:
+            continue
+        write_labels(out / s, [_ordered(r) for r in rs])
+        lab = [int(r["truth"] if s == "unlabeled" else r["label"]) for r in rs]
+        kinds: dict[str, int] = {}
+        for r, lb in zip(rs, lab):
+            if lb:
+                for k in str(r["kind"]).split("+"):
+                    kinds[k] = kinds.get(k, 0) + 1
+        srcs: dict[str, int] = {}
+        for r in rs:
+            key = f"{r['source']}_{'skull' if int(r['skull']) else 'stripped'}"
+            srcs[key] = srcs.get(key, 0) + 1
+        manifest["splits"][s] = {
+            "files": len(rs),
+            "lesion": int(sum(lab)),
+            "normal": int(len(lab) - sum(lab)),
+            "normal_fraction": round(1 - sum(lab) / len(lab), 3),
+            "subjects": len({r["subject"] for r in rs}),
+            "by_source": dict(sorted(srcs.items())),
+            "lesion_kinds": dict(sorted(kinds.items())),
+            "kind": "3D NIfTI volumes" if s == "test_volumes" else "2D 16-bit PNG slices",
+        }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    timing = {"wall_seconds": round(time.time() - t0, 1), "workers": workers, "jobs": len(jobs)}
+    (out / "build_timing.json").write_text(json.dumps(timing, indent=2))
+    manifest["wall_seconds"] = timing["wall_seconds"]
+    return manifest
+
+
+def job_table(jobs: list[Job]) -> list[dict]:
+    return [asdict(j) for j in jobs]

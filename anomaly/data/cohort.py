@@ -1,0 +1,197 @@
+"""One pseudo-subject -> slices (or a whole volume) on disk, with synthetic lesions.
+
+A ``Job`` describes one pseudo-subject of one split: which real brain (``source``) and
+image variant (``stripped`` / ``skull``), its seed, how many synthetic lesions to draw
+and which slices to keep. ``run_job`` makes the pseudo-subject (``anomaly.data.augment``),
+draws each lesion with ``anomaly.data.lesions.add_lesion`` on the 3D volume (so masks
+align and lesions span slices), applies the scanner-like intensity variation, picks
+axial slices with the same brain-area criterion inference uses
+(``anomaly.preprocess.informative_slices``) and writes them in the data-set format
+(``anomaly.data.folder``): images/, masks/ (lesion slices), brainmasks/ (ground-truth
+brain masks, PNG 0/255, for the brain extractor). It returns the labels.csv rows.
+
+Every lesion is SYNTHETIC, drawn on real healthy anatomy.
+
+Lesion subjects: one warp (anatomy) carries ``n_lesions`` lesion *variants*; each
+variant contributes only slices through its own lesion, at axial positions no other
+variant or normal slice of the subject uses, so no slice of anatomy appears twice.
+Normal slices of a lesion subject come from the same warp without any lesion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.data.augment import intensity_augment, load_source, spatial_augment
+from anomaly.data.folder import write_image, write_mask
+from anomaly.preprocess import informative_slices
+
+LESION_MIN_AREA = 0.25  # lesion slices: lesion area >= this x its largest cross-section
+
+
+def lesion_api():
+    """(add_lesion, LESION_KINDS) from ``anomaly.data.lesions``."""
+    from anomaly.data.lesions import LESION_KINDS, add_lesion
+
+    return add_lesion, tuple(LESION_KINDS)
+
+
+@dataclass
+class Job:
+    split: str
+    subject: str  # pseudo-subject id (one anatomy); never in two splits of one family
+    source: str  # 'mni152' | 'colin27' | 'itk'
+    variant: str  # 'stripped' | 'skull'
+    seed: int
+    out: str  # split folder
+    lesions: list = field(default_factory=list)  # [(kind, size_mm), ...]
+    normal_step: int = 2  # keep every n-th informative slice for healthy subjects
+    max_normal: int | None = None  # at most this many normal slices (evenly spread)
+    slices_per_lesion: int = 4
+    volume: bool = False  # write the whole volume (NIfTI) instead of slices
+    label_column: str = "label"  # 'truth' for the unlabeled split (label left empty)
+    write_masks: bool = True
+    spacing: float | None = None  # working grid (None: augment.WORK_SPACING; ITK keeps 2 mm)
+    augment: bool = True  # False: the real volume as it is (domain-shift set)
+    prefix: str | None = None  # file-name prefix (default: subject)
+
+
+def _evenly(idx: list[int], k: int, rng: np.random.Generator | None = None) -> list[int]:
+    if k <= 0 or not idx:
+        return []
+    if len(idx) <= k:
+        return list(idx)
+    pos = np.linspace(0, len(idx) - 1, k)
+    if rng is not None and k > 1:  # jitter within the spacing
+        step = (len(idx) - 1) / (k - 1)
+        pos = np.clip(pos + rng.uniform(-0.3, 0.3, k) * step, 0, len(idx) - 1)
+    out = sorted({idx[int(round(p))] for p in pos})
+    return out
+
+
+def _pseudo_subject(job: Job):
+    src = load_source(job.source, job.spacing)
+    if job.augment:
+        ps = spatial_augment(src, job.seed)
+    else:
+        ps = src
+    if job.variant not in ps.images:
+        raise ValueError(f"source {job.source} has no {job.variant!r} image (has {list(ps.images)})")
+    return ps
+
+
+def run_job(job: Job) -> list[dict]:
+    """Make the pseudo-subject, draw its lesions, write its slices; return labels.csv rows."""
+    rng = np.random.default_rng(job.seed)
+    ps = _pseudo_subject(job)
+    img = ps.images[job.variant]
+    brain = ps.brain
+    spacing = ps.spacing
+    stripped = job.variant == "stripped"
+    int_seed = int(rng.integers(2**31))
+
+    def finish(v):
+        if not job.augment:
+            return np.asarray(v, np.float32)
+        return intensity_augment(v, int_seed, keep_zero=~brain if stripped else None)
+
+    skull = int(job.variant == "skull")
+    base_row = {"subject": job.subject, "source": job.source, "skull": skull}
+    out = Path(job.out)
+    prefix = job.prefix or job.subject
+    add_lesion = None
+    if job.lesions:
+        add_lesion, _ = lesion_api()
+
+    # ---- whole volume
+    if job.volume:
+        row = dict(base_row)
+        kinds, sizes = [], []
+        mask3 = np.zeros(brain.shape, bool)
+        vol = img
+        for kind, size in job.lesions:
+            vol, m, info = add_lesion(vol, brain, kind, float(size), rng, spacing=spacing, wm_prob=ps.wm, gm_prob=ps.gm)
+            mask3 |= m
+            kinds.append(info.kind)
+            sizes.append(round(float(info.size_mm), 1))
+        vol = finish(vol)
+        name = f"{prefix}"
+        write_image(out, name, vol, spacing=spacing)
+        if mask3.any() and job.write_masks:
+            write_mask(out, name, mask3, spacing=spacing)
+        _write_brainmask(out, name, brain, spacing)
+        lab = int(mask3.any())
+        row.update(file=f"{name}.nii.gz", kind="+".join(kinds) if kinds else "none",
+                   size_mm=";".join(f"{s:g}" for s in sizes) if sizes else "", slice="all",
+                   lesion_px=int(mask3.sum()))
+        row[job.label_column] = lab
+        if job.label_column != "label":
+            row["label"] = ""
+        return [row]
+
+    inf = np.flatnonzero(informative_slices(brain))
+    used: set[int] = set()
+    picks: list[tuple[int, np.ndarray, np.ndarray | None, object]] = []  # (z, slice, lesion2d, info)
+
+    # ---- lesion variants
+    for kind, size in job.lesions:
+        vol, m, info = add_lesion(img, brain, kind, float(size), rng, spacing=spacing, wm_prob=ps.wm, gm_prob=ps.gm)
+        areas = m.reshape(len(m), -1).sum(1)
+        if areas.max() == 0:
+            continue
+        cand = [int(z) for z in inf if areas[z] >= max(1, LESION_MIN_AREA * areas.max()) and z not in used]
+        zs = _evenly(cand, job.slices_per_lesion)
+        if not zs:
+            continue
+        vol = finish(vol)
+        for z in zs:
+            picks.append((z, vol[z], m[z], info))
+            used.add(z)
+        # keep a guard band of one slice around each lesion's extent for normal slices
+        lz = np.flatnonzero(areas)
+        used.update(range(int(lz.min()) - 1, int(lz.max()) + 2))
+
+    # ---- normal slices (same anatomy, no lesion)
+    free = [int(z) for z in inf if z not in used]
+    if job.max_normal is not None:
+        zs = _evenly(free[:: max(1, job.normal_step)] if not job.lesions else free, job.max_normal, rng)
+    else:
+        off = int(rng.integers(max(1, job.normal_step)))
+        zs = free[off :: max(1, job.normal_step)]
+    if zs:
+        healthy = finish(img)
+        for z in zs:
+            picks.append((z, healthy[z], None, None))
+
+    # ---- write (neutral, shuffled names: a file name never reveals the label)
+    order = rng.permutation(len(picks))
+    rows = []
+    for n, i in enumerate(order):
+        z, sl, les, info = picks[i]
+        name = f"{prefix}_{n:03d}"
+        write_image(out, name, sl)
+        lab = int(les is not None)
+        if lab and job.write_masks:
+            write_mask(out, name, les)
+        _write_brainmask(out, name, brain[z])
+        row = dict(base_row)
+        row.update(file=f"{name}.png",
+                   kind=info.kind if lab else "none",
+                   size_mm=round(float(info.size_mm), 1) if lab else "",
+                   slice=int(z), lesion_px=int(les.sum()) if lab else 0)
+        row[job.label_column] = lab
+        if job.label_column != "label":
+            row["label"] = ""
+        rows.append(row)
+    return rows
+
+
+def _write_brainmask(out: Path, name: str, m: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
+    from anomaly.data.folder import _write
+
+    d = Path(out) / "brainmasks"
+    d.mkdir(parents=True, exist_ok=True)
+    _write(d, name, np.asarray(m) > 0, spacing, None, is_mask=True)

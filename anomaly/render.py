@@ -1,0 +1,155 @@
+"""Rendering driven by a config (colormap, opacity, fill or contour), kept out of the models.
+
+Maps are drawn in calibrated units (1.0 = the method's healthy pixel threshold) on one
+shared scale [0, ``RenderConfig.vmax``] for every method, so colours compare across methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from anomaly.scan import PLANE_LABELS
+
+PANEL = 256
+
+
+@dataclass
+class RenderConfig:
+    colormap: str = "inferno"
+    alpha: float = 0.5
+    mode: str = "fill"  # "fill" | "contour" | "both"
+    vmax: float = 3.0  # calibrated units: 1.0 = healthy threshold
+    threshold: float = 1.0  # overlay shows map >= threshold (calibrated units)
+    contour_rgb: tuple[int, int, int] = (0, 255, 128)
+
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def grey_rgb(img_u8: np.ndarray) -> np.ndarray:
+    return np.repeat(np.asarray(img_u8, np.uint8)[..., None], 3, axis=2)
+
+
+def heatmap_rgb(cal_map: np.ndarray, cfg: RenderConfig) -> np.ndarray:
+    """Calibrated map -> RGB uint8 on the shared scale [0, vmax]."""
+    x = np.clip(np.nan_to_num(cal_map) / cfg.vmax, 0, 1)
+    return (colormaps[cfg.colormap](x)[..., :3] * 255).astype(np.uint8)
+
+
+def overlay_rgb(img_u8: np.ndarray, cal_map: np.ndarray, cfg: RenderConfig) -> np.ndarray:
+    """Heat map blended on the image where map >= threshold, and/or the region's contour."""
+    base = grey_rgb(img_u8).astype(np.float32)
+    region = np.nan_to_num(cal_map) >= cfg.threshold
+    if cfg.mode in ("fill", "both"):
+        hm = heatmap_rgb(cal_map, cfg).astype(np.float32)
+        a = cfg.alpha * region[..., None]
+        base = base * (1 - a) + hm * a
+    out = np.clip(base, 0, 255).astype(np.uint8)
+    if cfg.mode in ("contour", "both") and region.any():
+        edge = region & ~ndimage.binary_erosion(region, iterations=1)
+        edge = ndimage.binary_dilation(edge, iterations=max(1, round(min(region.shape) / 200)))
+        out[edge] = cfg.contour_rgb
+    return out
+
+
+def fit_panel(rgb: np.ndarray, size: int = PANEL, aspect: float = 1.0) -> Image.Image:
+    """Letterbox an RGB array into a size x size panel, honouring pixel aspect (row/col mm)."""
+    im = Image.fromarray(rgb)
+    h, w = rgb.shape[:2]
+    hh = h * aspect
+    s = size / max(hh, w)
+    nw, nh = max(1, round(w * s)), max(1, round(hh * s))
+    im = im.resize((nw, nh), Image.BILINEAR)
+    panel = Image.new("RGB", (size, size), (0, 0, 0))
+    panel.paste(im, ((size - nw) // 2, (size - nh) // 2))
+    return panel
+
+
+def draw_orientation(panel: Image.Image, plane: str | None) -> Image.Image:
+    """Orientation letters at the panel's edges (radiological convention)."""
+    if not plane or plane not in PLANE_LABELS:
+        return panel
+    top, bottom, left, right = PLANE_LABELS[plane]
+    d = ImageDraw.Draw(panel)
+    f = _font(13)
+    w, h = panel.size
+    for txt, xy in ((top, (w // 2 - 4, 2)), (bottom, (w // 2 - 4, h - 16)), (left, (3, h // 2 - 7)), (right, (w - 11, h // 2 - 7))):
+        d.text(xy, txt, fill=(255, 255, 0), font=f)
+    return panel
+
+
+def colorbar(cfg: RenderConfig, height: int = PANEL, width: int = 70, label: str = "x healthy threshold") -> Image.Image:
+    """Vertical colour bar of the shared calibrated scale, with ticks and the threshold line."""
+    bar = np.linspace(cfg.vmax, 0, height - 20)[:, None].repeat(14, 1)
+    rgb = heatmap_rgb(bar, cfg)
+    im = Image.new("RGB", (width, height), (20, 20, 20))
+    im.paste(Image.fromarray(rgb), (4, 10))
+    d = ImageDraw.Draw(im)
+    f = _font(11)
+    for v in np.linspace(0, cfg.vmax, 4):
+        y = 10 + int((1 - v / cfg.vmax) * (height - 21))
+        d.line([(18, y), (22, y)], fill=(230, 230, 230))
+        d.text((24, y - 6), f"{v:.1f}", fill=(230, 230, 230), font=f)
+    yt = 10 + int((1 - cfg.threshold / cfg.vmax) * (height - 21))
+    d.line([(2, yt), (20, yt)], fill=cfg.contour_rgb, width=2)
+    return im
+
+
+def label_panel(panel: Image.Image, text: str) -> Image.Image:
+    d = ImageDraw.Draw(panel)
+    d.rectangle([0, 0, panel.size[0], 16], fill=(0, 0, 0))
+    d.text((4, 2), text, fill=(255, 255, 255), font=_font(12))
+    return panel
+
+
+@dataclass
+class GridRow:
+    """One method's row: input, pseudo-healthy (or None), calibrated map, and a caption."""
+
+    name: str
+    image_u8: np.ndarray
+    pseudo_healthy_u8: np.ndarray | None
+    cal_map: np.ndarray
+    caption: str = ""
+    extra: dict | None = None  # name -> calibrated map (e.g. uncertainty)
+
+
+def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = None, aspect: float = 1.0,
+                 scale_note: str = "calibrated against healthy") -> Image.Image:
+    """Side-by-side grid, one row per method: input | pseudo-healthy | residual | overlay | bar."""
+    n = max(1, len(rows))
+    bar_w = 80
+    cols = 4
+    W = cols * PANEL + bar_w
+    H = n * (PANEL + 22) + 4
+    out = Image.new("RGB", (W, H), (12, 12, 12))
+    d = ImageDraw.Draw(out)
+    for r, row in enumerate(rows):
+        y = r * (PANEL + 22)
+        d.text((4, y + 3), f"{row.name}  {row.caption}", fill=(255, 255, 255), font=_font(13))
+        y += 20
+        p_in = draw_orientation(fit_panel(grey_rgb(row.image_u8), aspect=aspect), plane)
+        if row.pseudo_healthy_u8 is not None:
+            p_ph = fit_panel(grey_rgb(row.pseudo_healthy_u8), aspect=aspect)
+            ph_label = "pseudo-healthy"
+        else:
+            p_ph = Image.new("RGB", (PANEL, PANEL), (30, 30, 30))
+            ImageDraw.Draw(p_ph).text((10, PANEL // 2 - 14), "no reconstruction:\nfeature-space method", fill=(200, 200, 200), font=_font(12))
+            ph_label = "pseudo-healthy"
+        p_map = fit_panel(heatmap_rgb(row.cal_map, cfg), aspect=aspect)
+        p_ov = draw_orientation(fit_panel(overlay_rgb(row.image_u8, row.cal_map, cfg), aspect=aspect), plane)
+        for c, (p, t) in enumerate(((p_in, "input"), (p_ph, ph_label), (p_map, "residual map"), (p_ov, "overlay"))):
+            out.paste(label_panel(p, t), (c * PANEL, y))
+        cb = colorbar(cfg, PANEL, bar_w - 4)
+        out.paste(cb, (cols * PANEL + 2, y))
+    d.text((cols * PANEL + 2, H - 14), scale_note[:14], fill=(200, 200, 200), font=_font(10))
+    return out

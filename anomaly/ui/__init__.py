@@ -1,0 +1,1 @@
+"""The Gradio review app: layout in ``app``, plain-function callbacks in ``callbacks``."""

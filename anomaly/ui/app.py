@@ -1,0 +1,191 @@
+"""Layout of the review app (``build_app`` returns the Blocks; ``launch`` only in app.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from anomaly.errors import AnomalyError, MultipleSeriesError
+from anomaly.ui import callbacks as cb
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "assets" / "examples"
+MAX_FILE_SIZE = "512mb"
+WINDOW_PRESETS = ["auto", "file", "brain", "subdural", "ct soft tissue", "lung", "bone"]
+
+NOTICE = (
+    "**Research tool, not for diagnosis.** Do not upload identifiable patient data: uploads are deleted "
+    "from the server after an hour, and patient names/IDs are never shown or stored."
+)
+
+HOW_TO_READ = """
+* Each row is one method. **Pseudo-healthy** is the method's reconstruction of the scan as if it were healthy;
+  the **residual map** is how far the scan departs from it, after the same post-processing for every method
+  (brain mask, 5x5 median filter).
+* Colours are **calibrated against healthy**: 1.0 on the colour bar is the method's threshold (the 99.5th
+  percentile of its maps on healthy validation slices), on one shared scale for all methods. They are *not*
+  rescaled per image: per-image min-max makes every normal scan look anomalous.
+* The **percentile** in the score table says how a slice's score ranks among healthy validation slices
+  (99 = higher than 99% of healthy slices); *anomalous* means above the 95th percentile.
+* **Findings** are connected regions above the threshold in 3D; click one to jump to it.
+* The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation).
+  Other images still get maps, under a banner that says the scores are not calibrated for them.
+"""
+
+CSS = ".banner {background:#5a1d1d; padding:8px; border-radius:6px}"
+
+
+def _examples() -> list[list[str]]:
+    ex = []
+    for name in ("synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz", "slice_synthetic_tumour.png", "slice_healthy.png"):
+        p = EXAMPLES / name
+        if p.exists():
+            ex.append([str(p)])
+    dcm = ROOT / "assets" / "dicom" / "brain_pd_series"
+    if dcm.is_dir():
+        ex.append([str(p) for p in sorted(dcm.glob("*.dcm"))])
+    return ex
+
+
+def _df(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def _fail(e: Exception):
+    raise gr.Error(str(e), duration=None) from None
+
+
+def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, progress=gr.Progress()):
+    """Load + analyse, then render the most anomalous slice."""
+    try:
+        key, a = cb.load_and_analyse(files, methods or None, plane, series or None,
+                                     progress=lambda p, desc="": progress(p, desc=desc))
+    except MultipleSeriesError as e:
+        choices = [(v, k) for k, v in e.series.items()]
+        gr.Warning("This upload holds several series: choose one and press Analyse.")
+        return (None, gr.update(), gr.update(value=f"**{e}**", visible=True), "", None, None, None, None, None,
+                gr.update(choices=choices, visible=True, value=None))
+    except AnomalyError as e:
+        _fail(e)
+    idx = a.most_anomalous_slice()
+    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
+    banner = gr.update(value=a.ood.banner, visible=not a.ood.in_distribution)
+    return (key, gr.update(maximum=max(a.n_slices - 1, 0), value=idx, interactive=a.n_slices > 1),
+            banner, cb.scan_summary(a), cb.score_curve_figure(a, idx), grid, _df(table),
+            _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
+
+
+def on_view(key, index, preset, opacity, threshold, mode, methods):
+    try:
+        grid, table, pair = cb.render_view(key, index, preset, opacity, threshold, mode, methods)
+        return grid, _df(table), pair, cb.score_curve_figure(cb.get_analysis(key), int(index))
+    except AnomalyError as e:
+        _fail(e)
+
+
+def on_threshold(key, index, preset, opacity, threshold, mode, methods):
+    out = on_view(key, index, preset, opacity, threshold, mode, methods)
+    return (*out, _df(cb.findings_rows(key, threshold, methods)))
+
+
+def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.Progress()):
+    try:
+        key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
+    except AnomalyError as e:
+        _fail(e)
+    idx = a.most_anomalous_slice()
+    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
+    return (key, gr.update(maximum=max(a.n_slices - 1, 0), value=idx), cb.score_curve_figure(a, idx), grid, _df(table),
+            _df(cb.findings_rows(key, threshold, methods)), pair)
+
+
+def on_finding(findings_df, evt: gr.SelectData):
+    """Jump to the centre slice of the clicked finding."""
+    try:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
+        return gr.update(value=int(findings_df.iloc[row]["centre slice"]))
+    except Exception:  # a click outside the data: stay where we are
+        return gr.update()
+
+
+def analyze_api(files: list[str], methods: str = "", plane: str = "axial", threshold: float = 1.0) -> str:
+    """API: analyse a scan; returns JSON (study key, per-method volume/slice scores, percentiles,
+    score table at the most anomalous slice, findings, out-of-distribution verdict)."""
+    try:
+        ms = [m.strip() for m in methods.split(",") if m.strip()] or None
+        key, a = cb.load_and_analyse(files, ms, plane)
+        return json.dumps(cb.api_summary(a, None, threshold))
+    except AnomalyError as e:
+        raise gr.Error(str(e)) from None
+
+
+def build_app() -> gr.Blocks:
+    choices = cb.method_choices()
+    default = cb.default_methods()
+    with gr.Blocks(title="Anomaly review station", delete_cache=(600, 3600)) as demo:
+        key = gr.State(None)
+        gr.Markdown("# Anomaly review station\nUnsupervised anomaly detection in brain MR: pseudo-healthy "
+                    "reconstructions, residual maps and calibrated scores, method by method.")
+        gr.Markdown(NOTICE)
+        banner = gr.Markdown(visible=False, elem_classes=["banner"])
+        with gr.Row():
+            with gr.Column(scale=1, min_width=300):
+                files = gr.File(label="Scan: DICOM file(s) or .zip, NIfTI, PNG/JPG/TIFF", file_count="multiple",
+                                type="filepath")
+                series = gr.Dropdown(label="Series", choices=[], visible=False)
+                analyse_btn = gr.Button("Analyse", variant="primary")
+                methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
+                plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
+                preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset")
+                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
+                mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
+                if _examples():
+                    gr.Examples(_examples(), inputs=[files], label="Examples (synthetic lesions are marked 'synthetic')")
+            with gr.Column(scale=3):
+                summary = gr.Markdown()
+                slider = gr.Slider(0, 0, value=0, step=1, label="Slice", interactive=False)
+                curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method")
+                grid = gr.Image(label="input | pseudo-healthy | residual map | overlay  (colours calibrated against healthy: 1.0 = threshold)",
+                                type="pil", format="png", interactive=False)
+                table = gr.Dataframe(label="Scores at this slice", interactive=False)
+                findings = gr.Dataframe(label="Findings: connected regions above threshold in 3D (click to jump)",
+                                        interactive=False)
+                compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
+                with gr.Accordion("How to read this", open=False):
+                    gr.Markdown(HOW_TO_READ)
+                with gr.Accordion("Methods and citations", open=False):
+                    gr.Markdown(cb.citations_markdown())
+
+        view_inputs = [key, slider, preset, opacity, threshold, mode, methods]
+        upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
+        up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode]
+        analyse_btn.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
+        files.upload(on_upload, up_inputs, upload_outputs, api_visibility="private")
+        slider.release(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice")
+        for c in (preset, opacity, mode, methods):
+            c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+        threshold.release(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
+        plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods],
+                     [key, slider, curve, grid, table, findings, compare], api_name="change_plane")
+        findings.select(on_finding, [findings], [slider], api_visibility="private").then(
+            on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+        gr.api(analyze_api, api_name="analyze")
+    return demo
+
+
+def launch(**kw) -> None:
+    demo = build_app()
+    demo.queue(default_concurrency_limit=2).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        max_file_size=MAX_FILE_SIZE,
+        show_error=True,
+        css=CSS,
+        theme=gr.themes.Soft(),
+        **kw,
+    )

@@ -1,0 +1,191 @@
+"""Callbacks of the review app as plain functions (tested without the UI).
+
+Analyses are kept server-side in a small LRU cache keyed by an opaque session key, so
+changing slice, window or overlay settings re-renders without re-running the models.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from anomaly.analysis import Analysis, analyse
+from anomaly.errors import AnomalyError, MultipleSeriesError
+from anomaly.methods.base import available_methods, get_method, method_class
+from anomaly.render import RenderConfig
+
+MAX_CACHED = 6
+_CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def _put(a: Analysis) -> str:
+    key = secrets.token_hex(8)
+    with _LOCK:
+        _CACHE[key] = a
+        while len(_CACHE) > MAX_CACHED:
+            _CACHE.popitem(last=False)
+    return key
+
+
+def get_analysis(key: str | None) -> Analysis:
+    with _LOCK:
+        if not key or key not in _CACHE:
+            raise AnomalyError("no scan loaded (or it expired): upload a scan or pick an example")
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+
+
+def default_methods() -> list[str]:
+    """Single-pass methods with checkpoints (slow, on-demand methods are excluded)."""
+    return [m for m in available_methods() if not method_class(m).on_demand]
+
+
+def _paths(files) -> list[Path]:
+    if files is None:
+        raise AnomalyError("no file given")
+    if isinstance(files, (str, Path)):
+        files = [files]
+    out = []
+    for f in files:
+        p = getattr(f, "name", None) or (f.get("path") if isinstance(f, dict) else f)
+        out.append(Path(p))
+    if not out:
+        raise AnomalyError("no file given")
+    return out
+
+
+def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axial", series_uid: str | None = None,
+                     seed: int = 0, progress=None) -> tuple[str, Analysis]:
+    """Load a scan (one or several files, a folder, a zip) and analyse it; returns (key, analysis)."""
+    from anomaly.io import load_scan
+
+    paths = _paths(files)
+    scan = load_scan(paths if len(paths) > 1 else paths[0], series_uid=series_uid or None)
+    methods = [m for m in (methods or default_methods())]
+    if not methods:
+        raise AnomalyError("no trained method available: train one with `python -m anomaly.train ae --data DIR`")
+    a = analyse(scan, methods, plane=plane, seed=seed, progress=progress)
+    return _put(a), a
+
+
+def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]:
+    a = get_analysis(key)
+    if a.plane == plane:
+        return key, a
+    b = analyse(a.scan, list(a.results), plane=plane, progress=progress)
+    return _put(b), b
+
+
+def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
+                mode: str = "fill", methods: list[str] | None = None):
+    """(grid PIL image, score-table rows, (input, pseudo-healthy) pair for the compare slider)."""
+    a = get_analysis(key)
+    index = int(np.clip(int(index), 0, a.n_slices - 1))
+    shown = [m for m in (methods or list(a.results)) if m in a.results] or list(a.results)
+    cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
+    grid = a.render(index, cfg, preset, shown)
+    table = [r for r in a.score_table(index, float(threshold)) if r["method"] in shown]
+    img = a.display_u8(index, preset)
+    ph = None
+    for m in shown:
+        r = a.results[m]
+        if r.pseudo_healthy is not None:
+            full = a.prepared.to_original(r.pseudo_healthy[index : index + 1])[0]
+            ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
+            break
+    return grid, table, (img, ph if ph is not None else img)
+
+
+def score_curve_figure(a: Analysis, index: int | None = None):
+    """Per-slice calibrated percentile, one line per method (matplotlib figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 2.4), dpi=90)
+    xs = np.arange(a.n_slices)
+    for name, r in a.results.items():
+        y = r.percentiles if r.calibration else r.scores / max(r.scores.max(), 1e-8) * 100
+        y = np.where(r.valid, y, np.nan)
+        ax.plot(xs, y, label=name, lw=1.4)
+    ax.axhline(95, color="grey", lw=0.8, ls="--")
+    if index is not None:
+        ax.axvline(index, color="red", lw=1)
+    ax.set_xlabel(f"{a.plane} slice")
+    ax.set_ylabel("percentile vs healthy")
+    ax.set_ylim(0, 101)
+    ax.legend(loc="upper left", fontsize=7, ncol=4)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def scan_summary(a: Analysis) -> str:
+    s = a.scan
+    lines = [f"**Scan**: {s.description or repr(s)}  ", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slices; "
+             f"scored in {a.seconds:.2f} s"]
+    if s.notes:
+        lines.append("Notes: " + "; ".join(s.notes))
+    if not s.known_frame:
+        lines.append("Orientation unknown (2D export): shown as stored, without orientation labels.")
+    return "\n".join(lines)
+
+
+def findings_rows(key: str, threshold: float = 1.0, methods: list[str] | None = None) -> list[dict]:
+    a = get_analysis(key)
+    rows: list[dict] = []
+    for m in methods or list(a.results):
+        if m in a.results:
+            rows += a.findings(m, float(threshold))
+    return rows
+
+
+def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -> dict:
+    """JSON for the API: per-method volume score, percentiles and slice curve; no identifiers."""
+    idx = a.most_anomalous_slice() if index is None else int(index)
+    out = {
+        "study_key": a.study_key,
+        "plane": a.plane,
+        "n_slices": a.n_slices,
+        "most_anomalous_slice": a.most_anomalous_slice(),
+        "slice": idx,
+        "in_distribution": a.ood.in_distribution,
+        "ood_reasons": a.ood.reasons,
+        "methods": {},
+    }
+    for name, r in a.results.items():
+        vp = float(r.calibration.percentile([r.volume_score])[0]) if r.calibration else None
+        out["methods"][name] = {
+            "volume_score": r.volume_score,
+            "volume_percentile": vp,
+            "slice_scores": [float(x) for x in r.scores],
+            "slice_percentiles": [None if not np.isfinite(x) else float(x) for x in r.percentiles],
+            "checkpoint_hash": r.checkpoint_hash,
+            "ms_per_slice": r.ms_per_slice,
+            "title": method_class(name).title,
+        }
+    out["score_table"] = a.score_table(idx, threshold)
+    out["findings"] = [f for m in a.results for f in a.findings(m, threshold)]
+    return out
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(f"{method_class(m).title} ({m})", m) for m in available_methods()]
+
+
+def citations_markdown() -> str:
+    rows = ["| method | title | paper |", "|---|---|---|"]
+    for m in available_methods():
+        c = method_class(m)
+        rows.append(f"| `{m}` | {c.title} | {c.paper} |")
+    return "\n".join(rows)
+
+
+__all__ = ["load_and_analyse", "render_view", "get_analysis", "MultipleSeriesError", "api_summary", "findings_rows",
+           "score_curve_figure", "scan_summary", "reanalyse_plane", "default_methods", "get_method"]

@@ -1,0 +1,59 @@
+"""Headless Chromium end to end: upload a scan, see overlays and scores, move the slice slider."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "runs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is required for the browser test: apt-get install chromium (make test does it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def test_upload_view_and_move_slider(live_app, browser):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(live_app, wait_until="networkidle")
+    assert "not for diagnosis" in page.content()
+    vol = ROOT / "assets" / "examples" / "synthetic_tumour_t1.nii.gz"
+    if not vol.exists():
+        vol = ROOT / "assets" / "templates" / "itk_subject_t1_2x2x3mm.nii.gz"
+    page.locator("input[type=file]").first.set_input_files(str(vol))
+    # the grid image and the score table appear
+    grid = page.locator("img[alt], img").filter(has=page.locator("xpath=self::img[contains(@src,'.png')]"))
+    page.wait_for_selector("text=percentile vs healthy", timeout=180_000)
+    page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.src.includes('.png') && i.naturalWidth > 800)",
+                           timeout=120_000)
+    table_text = page.locator("table").first.inner_text()
+    assert "zscore" in table_text and "ae" in table_text
+    page.screenshot(path=str(ARTIFACTS / "after_upload.png"), full_page=True)
+    first_src = page.evaluate("() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth > 800).map(i => i.src)[0]")
+    # move the slice slider with the keyboard (range input), which fires 'release'
+    slider = page.locator("input[type=range]").first
+    slider.focus()
+    for _ in range(5):
+        slider.press("ArrowLeft")
+    slider.dispatch_event("pointerup")
+    slider.dispatch_event("change")
+    page.wait_for_function(
+        "(src) => [...document.querySelectorAll('img')].some(i => i.naturalWidth > 800 && i.src !== src)",
+        arg=first_src, timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "after_slider.png"), full_page=True)
+    assert grid is not None

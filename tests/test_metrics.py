@@ -1,0 +1,198 @@
+"""anomaly.metrics against hand-computed small cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from anomaly import metrics as M
+
+pytestmark = pytest.mark.timeout(180)
+
+NAN = pytest.approx(float("nan"), nan_ok=True)
+
+
+# ----------------------------------------------------------------------------- image level
+
+
+def test_perfect_and_reversed_separation():
+    y = [0, 0, 1, 1]
+    s = [0.1, 0.2, 0.8, 0.9]
+    assert M.image_auroc(y, s) == 1.0
+    assert M.image_ap(y, s) == 1.0
+    assert M.sensitivity_at_specificity(y, s) == 1.0
+    r = [-v for v in s]
+    assert M.image_auroc(y, r) == 0.0
+    # positives ranked 3rd and 4th: precision 1/3 at recall 1/2, 2/4 at recall 1
+    assert M.image_ap(y, r) == pytest.approx(0.5 * (1 / 3) + 0.5 * (2 / 4))
+    assert M.sensitivity_at_specificity(y, r) == 0.0
+
+
+def test_three_positive_three_negative_case():
+    # ranking: 0.9 P, 0.8 N, 0.6 P, 0.5 N, 0.3 P, 0.1 N
+    y = [1, 1, 1, 0, 0, 0]
+    s = [0.9, 0.6, 0.3, 0.8, 0.5, 0.1]
+    # pairs won by positives: 3 + 2 + 1 of 9
+    assert M.image_auroc(y, s) == pytest.approx(6 / 9)
+    # precision at each positive: 1/1, 2/3, 3/5
+    assert M.image_ap(y, s) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+
+
+def test_ties_give_half():
+    assert M.image_auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+
+
+def test_sensitivity_at_specificity_known_set():
+    neg = np.arange(20.0)  # 0..19: one false positive allowed at 95% specificity
+    pos = np.array([25, 24, 23, 18.5, 17.5, 10, 5, 3, 2, 1.0])
+    y = np.r_[np.zeros(20), np.ones(10)]
+    s = np.r_[neg, pos]
+    # threshold 18.5 lets in one normal (19) and 4 positives; 17.5 would let in two normals
+    assert M.sensitivity_at_specificity(y, s, 0.95) == pytest.approx(0.4)
+    # no false positive allowed: only 25, 24, 23 are above every normal
+    assert M.sensitivity_at_specificity(y, s, 1.0) == pytest.approx(0.3)
+    # 10% false positives (2 normals: 18, 19): threshold 17.5 adds 18.5 and 17.5 -> 5 of 10
+    assert M.sensitivity_at_specificity(y, s, 0.90) == pytest.approx(0.5)
+    assert M.sensitivity_at_specificity(y, s, 0.0) == 1.0
+
+
+def test_one_class_is_nan_not_an_error():
+    for fn in (M.image_auroc, M.image_ap, M.sensitivity_at_specificity):
+        assert math.isnan(fn([0, 0, 0], [1, 2, 3]))
+        assert math.isnan(fn([1, 1], [1, 2]))
+        assert math.isnan(fn([], []))
+    assert math.isnan(M.pixel_auroc(np.zeros((2, 4, 4), bool), np.random.rand(2, 4, 4)))
+    assert math.isnan(M.pixel_ap(np.zeros((2, 4, 4), bool), np.random.rand(2, 4, 4)))
+    assert math.isnan(M.best_dice(np.zeros((2, 4, 4), bool), np.random.rand(2, 4, 4)))
+
+
+def test_non_finite_scores_are_ignored():
+    assert M.image_auroc([0, 1, 0, 1], [0.1, 0.9, np.nan, 0.8]) == 1.0
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in length"):
+        M.image_auroc([0, 1], [0.1, 0.2, 0.3])
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def _data(n=60, seed=1):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n // 2), np.ones(n // 2)].astype(int)
+    s = rng.normal(size=n) + 1.2 * y
+    return y, s
+
+
+def test_bootstrap_ci_contains_estimate_and_is_deterministic():
+    y, s = _data()
+    for fn in (M.image_auroc, M.image_ap, M.sensitivity_at_specificity):
+        est = fn(y, s)
+        lo, hi = M.bootstrap_ci(fn, y, s, n=300, seed=3)
+        assert 0 <= lo <= est <= hi <= 1
+        assert (lo, hi) == M.bootstrap_ci(fn, y, s, n=300, seed=3)
+    assert M.bootstrap_ci(M.image_auroc, y, s, n=300, seed=3) != M.bootstrap_ci(M.image_auroc, y, s, n=300, seed=4)
+    # narrower with a lower confidence level
+    lo95, hi95 = M.bootstrap_ci(M.image_auroc, y, s, n=300, seed=3)
+    lo50, hi50 = M.bootstrap_ci(M.image_auroc, y, s, n=300, seed=3, alpha=0.5)
+    assert lo95 <= lo50 <= hi50 <= hi95
+
+
+def test_bootstrap_ci_one_class_and_single_class_resamples():
+    assert all(math.isnan(v) for v in M.bootstrap_ci(M.image_auroc, [0, 0, 0], [1, 2, 3], n=50))
+    assert all(math.isnan(v) for v in M.bootstrap_ci(M.image_auroc, [0, 1], [1, 2], n=0))
+    # one positive among 3: many resamples hold a single class and are skipped, not an error
+    lo, hi = M.bootstrap_ci(M.image_auroc, [0, 0, 1], [0.1, 0.2, 0.9], n=200, seed=0)
+    assert lo == hi == 1.0
+
+
+# ----------------------------------------------------------------------------- pixel level
+
+
+def test_dice_of_known_masks():
+    assert M.dice([1, 1, 0, 0], [1, 0, 1, 0]) == pytest.approx(0.5)
+    assert M.dice([1, 1, 0, 0], [1, 1, 0, 0]) == 1.0
+    assert M.dice([1, 1, 0, 0], [0, 0, 1, 1]) == 0.0
+    a = np.zeros((10, 10), bool)
+    b = np.zeros((10, 10), bool)
+    a[2:6, 2:6] = True  # 16 px
+    b[4:8, 4:8] = True  # 16 px, overlap 2x2 = 4
+    assert M.dice(a, b) == pytest.approx(2 * 4 / 32)
+    assert math.isnan(M.dice(np.zeros(4), np.zeros(4)))
+
+
+def test_dice_at_threshold_and_brain_mask():
+    masks = np.array([[1, 1, 0, 0]], bool)
+    maps = np.array([[0.9, 0.4, 0.6, 0.1]])
+    assert M.dice_at_threshold(masks, maps, 0.5) == pytest.approx(0.5)  # pred 1010
+    assert M.dice_at_threshold(masks, maps, 0.3) == pytest.approx(0.8)  # pred 1110: 2*2/(3+2)
+    assert M.dice_at_threshold(masks, maps, 0.9) == 0.0  # strictly above: nothing predicted
+    brain = np.array([[1, 1, 0, 1]], bool)
+    assert M.dice_at_threshold(masks, maps, 0.3, brain) == 1.0
+
+
+def test_best_dice_known_case_and_matches_brute_force():
+    masks = np.array([[1, 1, 0, 0]], bool)
+    assert M.best_dice(masks, np.array([[0.9, 0.8, 0.2, 0.1]])) == 1.0
+    d, thr = M.best_dice_threshold(masks, np.array([[0.9, 0.8, 0.2, 0.1]]))
+    assert 0.2 <= thr < 0.8 and d == 1.0
+    rng = np.random.default_rng(0)
+    m = rng.random((5, 20, 20)) < 0.1
+    v = rng.random((5, 20, 20)) + 0.5 * m
+    brain = rng.random((5, 20, 20)) < 0.9
+    thr_grid, curve = M.dice_curve(m, v, 37, brain)
+    brute = [M.dice_at_threshold(m, v, t, brain) for t in thr_grid]
+    np.testing.assert_allclose(curve, brute)
+    assert M.best_dice(m, v, 37, brain) == pytest.approx(max(brute))
+
+
+def test_pixel_metrics_over_images_of_different_sizes():
+    masks = [np.array([[1, 0], [0, 0]], bool), np.array([[0, 0, 1]], bool)]
+    maps = [np.array([[0.9, 0.1], [0.2, 0.3]]), np.array([[0.4, 0.5, 0.8]])]
+    # positives 0.9, 0.8; negatives 0.1, 0.2, 0.3, 0.4, 0.5: perfect
+    assert M.pixel_auroc(masks, maps) == 1.0
+    assert M.pixel_ap(masks, maps) == 1.0
+    # inside a brain mask that drops the 0.9 lesion pixel: 0.8 vs negatives still perfect
+    brain = [np.array([[0, 1], [1, 1]], bool), np.array([[1, 1, 1]], bool)]
+    assert M.pixel_auroc(masks, maps, brain) == 1.0
+    # a negative (0.85) above one positive (0.8)
+    maps2 = [np.array([[0.9, 0.1], [0.2, 0.85]]), np.array([[0.4, 0.5, 0.8]])]
+    # pairs: 0.9 beats 5, 0.8 beats 4 of 5 -> 9/10
+    assert M.pixel_auroc(masks, maps2) == pytest.approx(0.9)
+
+
+def test_pixel_values_subsample_is_deterministic_and_bounded():
+    rng = np.random.default_rng(0)
+    m = rng.random((4, 50, 50)) < 0.05
+    v = rng.random((4, 50, 50)).astype(np.float32)
+    y1, v1 = M.pixel_values(m, v, max_pixels=1000)
+    y2, v2 = M.pixel_values(m, v, max_pixels=1000)
+    assert len(y1) == 1000 and np.array_equal(y1, y2) and np.array_equal(v1, v2)
+    y3, _ = M.pixel_values(m, v, max_pixels=None)
+    assert len(y3) == m.size
+    with pytest.raises(ValueError, match="differ"):
+        M.pixel_values(m, v[:2])
+
+
+def test_bootstrap_fast_path_equals_scikit_learn():
+    import functools
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        n = int(rng.integers(4, 40))
+        y = rng.random(n) < rng.uniform(0.2, 0.8)
+        if not 0 < y.sum() < n:
+            continue
+        s = np.round(rng.normal(size=n) + y, 1)  # rounded: many ties
+        assert M._fast_auroc(y, s) == pytest.approx(M.image_auroc(y, s))
+        assert M._fast_ap(y, s) == pytest.approx(M.image_ap(y, s))
+        for spec in (0.8, 0.95, 1.0):
+            assert M._fast_sensitivity(y, s, spec) == pytest.approx(M.sensitivity_at_specificity(y, s, spec))
+    part = functools.partial(M.sensitivity_at_specificity, specificity=0.9)
+    assert M._fast_equivalent(part)(y, s) == pytest.approx(part(y, s))
+    # a function the module does not know is used as given
+    own = lambda a, b: float(np.mean(b))  # noqa: E731
+    assert M._fast_equivalent(own) is own
