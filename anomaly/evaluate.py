@@ -342,9 +342,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     items = _check_folder(data_dir)
-    from anomaly.scoring import MEDIAN_SIZE, run_method
-
-    assert MEDIAN_SIZE == 5, "POSTPROCESSING text is out of date"
+    from anomaly.scoring import run_method
     if checkpoint_root is not None and not Path(checkpoint_root).is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoint_root} does not exist")
     if val_data is not None:
@@ -358,6 +356,10 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise AnomalyError(f"output path {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AnomalyError(f"cannot create the output folder {out_dir}: {e}") from e
     loaded = load_methods(names, checkpoint_root)
 
     cals = calibrate_on(Path(val_data), loaded, seed, progress) if val_data is not None else {}
@@ -399,6 +401,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
             off = 0
             for e in chunk:
                 n = len(e.samples)
+                is_png = e.item.image_path.name.lower().endswith(".png")
                 maps = e.prep.to_original(res.anomaly_map[off:off + n])
                 for k, (s, sid) in enumerate(zip(e.samples, e.ids)):
                     score = float(res.scores[off + k])
@@ -418,7 +421,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
                         return {"image": s.image.copy(), "map": maps[k].copy(),
                                 "mask": None if s.mask is None else s.mask.copy(),
                                 "brain": e.prep.original_masks[k].copy(),
-                                "title": f"{e.item.image_path.name}" + (f" [{s.index}]" if len(e.samples) > 1 or s.index else "")
+                                "title": e.item.image_path.name + ("" if is_png else f" [slice {s.index}]")
                                 + f"\nscore {score:.3g}"}
 
                     if s.label == 0:
@@ -433,7 +436,6 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
 
     result = _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_invalid,
                         max_slices, val_data, lesion_px, lesion_px_in_brain)
-    out_dir.mkdir(parents=True, exist_ok=True)
     figures = _write_figures(out_dir, meta, accs)
     result["figures"] = figures
     clean = _jsonable(result)
@@ -524,7 +526,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         "n_files": len({m["file"] for m in meta}),
         "n_invalid": int((~valid).sum()),
         "invalid_slices": "excluded" if exclude_invalid else "included",
-        "postprocessing": POSTPROCESSING,
+        "postprocessing": _postprocessing_text(),
         "pixel_region": "inside the brain mask (PreparedSlices.original_masks) of samples with a mask file, at the mask's size",
         "pixel_sample": {"n_pixels": int(store.n_total), "n_used": int(store.n_kept),
                          "fraction": float(store.rate)},
@@ -537,6 +539,12 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         "skipped": skipped,
         "methods": methods_out,
     }
+
+
+def _postprocessing_text() -> str:
+    from anomaly.scoring import MEDIAN_SIZE
+
+    return POSTPROCESSING.replace("5x5", f"{MEDIAN_SIZE}x{MEDIAN_SIZE}")
 
 
 def _jsonable(o):
@@ -673,6 +681,8 @@ def _montage(path: Path, acc: _MethodAcc) -> bool:
             p = cases[c]
             img = p["image"]
             lo, hi = np.percentile(img, [1, 99.5])
+            if p["mask"] is not None and p["mask"].any():  # keep a bright lesion distinguishable
+                hi = max(hi, float(np.percentile(img[p["mask"]], 99)))
             ax_in.imshow(img, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
             ax_in.set_title(f"{what}\n{p['title']}", fontsize=7)
             ax_ov.imshow(img, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))

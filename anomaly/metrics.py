@@ -26,7 +26,9 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+# scikit-learn is imported inside the functions: importing it costs about a second, which
+# callers that only validate input (the evaluate CLI on bad input) should not pay.
 
 MAX_PIXELS = 5_000_000  # pixel metrics subsample (deterministically) above this many pixels
 _SUBSAMPLE_SEED = 0
@@ -94,6 +96,8 @@ def image_auroc(labels, scores) -> float:
     y, s = _labels_scores(labels, scores)
     if not _two_classes(y):
         return NAN
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 
@@ -102,6 +106,8 @@ def image_ap(labels, scores) -> float:
     y, s = _labels_scores(labels, scores)
     if not _two_classes(y):
         return NAN
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, s))
 
 
@@ -114,6 +120,8 @@ def sensitivity_at_specificity(labels, scores, specificity: float = 0.95) -> flo
     y, s = _labels_scores(labels, scores)
     if not _two_classes(y):
         return NAN
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     ok = fpr <= (1.0 - specificity) + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
@@ -208,6 +216,8 @@ def pixel_auroc(masks, maps, brain_masks=None) -> float:
     y, v = pixel_values(masks, maps, brain_masks)
     if not _two_classes(y):
         return NAN
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, v))
 
 
@@ -216,6 +226,8 @@ def pixel_ap(masks, maps, brain_masks=None) -> float:
     y, v = pixel_values(masks, maps, brain_masks)
     if not _two_classes(y):
         return NAN
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, v))
 
 

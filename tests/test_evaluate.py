@@ -285,15 +285,18 @@ def test_val_data_recomputes_the_threshold(data, tmp_path, capsys):
 
 
 def test_max_slices_is_a_seeded_subset(data, tmp_path, capsys):
-    outs = []
-    for k in ("a", "b"):
-        rc, _, err = _run(["--data", data["test"], "--methods", NAME, "--out", tmp_path / k, "--checkpoints",
-                           data["ckpt"], "--bootstrap", "0", "--max-slices", "5", "--seed", "3"], capsys)
-        assert rc == 0, err
-        outs.append(json.loads((tmp_path / k / "metrics.json").read_text()))
-    assert outs[0]["n_images"] == 5
-    a, b = (o["methods"][NAME] for o in outs)
-    assert a["image_auroc"] == b["image_auroc"] and a["pixel_ap"] == b["pixel_ap"]
+    from anomaly.evaluate import _select
+
+    items = read_folder(data["test"])
+    a, b, c = (_select(items, 5, seed) for seed in (3, 3, 4))
+    assert a == b and a != c
+    assert sum(len(v) for v in a.values()) == 5
+    assert _select(items, 10_000, 3) is None  # more than there are: everything
+    rc, _, err = _run(["--data", data["test"], "--methods", NAME, "--out", tmp_path, "--checkpoints",
+                       data["ckpt"], "--bootstrap", "0", "--max-slices", "5", "--seed", "3"], capsys)
+    assert rc == 0, err
+    res = json.loads((tmp_path / "metrics.json").read_text())
+    assert res["n_images"] == 5 and res["seed"] == 3
 
 
 def test_read_item_follows_the_folder_contract(data):
@@ -365,6 +368,7 @@ def test_subprocess_cli_reports_errors_without_traceback(tmp_path):
     assert p.stderr.startswith("error: ") and "missing" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_subprocess_cli_end_to_end_with_zscore(data, tmp_path):
     """The real CLI in a subprocess with the built-in zscore baseline (skipped if not available yet)."""
     try:

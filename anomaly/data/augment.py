@@ -159,11 +159,11 @@ def load_source(name: str, spacing: float | None = None) -> SourceVolume:
         t1, s0 = _load_display(TEMPLATES / "mni152_2009a_t1_1mm.nii.gz")
         wm, _ = _load_display(TEMPLATES / "mni152_2009a_wm_1mm.nii.gz")
         gm, _ = _load_display(TEMPLATES / "mni152_2009a_gm_1mm.nii.gz")
-        brain = clean_mask(t1 > 0)
+        brain = resample((t1 > 0).astype(np.float32), s0, sp) > 0.5
+        brain = clean_mask(brain)
         t1 = resample(t1, s0, sp)
         wm = np.clip(resample(wm / 255.0, s0, sp), 0, 1)
         gm = np.clip(resample(gm / 255.0, s0, sp), 0, 1)
-        brain = resample(brain.astype(np.float32), s0, sp) > 0.5
         t1 = _robust_scale(t1, brain) * brain
         arrs = {"stripped": t1, "brain": brain, "wm": wm, "gm": gm}
         fg = brain
@@ -172,10 +172,10 @@ def load_source(name: str, spacing: float | None = None) -> SourceVolume:
         sp = spacing or WORK_SPACING
         head, s0 = _load_display(TEMPLATES / "colin27_t1_1mm.nii.gz")
         br, _ = _load_display(TEMPLATES / "colin27_t1_brain_1mm.nii.gz")
-        brain = clean_mask(br > 0, close=2)
+        brain = resample((br > 0).astype(np.float32), s0, sp) > 0.5
+        brain = clean_mask(brain, close=max(1, int(round(2.0 / sp))))
         head = resample(head, s0, sp)
         br = resample(br, s0, sp)
-        brain = resample(brain.astype(np.float32), s0, sp) > 0.5
         head = _robust_scale(head, brain)
         stripped = _robust_scale(br, brain) * brain
         arrs = {"skull": head, "stripped": stripped, "brain": brain, "wm": None, "gm": None}
@@ -275,7 +275,7 @@ def spatial_augment(src: SourceVolume, seed: int, strength: float = 1.0) -> Sour
     if warp.R.uniform() < 0.5:  # left-right mirror (columns)
         out = np.asarray(Flip(spatial_axis=2)(torch.from_numpy(out)))
     arr = dict(zip(names, out))
-    brain = clean_mask(arr.pop("brain") > 0.5, close=0)
+    brain = arr.pop("brain") > 0.5  # the source mask is clean; a smooth warp keeps it so
     wm = np.clip(arr.pop("wm"), 0, 1) if "wm" in arr else None
     gm = np.clip(arr.pop("gm"), 0, 1) if "gm" in arr else None
     images = {k: np.clip(arr[k], 0, None) for k in keys}

@@ -402,6 +402,7 @@ class _Ctx:
             self.tissue = self._ordered(self.tissue, vals)
         self._dist_sub = None
         self._wm_sub = None
+        self._tissue_sub = None
 
     @staticmethod
     def _ordered(t: _Tissue, vals) -> _Tissue:
@@ -505,10 +506,22 @@ class _Ctx:
         v = np.nan_to_num(self.v[sl])
         b = self.brain[sl]
         w, g, c = _class_stats(v[b], self.wm_crop(sl, v, b)[b], self.gm_crop(sl, v, b)[b], self.tissue)
-        t = _Tissue(csf=c, gm=g, wm=w)
+        # local CSF samples are mostly partial-volume sulcal CSF: keep the darker level
+        t = _Tissue(csf=min(c, self.tissue.csf), gm=g, wm=w)
         if not (t.csf < t.gm < t.wm):
             return self.tissue
         return t
+
+    def tissue_sub(self):
+        """Smoothed tissue (WM+GM) fraction on the strided grid: low in ventricles/fissures."""
+        if self._tissue_sub is None:
+            if self._gm is not None:
+                g = self._gm[self.sub_sl].astype(np.float32)
+            else:
+                g = self._pv(np.nan_to_num(self.v[self.sub_sl]), self.brain[self.sub_sl], "gm")
+            t = np.clip(self.wm_sub() + g, 0, 1) * self.brain[self.sub_sl]
+            self._tissue_sub = ndi.gaussian_filter(t, _sig(4.0, self.sub_sp(), self.flat), mode="nearest")
+        return self._tissue_sub
 
     def noise_model(self, c_idx, half_mm=25.0):
         """(std, smoothing sigma in voxels, normalisation factor) of the image noise near c.
@@ -635,12 +648,12 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
     lo = 0.5 + 0.3 * float(np.clip((12.0 - size) / 9.0, 0, 1))
     core_frac = rng.uniform(lo, min(lo + 0.25, 0.9))
     core_d = size * core_frac
-    blob = _Blob.random(rng, flat, int(rng.integers(2, 5)), rng.uniform(0.12, 0.22), wavelength=rng.uniform(0.9, 1.4))
+    blob = _Blob.random(rng, flat, int(rng.integers(2, 5)), rng.uniform(0.08, 0.16), wavelength=rng.uniform(1.0, 1.6))
     d_units, rmax_units = blob.extent_units(flat)
     scale = core_d / d_units
     if centre is None:
         wsub = ctx.wm_sub()
-        c_idx = ctx.place(0.5 * size + 1.0, weights=0.3 + wsub)
+        c_idx = ctx.place(0.5 * size + 1.0, weights=(0.3 + wsub) * ctx.tissue_sub() ** 4)
     else:
         c_idx = centre
     c_mm = np.asarray(c_idx, float) * sp
@@ -715,9 +728,9 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
     else:
         rim_mm = rng.uniform(2.0, 4.5)
         level = float(np.clip(rim_mm / max(r_core, 1e-3), 0.15, 0.6))
-        e_r = rng.uniform(0.6, 1.2)
-        I_rim = tis.wm + e_r * tis.gw * (1 + 0.15 * tex)
-        I_nec = tis.csf + rng.uniform(0.15, 0.4) * tis.cg + 0.05 * tis.cg * tex
+        e_r = rng.uniform(0.45, 0.95)
+        I_rim = tis.wm + e_r * tis.gw * (1 + 0.35 * np.clip(n_in, -2, 2)) + 0.1 * tis.gw * tex
+        I_nec = tis.csf + rng.uniform(0.25, 0.5) * tis.cg + 0.08 * tis.cg * tex
         if r_core < 3.0:  # small: solid enhancing nodule
             t = np.zeros_like(Fi)
         else:
@@ -762,7 +775,7 @@ def _haemorrhage(ctx: _Ctx, size, centre):
     blob = _Blob.random(rng, flat, int(rng.integers(1, 3)), rng.uniform(0.07, 0.13), wavelength=rng.uniform(0.8, 1.2))
     d_units, rmax_units = blob.extent_units(flat)
     scale = size / d_units
-    c_idx = centre if centre is not None else ctx.place(0.5 * size + 1.0)
+    c_idx = centre if centre is not None else ctx.place(0.5 * size + 1.0, weights=ctx.tissue_sub() ** 4)
     c_mm = np.asarray(c_idx, float) * sp
     tis = ctx.local_tissue(c_idx, max(25.0, 0.6 * size))
     noise_model = ctx.noise_model(c_idx)
@@ -793,18 +806,19 @@ def _haemorrhage(ctx: _Ctx, size, centre):
     sd = _sdf(mask, sp, flat)
     depth = -sd
     dmax = max(float(depth[mask].max()) if mask.any() else 1.0, 1e-3)
-    e_c = rng.uniform(0.45, 0.8)
-    e_p = e_c + rng.uniform(0.1, 0.45)
+    # methaemoglobin forms from the periphery inwards: periphery brightest
+    e_c = rng.uniform(0.35, 0.75)
+    e_p = e_c + rng.uniform(0.15, 0.5)
     tex = _lowfreq(rng, V.shape, sp, rng.uniform(1.5, 3.0), flat)
     radial = _smoothstep(depth / dmax)  # 0 at the edge, 1 in the middle
-    target = tis.wm + tis.gw * (e_p + (e_c - e_p) * radial) + 0.1 * tis.gw * tex
+    target = tis.wm + tis.gw * (e_p + (e_c - e_p) * radial) + 0.2 * tis.gw * tex
     rim = bool(size >= 10 and rng.uniform() < 0.5)
     details = {"mass_effect_mm": round(amp, 2), "dark_rim": rim}
-    if rim:
-        rim_w = rng.uniform(0.8, 1.5)
-        I_rim = tis.gm - rng.uniform(0.15, 0.45) * tis.cg
-        target = I_rim + (target - I_rim) * _ramp(depth - rim_w, 0.9)
-        details["rim_mm"] = round(rim_w, 2)
+    if rim:  # thin, patchy haemosiderin rim, mildly hypointense
+        rim_w = rng.uniform(0.7, 1.3) * (1 + 0.4 * np.clip(_lowfreq(rng, V.shape, sp, 3.0, flat), -1.5, 1.5))
+        I_rim = tis.wm - rng.uniform(0.4, 1.0) * tis.gw
+        target = I_rim + (target - I_rim) * _ramp(depth - rim_w, 1.0)
+        details["rim_mm"] = round(float(np.median(rim_w)), 2)
     alpha = expit(-sd / _edge_width(ctx)) * B
     noise = ctx.noise_field(V.shape, noise_model)
     new = _composite(Vw, target, alpha, noise)
@@ -866,23 +880,29 @@ def _stroke(ctx: _Ctx, size, centre):
         cand = np.argwhere(surf)
         if len(cand) == 0:
             cand = np.argwhere(dist > 0)
-        best, best_score, u = None, -1.0, None
+        # prefer the cerebral convexity: a lateral entry (outward normal not pointing
+        # up or down) above the lowest ~35 % of the brain (cerebellum, skull base)
+        zs = np.nonzero(bs.any(axis=(1, 2)))[0]
+        z_lo, z_hi = (float(zs[0]), float(zs[-1])) if len(zs) else (0.0, 1.0)
         order = rng.permutation(len(cand))[:400]
+        scored = []
         for j in order:
             p = tuple(cand[j])
             n_in = inward_at(p)
             if n_in is None:
                 continue
             p_mm = np.asarray(p, float) * ctx.sub_sp()
-            apex = p_mm + n_in * L
-            score = min(dist_at_mm(apex), 0.35 * L) + (0.35 * L if dist_at_mm(p_mm + n_in * 0.5 * L) > 0 else 0)
-            if score > best_score:
-                best, best_score, u = p_mm, score, -n_in
-            if score >= 0.69 * L:
-                break
-        if best is None:
+            fit = min(dist_at_mm(p_mm + n_in * L), 0.35 * L) + (0.35 * L if dist_at_mm(p_mm + n_in * 0.5 * L) > 0 else 0)
+            pref = 1.0
+            if not flat and z_hi > z_lo:
+                zf = (p[0] - z_lo) / (z_hi - z_lo)
+                pref = (1.0 - 0.8 * abs(float(n_in[0]))) * (1.0 if zf > 0.35 else 0.25)
+            scored.append((fit / (0.7 * L) * pref, p_mm, -n_in))
+        if not scored:
             raise ValueError("cannot place a stroke: no usable brain surface")
-        q_mm = best
+        top = max(sc[0] for sc in scored)
+        good = [sc for sc in scored if sc[0] >= 0.8 * top]
+        _, q_mm, u = good[int(rng.integers(len(good)))]
     seed_val = int(rng.integers(2**32))
     for it in range(4):
         apex = q_mm - u * L
@@ -958,7 +978,7 @@ def _wm_lesions(ctx: _Ctx, size, centre):
     else:
         dvent = np.full(bsub.shape, 30.0)
     gv = [np.zeros_like(dvent) if (flat and ax == 0) or dvent.shape[ax] < 2 else np.gradient(dvent, axis=ax) for ax in range(3)]
-    weights = np.exp(-dvent / 12.0) + 0.15
+    weights = np.exp(-dvent / 8.0) + 0.05
     placed = []  # (centre idx, radius mm)
     taken = np.zeros(bsub.shape, bool)
     grid = np.stack(np.meshgrid(*[np.arange(s) * ssp[ax] for ax, s in enumerate(bsub.shape)], indexing="ij"), 0) if not flat else None

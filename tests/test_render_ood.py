@@ -1,0 +1,56 @@
+"""Rendering config and the out-of-distribution verdict (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly.ood import image_reasons, metadata_reasons, verdict
+from anomaly.render import GridRow, RenderConfig, colorbar, compose_grid, heatmap_rgb, overlay_rgb
+from anomaly.scan import Scan
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_heatmap_uses_the_shared_calibrated_scale():
+    cfg = RenderConfig(vmax=2.0)
+    m = np.array([[0.0, 2.0, 4.0]])
+    rgb = heatmap_rgb(m, cfg)
+    assert np.array_equal(rgb[0, 1], rgb[0, 2])  # clipped at vmax, not rescaled per image
+    assert not np.array_equal(rgb[0, 0], rgb[0, 1])
+
+
+def test_overlay_only_above_threshold_and_contour():
+    img = np.full((40, 40), 100, np.uint8)
+    m = np.zeros((40, 40), np.float32)
+    m[10:20, 10:20] = 2.0
+    out = overlay_rgb(img, m, RenderConfig(threshold=1.0, mode="fill", alpha=0.5))
+    assert (out[0, 0] == 100).all() and not (out[15, 15] == 100).all()
+    cont = overlay_rgb(img, m, RenderConfig(threshold=1.0, mode="contour"))
+    assert tuple(cont[10, 15]) == RenderConfig().contour_rgb and (cont[15, 15] == 100).all()
+
+
+def test_grid_has_one_row_per_method():
+    img = np.zeros((64, 64), np.uint8)
+    rows = [GridRow("a", img, img, np.zeros((64, 64))), GridRow("b", img, None, np.ones((64, 64)))]
+    g = compose_grid(rows, RenderConfig(), "axial")
+    assert g.size[1] > 2 * 256 and colorbar(RenderConfig()).size[1] == 256
+
+
+def test_ood_from_metadata():
+    ct = Scan(np.zeros((2, 8, 8)), modality="CT")
+    assert metadata_reasons(ct)
+    pd = Scan(np.zeros((2, 8, 8)), modality="MR", meta={"EchoTime": 15, "RepetitionTime": 3000})
+    assert any("T1" in r for r in metadata_reasons(pd))
+    t1 = Scan(np.zeros((2, 8, 8)), modality="MR", meta={"EchoTime": 3, "RepetitionTime": 500})
+    assert metadata_reasons(t1) == []
+    chest = Scan(np.zeros((1, 8, 8)), modality="MR", meta={"BodyPartExamined": "CHEST"})
+    assert metadata_reasons(chest)
+
+
+def test_ood_from_the_image_itself():
+    valid = np.ones(5, bool)
+    assert image_reasons({"ae": np.full(5, 100.0), "zscore": np.full(5, 99.9)}, valid)
+    assert not image_reasons({"ae": np.array([10, 50, 99.5, 30, 20.0])}, valid)
+    v = verdict(Scan(np.zeros((2, 8, 8))), {"ae": np.full(2, 100.0)}, np.ones(2, bool))
+    assert not v.in_distribution and "not trained" in v.banner
