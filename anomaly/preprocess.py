@@ -2,7 +2,7 @@
 
 Per slice: brain extraction -> square crop around the brain (+margin) -> resize to the
 model size (default 128x128) -> robust intensity normalisation (background level -> 0,
-99th percentile of the brain -> 1, clipped to [0, 1.5]) -> background set to 0.
+75th percentile of the brain -> 0.85, clipped to [0, 1.5]) -> background set to 0.
 ``PreparedSlices.to_original`` brings model-space maps back to the input's pixels.
 No other module crops, resizes or normalises images for a model.
 """
@@ -23,6 +23,8 @@ CROP_MARGIN = 0.06  # fraction of the brain's extent added on each side
 MIN_BRAIN_FRACTION = 0.25  # slices with less brain than this x the largest slice are not scored
 MIN_BRAIN_PIXELS = 64
 NORM_CLIP = 1.5
+NORM_REF = 0.85  # the brain's 75th percentile maps here
+PREPROCESS_VERSION = 2  # bump when preprocessing changes (invalidates caches)
 
 
 @dataclass
@@ -126,6 +128,18 @@ def extract_brain(slices: np.ndarray) -> np.ndarray:
     return np.stack([foreground_mask(s) for s in slices]) if len(slices) else np.zeros((0, 1, 1), bool)
 
 
+def extractor_id() -> str:
+    """Which brain extractor preprocessing uses ('classical' or the UNet checkpoint's hash)."""
+    import json
+    from pathlib import Path
+
+    card = Path(__file__).resolve().parents[1] / "checkpoints" / "brainmask" / "card.json"
+    try:
+        return "unet-" + json.loads(card.read_text())["checkpoint_hash"][:8]
+    except (OSError, KeyError, ValueError):
+        return "classical"
+
+
 def informative_slices(masks: np.ndarray) -> np.ndarray:
     """(N,) bool: slices whose brain area is at least MIN_BRAIN_FRACTION of the largest."""
     areas = masks.reshape(len(masks), -1).sum(1)
@@ -166,10 +180,14 @@ def _resize(img: np.ndarray, size: int, mode: str = "area") -> np.ndarray:
 
 
 def normalise_intensity(img: np.ndarray, mask: np.ndarray, background: float) -> np.ndarray:
-    """(x - background) / (p99(brain) - background), clipped to [0, NORM_CLIP]."""
+    """(x - background) / ((p75(brain) - background) / 0.85), clipped to [0, NORM_CLIP].
+
+    The brain's 75th percentile maps to 0.85 (healthy white matter lands near 1). A
+    percentile in the middle of the distribution is not moved much by a bright or dark
+    lesion, unlike the 99th (a bright haemorrhage would darken the whole slice)."""
     vals = img[mask]
-    hi = float(np.percentile(vals, 99)) if vals.size else float(img.max())
-    scale = hi - background
+    p75 = float(np.percentile(vals, 75)) if vals.size else float(img.max())
+    scale = (p75 - background) / NORM_REF
     if not np.isfinite(scale) or scale <= 1e-6:
         return np.zeros_like(img, np.float32)
     return np.clip((img - background) / scale, 0.0, NORM_CLIP).astype(np.float32)

@@ -95,7 +95,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         "paper": cls.paper,
         "citation": cls.citation,
         "input_size": [MODEL_SIZE, MODEL_SIZE],
-        "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / (p99 brain - background), clip [0, {NORM_CLIP}]",
+        "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
         "training_data": str(data),
         "n_train_slices": len(train_set),
         "n_val_normal_slices": len(val_set),

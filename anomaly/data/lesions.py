@@ -234,15 +234,15 @@ class _Blob:
         self.phi = rng.uniform(0, 2 * np.pi, waves)
 
     @classmethod
-    def random(cls, rng, flat, n_parts, irregular, wavelength=1.1):
+    def random(cls, rng, flat, n_parts, irregular, wavelength=1.1, offset=(0.3, 0.6), sec_axes=(0.45, 0.8)):
         cen, ax, rots = [], [], []
         for i in range(n_parts):
             if i == 0:
                 cen.append(np.zeros(3))
                 ax.append(rng.uniform(0.75, 1.0, 3))
             else:
-                cen.append(_rand_dir(rng, flat) * rng.uniform(0.3, 0.6))
-                ax.append(rng.uniform(0.45, 0.8, 3))
+                cen.append(_rand_dir(rng, flat) * rng.uniform(*offset))
+                ax.append(rng.uniform(*sec_axes, 3))
             rots.append(_rand_rot(rng, flat))
         return cls(cen, ax, rots, irregular, rng, flat, wavelength=wavelength)
 
@@ -442,6 +442,16 @@ class _Ctx:
             else:
                 self._wm_sub = self._pv(np.nan_to_num(self.v[self.sub_sl]), self.brain[self.sub_sl], "wm")
         return self._wm_sub
+
+    def off_midline_sub(self, radius_mm):
+        """Weight on the strided grid that discourages a lesion of ``radius_mm`` from
+        straddling the mid-sagittal plane (columns run patient right -> left; the plane is
+        taken through the brain's centre of mass)."""
+        b = self.brain[self.sub_sl]
+        x_mid = float(ndi.center_of_mass(b.any(axis=(0, 1)))[0]) * self.sub_sp()[2]
+        x = np.arange(b.shape[2]) * self.sub_sp()[2]
+        w = 0.03 + _smoothstep((np.abs(x - x_mid) - 0.6 * radius_mm) / 10.0)
+        return np.broadcast_to(w[None, None, :], b.shape)
 
     def sub_sp(self):
         return self.sp * np.asarray(self.st)
@@ -653,7 +663,7 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
     scale = core_d / d_units
     if centre is None:
         wsub = ctx.wm_sub()
-        c_idx = ctx.place(0.5 * size + 1.0, weights=(0.3 + wsub) * ctx.tissue_sub() ** 4)
+        c_idx = ctx.place(0.5 * size + 1.0, weights=(0.3 + wsub) * ctx.tissue_sub() ** 4 * ctx.off_midline_sub(0.5 * size))
     else:
         c_idx = centre
     c_mm = np.asarray(c_idx, float) * sp
@@ -772,10 +782,12 @@ def _geodesic(cost, start, sp, flat, max_cost):
 
 def _haemorrhage(ctx: _Ctx, size, centre):
     rng, flat, sp = ctx.rng, ctx.flat, ctx.sp
-    blob = _Blob.random(rng, flat, int(rng.integers(1, 3)), rng.uniform(0.07, 0.13), wavelength=rng.uniform(0.8, 1.2))
+    blob = _Blob.random(
+        rng, flat, int(rng.integers(1, 3)), rng.uniform(0.06, 0.12), wavelength=rng.uniform(0.8, 1.2), offset=(0.15, 0.4), sec_axes=(0.65, 0.9)
+    )
     d_units, rmax_units = blob.extent_units(flat)
     scale = size / d_units
-    c_idx = centre if centre is not None else ctx.place(0.5 * size + 1.0, weights=ctx.tissue_sub() ** 4)
+    c_idx = centre if centre is not None else ctx.place(0.5 * size + 1.0, weights=ctx.tissue_sub() ** 4 * ctx.off_midline_sub(0.5 * size))
     c_mm = np.asarray(c_idx, float) * sp
     tis = ctx.local_tissue(c_idx, max(25.0, 0.6 * size))
     noise_model = ctx.noise_model(c_idx)
@@ -893,16 +905,18 @@ def _stroke(ctx: _Ctx, size, centre):
                 continue
             p_mm = np.asarray(p, float) * ctx.sub_sp()
             fit = min(dist_at_mm(p_mm + n_in * L), 0.35 * L) + (0.35 * L if dist_at_mm(p_mm + n_in * 0.5 * L) > 0 else 0)
-            pref = 1.0
+            pref = float(_smoothstep(abs(p_mm[2] - com[2]) / 20.0))
             if not flat and z_hi > z_lo:
                 zf = (p[0] - z_lo) / (z_hi - z_lo)
-                pref = (1.0 - 0.8 * abs(float(n_in[0]))) * (1.0 if zf > 0.35 else 0.25)
+                pref *= (1.0 - 0.8 * abs(float(n_in[0]))) * (1.0 if zf > 0.35 else 0.25)
             scored.append((fit / (0.7 * L) * pref, p_mm, -n_in))
         if not scored:
             raise ValueError("cannot place a stroke: no usable brain surface")
         top = max(sc[0] for sc in scored)
         good = [sc for sc in scored if sc[0] >= 0.8 * top]
         _, q_mm, u = good[int(rng.integers(len(good)))]
+    x_mid = float(com[2])
+    side = float(np.sign(q_mm[2] - x_mid)) if abs(q_mm[2] - x_mid) > 3.0 else None
     seed_val = int(rng.integers(2**32))
     for it in range(4):
         apex = q_mm - u * L
@@ -914,16 +928,16 @@ def _stroke(ctx: _Ctx, size, centre):
         perp = np.sqrt(pz * pz + py * py + px * px)
         B = b[sl]
         # the same draws at every iteration keep the result deterministic
-        n_ang = _lowfreq(np.random.default_rng(seed_val), B.shape, sp, max(2.0, 0.3 * L), flat)
-        ang = np.arctan2(perp, np.maximum(along, 1e-6))
-        th = theta * (1 + 0.22 * np.clip(n_ang, -1.8, 1.8))
-        r = np.sqrt(along * along + perp * perp)
-        inside = (((ang < th) & (along > 0)) | (r < 0.12 * L)) & (along < 1.2 * L * (1 + 0.06 * n_ang)) & B
-        apex_i = tuple(int(np.clip(round(apex[ax] / sp[ax]) - sl[ax].start, 0, B.shape[ax] - 1)) for ax in range(3))
-        seed = np.zeros(B.shape, bool)
-        seed[apex_i] = True
-        if not inside[apex_i]:
-            seed = inside & (r < 0.35 * L)
+        g_local = np.random.default_rng(seed_val)
+        n_ang = _lowfreq(g_local, B.shape, sp, max(2.0, 0.25 * L), flat)
+        n_edge = _lowfreq(g_local, B.shape, sp, 2.0, flat)
+        th = np.clip(theta * (1 + 0.28 * np.clip(n_ang, -1.8, 1.8)), 0.05, 1.3)
+        wobble = 0.9 * np.clip(n_edge, -2, 2) * min(1.0, L / 20.0)
+        inside = (perp < along * np.tan(th) + wobble) & (along > 0) & (along < 1.2 * L * (1 + 0.06 * n_ang)) & B
+        if side is not None:  # arterial territories are unilateral: stay off the midline
+            xw = np.broadcast_to(x + apex[2] - x_mid, B.shape)
+            inside &= (xw * side) > 1.0
+        seed = inside & (along > 0.25 * L) & (along < 0.75 * L)
         mask = _keep_connected_to(inside, seed, flat) if inside.any() else inside
         d = feret_diameter(mask, sp)
         if d <= 0 or abs(d / size - 1) < 0.08:
@@ -1194,7 +1208,7 @@ def render_lesion_gallery(out_path, template=None, seed: int = 3, sizes: dict | 
     wm = read_image(root / "mni152_2009a_wm_1mm.nii.gz") / 255.0 if template is None else None
     gm = read_image(root / "mni152_2009a_gm_1mm.nii.gz") / 255.0 if template is None else None
     brain = t1 > 0
-    sizes = sizes or {"tumour": 32.0, "tumour_enhancing": 34.0, "wm_lesions": 10.0, "stroke": 38.0, "haemorrhage": 22.0}
+    sizes = sizes or {"tumour": 32.0, "tumour_enhancing": 34.0, "wm_lesions": 12.0, "stroke": 38.0, "haemorrhage": 22.0}
     kinds = list(LESION_KINDS)
     fig, axes = plt.subplots(len(kinds), 4, figsize=(13, 3.4 * len(kinds)), dpi=110)
     infos = []
@@ -1202,15 +1216,16 @@ def render_lesion_gallery(out_path, template=None, seed: int = 3, sizes: dict | 
         rng = np.random.default_rng(seed + row)
         new, mask, info = add_lesion(t1, brain, kind, sizes[kind], rng, wm_prob=wm, gm_prob=gm)
         infos.append(info)
-        s = info.centre[0]
+        # the axial slice with the most lesion (for several lesions: through the largest)
+        s = info.centre[0] if info.n_components > 1 else int(np.argmax(mask.sum(axis=(1, 2))))
         before, after, m = t1[s], new[s], mask[s]
         vmin, vmax = 0.0, float(np.percentile(t1[brain], 99.5)) * 1.15
         axes[row, 0].imshow(before, cmap="gray", vmin=vmin, vmax=vmax)
         axes[row, 1].imshow(after, cmap="gray", vmin=vmin, vmax=vmax)
         axes[row, 2].imshow(after, cmap="gray", vmin=vmin, vmax=vmax)
         axes[row, 2].contour(m, levels=[0.5], colors="r", linewidths=0.8)
-        h, w = info.centre[1], info.centre[2]
-        r = int(max(20, info.size_mm * 1.1))
+        h, w = (int(round(a)) for a in (info.centre[1:] if info.n_components > 1 else ndi.center_of_mass(m)))
+        r = int(max(22, info.size_mm * 1.0))
         h0, h1 = max(0, h - r), min(after.shape[0], h + r)
         w0, w1 = max(0, w - r), min(after.shape[1], w + r)
         axes[row, 3].imshow(after[h0:h1, w0:w1], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")

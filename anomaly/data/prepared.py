@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anomaly.data.folder import read_folder, read_image, read_mask
-from anomaly.preprocess import MODEL_SIZE, preprocess_slices
+from anomaly.preprocess import MODEL_SIZE, PREPROCESS_VERSION, extractor_id, preprocess_slices
 
 
 @dataclass
@@ -56,7 +56,7 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
     Cached in ``root/.prepared-<fingerprint>.npz`` (rebuilt when files change).
     """
     root = Path(root)
-    cache_path = root / f".prepared-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
+    cache_path = root / f".prepared-v{PREPROCESS_VERSION}-{extractor_id()}-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
     if cache and cache_path.exists():
         z = np.load(cache_path, allow_pickle=False)
         les = z["lesions"] if z["has_lesions"] else None

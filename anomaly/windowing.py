@@ -1,0 +1,82 @@
+"""Display windows (centre, width): CT presets in Hounsfield units, 'auto' and 'file'.
+
+``PRESETS`` use standard radiology values, e.g. brain W80 L40 -> (40, 80). 'auto' is the
+1st-99th percentile of the scan, 'file' the window stored in the file (DICOM
+WindowCenter/WindowWidth), falling back to 'auto'.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# (centre, width) in HU
+PRESETS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (75.0, 215.0),
+    "stroke": (40.0, 40.0),
+    "ct soft tissue": (50.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+}
+DATA_PRESETS = ("auto", "file")
+_MAX_SAMPLES = 2_000_000
+
+
+def preset_names(scan=None) -> list[str]:
+    """Presets that make sense for ``scan``: 'auto' (+ 'file' if stored), and the HU
+    presets for CT (all of them when ``scan`` is None)."""
+    names = ["auto"]
+    if scan is None or getattr(scan, "window", None):
+        names.append("file")
+    if scan is None or str(getattr(scan, "modality", "")).upper() == "CT":
+        names.extend(PRESETS)
+    return names
+
+
+def auto_window(img: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> tuple[float, float]:
+    """(centre, width) spanning the ``lo_pct``-``hi_pct`` percentiles of the finite values."""
+    a = np.asarray(img, dtype=np.float32).ravel()
+    if a.size > _MAX_SAMPLES:
+        a = a[:: int(np.ceil(a.size / _MAX_SAMPLES))]
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return 0.5, 1.0
+    lo, hi = (float(x) for x in np.percentile(a, [lo_pct, hi_pct]))
+    if hi - lo <= 0:
+        lo, hi = float(a.min()), float(a.max())
+    if hi - lo <= 0:
+        return lo, 1.0
+    return (lo + hi) / 2.0, hi - lo
+
+
+def window_for(scan, preset: str) -> tuple[float, float]:
+    """(centre, width) of ``preset`` ('auto', 'file' or a key of ``PRESETS``, any case)
+    for ``scan``. 'file' falls back to 'auto' when the file stores no valid window."""
+    key = str(preset).strip().lower()
+    if key == "auto":
+        return auto_window(scan.voxels)
+    if key == "file":
+        win = getattr(scan, "window", None)
+        if win is not None and len(win) == 2 and np.isfinite(win).all() and float(win[1]) > 0:
+            return float(win[0]), float(win[1])
+        return auto_window(scan.voxels)
+    if key in PRESETS:
+        return PRESETS[key]
+    raise ValueError(f"unknown window preset {preset!r}; choose one of {list(DATA_PRESETS) + list(PRESETS)}")
+
+
+def apply_window(img: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """Linear window: centre - width/2 -> 0, centre + width/2 -> 255, clipped, as uint8.
+    NaN -> 0; a width <= 0 thresholds at ``centre``."""
+    a = np.asarray(img, dtype=np.float32)
+    centre, width = float(centre), float(width)
+    if not np.isfinite(centre) or not np.isfinite(width):
+        raise ValueError(f"window centre and width must be finite, got ({centre}, {width})")
+    if width <= 0:
+        out = np.where(a > centre, 255, 0)
+    else:
+        lo = centre - width / 2.0
+        out = np.clip((a - lo) / width * 255.0, 0, 255)
+        out = np.rint(out)
+    out = np.where(np.isnan(a), 0, out)
+    return out.astype(np.uint8)
