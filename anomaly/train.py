@@ -80,6 +80,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
           command: str | None = None) -> dict:
     """Train, save weights + card, calibrate on val-normal; returns the card."""
     cfg = cfg or TrainConfig()
+    cfg.data_dir = cfg.data_dir or str(data)
     set_threads()
     cls = method_class(method)
     out = Path(out) if out else CHECKPOINT_ROOT / cls.name

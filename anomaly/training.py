@@ -29,6 +29,7 @@ class TrainConfig:
     device: str = "cpu"
     save_every_s: float = 120.0
     augment: bool = True
+    data_dir: str | None = None  # the data-set root (set by anomaly.train; DDAD reads DIR/unlabeled)
 
 
 def seed_everything(seed: int) -> torch.Generator:

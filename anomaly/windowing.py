@@ -49,17 +49,19 @@ def auto_window(img: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> t
     return (lo + hi) / 2.0, hi - lo
 
 
-def window_for(scan, preset: str) -> tuple[float, float]:
+def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float, float]:
     """(centre, width) of ``preset`` ('auto', 'file' or a key of ``PRESETS``, any case)
-    for ``scan``. 'file' falls back to 'auto' when the file stores no valid window."""
+    for ``scan``. 'auto' uses ``img`` (e.g. the displayed slice) when given, else the
+    whole scan; 'file' falls back to 'auto' when the file stores no valid window."""
     key = str(preset).strip().lower()
+    data = scan.voxels if img is None else img
     if key == "auto":
-        return auto_window(scan.voxels)
+        return auto_window(data)
     if key == "file":
         win = getattr(scan, "window", None)
         if win is not None and len(win) == 2 and np.isfinite(win).all() and float(win[1]) > 0:
             return float(win[0]), float(win[1])
-        return auto_window(scan.voxels)
+        return auto_window(data)
     if key in PRESETS:
         return PRESETS[key]
     raise ValueError(f"unknown window preset {preset!r}; choose one of {list(DATA_PRESETS) + list(PRESETS)}")

@@ -49,7 +49,8 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
     key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial")
     assert set(a.results) == {"zscore", "ae"}
     assert a.n_slices == 55 and a.scan.spacing == pytest.approx((2.0, 2.0, 2.0))
-    idx = a.most_anomalous_slice()
+    assert 0 <= a.most_anomalous_slice() < a.n_slices
+    idx = a.results["zscore"].most_anomalous_slice
     assert 28 <= idx <= 35  # the blob's slices
     grid, table, (img, ph) = cb.render_view(key, idx, "auto", 0.5, 1.0, "both", None)
     assert isinstance(grid, Image.Image) and grid.size[0] > 1000

@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 
 from anomaly.errors import CorruptFileError, MultipleSeriesError, ScanLoadError, UnsupportedFileError
 from anomaly.io import list_series, load_scan
+from anomaly.io.dicom import read_dataset
 from anomaly.keys import content_hash
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,7 +35,9 @@ def dicom_data(name: str) -> Path:
 
 def copy_with(src: Path, dst: Path, **changes) -> Path:
     """Copy a DICOM file, setting header keywords (None deletes the element)."""
-    ds = pydicom.dcmread(str(src))
+    ds = read_dataset(src)
+    for tag in [t for t in ds.keys() if t.group == 0]:  # command-set elements cannot be written
+        del ds[tag]
     for key, value in changes.items():
         if value is None:
             if key in ds:
@@ -72,7 +75,7 @@ def test_series_folder_is_a_sorted_volume(series_scan):
 
 
 def test_series_slices_inferior_to_superior(series_scan):
-    headers = [pydicom.dcmread(str(p)) for p in SERIES_FILES]
+    headers = [read_dataset(p) for p in SERIES_FILES]
     z = [float(h.ImagePositionPatient[2]) for h in headers]
     assert np.all(np.diff([p[2] for p in series_scan.meta["ImagePositionPatient"]]) > 0)
     by_z = [headers[i] for i in np.argsort(z)]
@@ -108,7 +111,7 @@ def test_instance_number_fallback_without_positions(tmp_path):
     for i, p in enumerate(src):  # reversed InstanceNumbers, no positions
         copy_with(p, tmp_path / p.name, InstanceNumber=10 - i, ImagePositionPatient=None)
     s = load_scan(tmp_path)
-    raw = [pydicom.dcmread(str(p)).pixel_array for p in src]
+    raw = [read_dataset(p).pixel_array for p in src]
     np.testing.assert_array_equal(s.voxels[0], raw[4].astype(np.float32))
     np.testing.assert_array_equal(s.voxels[4], raw[0].astype(np.float32))
     assert any("InstanceNumber" in n for n in s.notes)
@@ -151,6 +154,35 @@ def test_multiframe_emri_small():
     assert s.spacing[0] == pytest.approx(1.2)  # SpacingBetweenSlices
     assert any("10 frames" in n for n in s.notes)
     assert not s.known_frame  # no orientation stored
+
+
+def test_enhanced_multiframe_geometry_sorts_frames(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    src = dicom_data("emri_small.dcm")
+    ds = read_dataset(src)
+    raw = ds.pixel_array.astype(np.float32)
+    z = [float(v) for v in (45, 40, 35, 30, 25, 20, 15, 10, 5, 0)]  # stored superior -> inferior
+    shared = Dataset()
+    shared.PlaneOrientationSequence = Sequence([Dataset()])
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence = Sequence([Dataset()])
+    shared.PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.6]
+    shared.PixelMeasuresSequence[0].SliceThickness = 5
+    frames = []
+    for zi in z:
+        item = Dataset()
+        item.PlanePositionSequence = Sequence([Dataset()])
+        item.PlanePositionSequence[0].ImagePositionPatient = [0, 0, zi]
+        frames.append(item)
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.save_as(str(tmp_path / "enhanced.dcm"))
+    s = load_scan(tmp_path / "enhanced.dcm")
+    np.testing.assert_array_equal(s.voxels, raw[::-1])  # inferior -> superior
+    assert s.spacing == pytest.approx((5.0, 0.5, 0.6)) and s.known_frame
+    assert s.meta["frames"] == list(range(10, 0, -1))
 
 
 def test_ct_rescale_to_hounsfield():
@@ -258,10 +290,8 @@ def test_transposed_axial_is_transposed_to_display(tmp_path):
 def test_reversed_slice_normal_still_inferior_to_superior(series_scan, tmp_path):
     # rows flipped (column direction -y): normal points down; display must still match
     for p in SERIES_FILES:
-        ds = pydicom.dcmread(str(p))
-        iop = [float(x) for x in ds.ImageOrientationPatient]
-        ds.ImageOrientationPatient = iop[:3] + [-x for x in iop[3:]]
-        ds.save_as(str(tmp_path / p.name))
+        iop = [float(x) for x in pydicom.dcmread(str(p), stop_before_pixels=True).ImageOrientationPatient]
+        copy_with(p, tmp_path / p.name, ImageOrientationPatient=iop[:3] + [-x for x in iop[3:]])
     s = load_scan(tmp_path)
     np.testing.assert_array_equal(s.voxels, series_scan.voxels[:, ::-1, :])
     assert np.all(np.diff([q[2] for q in s.meta["ImagePositionPatient"]]) > 0)

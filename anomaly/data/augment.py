@@ -28,7 +28,6 @@ inferior -> superior, rows anterior -> posterior, columns patient right -> left.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,8 +143,18 @@ def _bbox(m: np.ndarray, margin: int) -> list[tuple[int, int]]:
     return [(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin)) for i, n in zip(idx, m.shape)]
 
 
-@functools.lru_cache(maxsize=8)
+PRELOADED: dict = {}  # (name, spacing) -> SourceVolume, filled in worker processes
+
+
 def load_source(name: str, spacing: float | None = None) -> SourceVolume:
+    """Cached ``_load_source`` (see there); worker processes get it pre-loaded."""
+    key = (name, spacing)
+    if key not in PRELOADED:
+        PRELOADED[key] = _load_source(name, spacing)
+    return PRELOADED[key]
+
+
+def _load_source(name: str, spacing: float | None = None) -> SourceVolume:
     """One real healthy brain on the working grid (cached; treat the arrays as read-only).
 
     ``mni152``: ICBM152 2009a T1, skull-stripped, with GM/WM maps; brain = T1 > 0.
@@ -253,15 +262,16 @@ class RandCoarseElastic3D:
         return np.asarray(out.cpu().numpy() if hasattr(out, "cpu") else out, np.float32)
 
 
-def spatial_augment(src: SourceVolume, seed: int, strength: float = 1.0) -> SourceVolume:
+def spatial_augment(src: SourceVolume, seed: int, strength: float = 1.0, variants=None) -> SourceVolume:
     """One pseudo-subject's anatomy: the same random warp for image(s), brain mask and tissue maps.
 
     Smooth non-rigid deformation + affine (``RandCoarseElastic3D``), then a left-right
-    mirror with probability 0.5 (``monai.transforms.Flip``). Deterministic for ``seed``.
+    mirror with probability 0.5 (``monai.transforms.Flip``). Deterministic for ``seed``
+    (the same warp whichever image ``variants`` are carried along).
     """
     from monai.transforms import Flip
 
-    keys = list(src.images)
+    keys = list(src.images) if variants is None else [k for k in src.images if k in variants]
     maps = {"brain": src.brain.astype(np.float32)}
     if src.wm is not None:
         maps["wm"] = src.wm
@@ -329,9 +339,9 @@ def intensity_augment(image: np.ndarray, seed: int, strength: float = 1.0, keep_
     return a
 
 
-def pseudo_subject(src: SourceVolume, seed: int, strength: float = 1.0) -> SourceVolume:
-    """Spatial then intensity augmentation of every image variant (convenience, no lesion)."""
-    ps = spatial_augment(src, seed, strength)
+def pseudo_subject(src: SourceVolume, seed: int, strength: float = 1.0, variants=None) -> SourceVolume:
+    """Spatial then intensity augmentation of the image variants (convenience, no lesion)."""
+    ps = spatial_augment(src, seed, strength, variants=variants)
     imgs = {}
     for k, v in ps.images.items():
         imgs[k] = intensity_augment(v, seed + 7919, strength, keep_zero=~ps.brain if k == "stripped" else None)

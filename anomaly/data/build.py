@@ -73,7 +73,7 @@ class _LesionCycle:
         return k, round(float(np.exp(self.rng.uniform(lo, hi))), 1)
 
 
-def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27", tiny: bool = False) -> list[Job]:
+def plan(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27", tiny: bool = False) -> list[Job]:
     """Every pseudo-subject job of the build (deterministic for the arguments)."""
     out = Path(out)
     _, kinds = lesion_api()
@@ -110,15 +110,15 @@ def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27",
         healthy("train_loo", 1, family="loo", start=subjects, max_normal=4)
         n_vol_les, n_itk_les, itk_normals = 1, 2, 6
     else:
-        healthy("train", subjects, normal_step=2)
-        healthy("val_normal", max(3, subjects // 8), normal_step=3)
-        lesional("val_lesion", 8, 3, slices_per_lesion=4, max_normal=6)
+        healthy("train", subjects, normal_step=1)
+        healthy("val_normal", max(3, subjects // 8), normal_step=2)
+        lesional("val_lesion", 5, 4, slices_per_lesion=5, max_normal=8)
         healthy("val_lesion", 1, max_normal=20)
-        lesional("test", 16, 3, slices_per_lesion=4, max_normal=6)
+        lesional("test", 11, 4, slices_per_lesion=5, max_normal=8)
         healthy("test", 3, max_normal=20)
-        lesional("unlabeled", 12, 3, slices_per_lesion=4, max_normal=10, label_column="truth", write_masks=False)
-        healthy("unlabeled", 8, normal_step=2, label_column="truth", write_masks=False)
-        lesional("test_heldout", 10, 3, family="heldout", slices_per_lesion=4, max_normal=6)
+        lesional("unlabeled", 6, 4, slices_per_lesion=5, max_normal=15, label_column="truth", write_masks=False)
+        healthy("unlabeled", 4, normal_step=1, label_column="truth", write_masks=False)
+        lesional("test_heldout", 7, 4, family="heldout", slices_per_lesion=5, max_normal=8)
         healthy("test_heldout", 2, family="heldout", max_normal=20)
         n_vol_les, n_itk_les, itk_normals = 2, 18, None
     # train_loo / val_normal_loo: copies of train / val_normal pseudo-subjects of the kept
@@ -128,8 +128,8 @@ def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27",
     n_val_kept = sum(1 for j in jobs if j.split == "val_normal" and (j.source, j.variant) in kept)
     n_val = sum(1 for j in jobs if j.split == "val_normal")
     if not tiny:
-        healthy("train_loo", subjects - n_train_kept, family="loo", start=subjects, normal_step=2)
-        healthy("val_normal_loo", n_val - n_val_kept, family="loo", start=n_val, normal_step=3)
+        healthy("train_loo", subjects - n_train_kept, family="loo", start=subjects, normal_step=1)
+        healthy("val_normal_loo", n_val - n_val_kept, family="loo", start=n_val, normal_step=2)
     # whole volumes: lesion volumes on MNI152 and Colin27-with-skull, then healthy ones
     vseeds = _seeds(seed, "test_volumes", 2 * n_vol_les)
     vol_kinds = [("tumour", 30.0), ("stroke", 25.0), ("haemorrhage", 20.0), ("wm_lesions", 15.0)]
@@ -152,14 +152,26 @@ def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27",
     return jobs
 
 
-def _worker_init() -> None:
+def _worker_init(preloaded: dict | None = None) -> None:
     import torch
 
+    from anomaly.data import augment
+
     torch.set_num_threads(1)
+    if preloaded:
+        augment.PRELOADED.update(preloaded)
 
 
-def _run(job: Job) -> list[dict]:
-    return run_job(job)
+def _cost(job: Job) -> float:
+    """Rough relative cost, to start the longest jobs first."""
+    if job.source == "itk":
+        return 1.0 + 1.0 * len(job.lesions)
+    return 2.5 + 2.6 * len(job.lesions) + (2.0 if job.volume else 0.0)
+
+
+def _run_indexed(arg):
+    i, job = arg
+    return i, run_job(job)
 
 
 def _ordered(row: dict) -> dict:
@@ -168,7 +180,7 @@ def _ordered(row: dict) -> dict:
     return out
 
 
-def build(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27", tiny: bool = False,
+def build(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27", tiny: bool = False,
           workers: int | None = None, progress: bool = True) -> dict:
     """Build the cohort into ``out``; returns the manifest (also written to out/manifest.json)."""
     from anomaly.data.folder import write_labels
@@ -189,10 +201,15 @@ def build(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27"
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     bar = tqdm(total=len(jobs), desc="build cohort (pseudo-subjects)", disable=not progress, file=sys.stderr)
     if workers > 1:
+        from anomaly.data.augment import load_source
+
+        sp = 3.0 if tiny else None
+        pre = {(n, sp): load_source(n, sp) for n in sorted({j.source for j in jobs})}
+        order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
-            for job, r in zip(jobs, pool.imap(_run, jobs, chunksize=1)):
-                rows[job.split].extend(r)
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(pre,)) as pool:
+            for i, r in pool.imap_unordered(_run_indexed, [(i, jobs[i]) for i in order], chunksize=1):
+                rows[jobs[i].split].extend(r)
                 bar.update(1)
     else:
         for job in jobs:
@@ -266,3 +283,75 @@ def build(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27"
 
 def job_table(jobs: list[Job]) -> list[dict]:
     return [asdict(j) for j in jobs]
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _save_nifti_int16(path: Path, vol: np.ndarray, spacing: float, scale: float = 1000.0, mask: bool = False) -> Path:
+    """(S, H, W) display-order volume -> compact int16/uint8 NIfTI (same convention as folder.write_image)."""
+    import nibabel as nib
+
+    from anomaly.scan import display_to_ras
+
+    data = (np.asarray(vol) > 0).astype(np.uint8) if mask else np.clip(np.round(np.asarray(vol) * scale), 0, 32767).astype(np.int16)
+    img = nib.Nifti1Image(display_to_ras(data), np.diag([spacing, spacing, spacing, 1.0]))
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+    return path
+
+
+def write_examples(out_dir: Path | str, seed: int = 0) -> list[Path]:
+    """Small example files (real healthy anatomy; lesions synthetic and named so).
+
+    PNG (1 mm, 16-bit): a healthy skull-stripped slice (MNI152), a healthy slice with skull
+    (Colin27), a slice with a synthetic tumour (Colin27 with skull) and its mask.
+    NIfTI (2 mm, int16): ``synthetic_tumour_t1.nii.gz`` (Colin27 with skull, a 30 mm
+    synthetic tumour) + ``synthetic_tumour_t1_mask.nii.gz``, and ``healthy_t1.nii.gz``
+    (the same brain without the lesion).
+    """
+    from anomaly.data.augment import load_source
+    from anomaly.data.cohort import add_lesion_local
+    from anomaly.data.folder import _write
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = []
+    mni = load_source("mni152", 1.0)
+    colin = load_source("colin27", 1.0)
+    zm = int(np.argmax(mni.brain.reshape(len(mni.brain), -1).sum(1)))
+    files.append(_write(out, "healthy_stripped_t1_axial", mni.images["stripped"][zm + 8], (1, 1, 1), None, False))
+    zc = int(np.argmax(colin.brain.reshape(len(colin.brain), -1).sum(1)))
+    files.append(_write(out, "healthy_with_skull_t1_axial", colin.images["skull"][zc + 6], (1, 1, 1), None, False))
+    from anomaly.preprocess import informative_slices
+
+    inf = np.flatnonzero(informative_slices(colin.brain))
+    zr = (int(inf[len(inf) // 3]), int(inf[2 * len(inf) // 3]))
+    v, m, info = add_lesion_local(colin.images["skull"], colin.brain, "tumour", 28.0, rng, colin.spacing, zrange=zr)
+    z = int(info.centre[0])
+    files.append(_write(out, "synthetic_tumour_t1_axial", v[z], (1, 1, 1), None, False))
+    files.append(_write(out, "synthetic_tumour_t1_axial_mask", m[z], (1, 1, 1), None, True))
+    c2 = load_source("colin27", 2.0)
+    inf2 = np.flatnonzero(informative_slices(c2.brain))
+    zr2 = (int(inf2[len(inf2) // 3]), int(inf2[2 * len(inf2) // 3]))
+    v2, m2, _ = add_lesion_local(c2.images["skull"], c2.brain, "tumour", 30.0, rng, c2.spacing, zrange=zr2)
+    files.append(_save_nifti_int16(out / "synthetic_tumour_t1.nii.gz", v2, 2.0))
+    files.append(_save_nifti_int16(out / "synthetic_tumour_t1_mask.nii.gz", m2, 2.0, mask=True))
+    files.append(_save_nifti_int16(out / "healthy_t1.nii.gz", c2.images["skull"], 2.0))
+    readme = out / "README.md"
+    readme.write_text(
+        "# Example inputs\n\n"
+        "Written by `python -m anomaly.data examples --out assets/examples` (seed "
+        f"{seed}). Real healthy anatomy from `assets/templates` (see `assets/NOTICE.md`); every lesion is "
+        "**synthetic** (drawn by `anomaly.data.lesions`) and such files have `synthetic` in their names.\n\n"
+        "| file | what |\n|---|---|\n"
+        "| `healthy_stripped_t1_axial.png` | MNI152 2009a, skull-stripped, axial, 1 mm, 16-bit |\n"
+        "| `healthy_with_skull_t1_axial.png` | Colin27 with skull, axial, 1 mm, 16-bit |\n"
+        f"| `synthetic_tumour_t1_axial.png` (+ `_mask.png`) | Colin27 with skull, synthetic tumour "
+        f"({info.size_mm:.0f} mm), axial, 1 mm |\n"
+        "| `synthetic_tumour_t1.nii.gz` (+ `_mask.nii.gz`) | Colin27 with skull, 2 mm, synthetic 30 mm tumour |\n"
+        "| `healthy_t1.nii.gz` | the same Colin27 volume without the lesion, 2 mm |\n"
+    )
+    files.append(readme)
+    return files

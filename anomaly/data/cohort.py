@@ -140,7 +140,7 @@ def _evenly(idx: list[int], k: int, rng: np.random.Generator | None = None) -> l
 def _pseudo_subject(job: Job):
     src = load_source(job.source, job.spacing)
     if job.augment:
-        ps = spatial_augment(src, job.seed)
+        ps = spatial_augment(src, job.seed, variants=[job.variant])
     else:
         ps = src
     if job.variant not in ps.images:

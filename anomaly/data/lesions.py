@@ -51,7 +51,6 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.special import expit
 
 LESION_KINDS = ("tumour", "tumour_enhancing", "wm_lesions", "stroke", "haemorrhage")
 CONTRAST_NATIVE = "T1 native"
@@ -172,7 +171,9 @@ def _sdf(mask, sp, flat):
         out = ndi.distance_transform_edt(~mask, sampling=sp)
         inn = ndi.distance_transform_edt(mask, sampling=sp)
     d = np.where(mask, -(inn - half), out - half).astype(np.float32)
-    return ndi.gaussian_filter(d, _sig(0.5, np.ones(3), flat))
+    ds = ndi.gaussian_filter(d, _sig(0.5, np.ones(3), flat))
+    # smoothing must not flip the side of a voxel (tiny lesions would vanish)
+    return np.where(mask, np.minimum(ds, -0.7 * half), np.maximum(ds, 0.7 * half)).astype(np.float32)
 
 
 def _sig(sigma, sp, flat):
@@ -278,7 +279,7 @@ class _Blob:
 
     def extent_units(self, flat):
         """(largest diameter, largest distance from the origin) in normalised units."""
-        step = 0.07
+        step = 0.05 if flat else 0.1
         t = np.arange(-2.3, 2.3 + 1e-9, step)
         z = np.zeros((1, 1, 1)) if flat else t[:, None, None]
         inside = self.F(z, t[None, :, None], t[None, None, :]) > 0
@@ -350,7 +351,7 @@ def _noise_stats(r, sel):
     return s, float(np.corrcoef(a, b)[0, 1])
 
 
-_NOISE_SIGMAS = (0.0, 0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.35, 1.7, 2.2)
+_NOISE_SIGMAS = (0.0, 0.3, 0.45, 0.6, 0.75, 0.9, 1.1, 1.35)
 
 
 @lru_cache(maxsize=4)
@@ -403,6 +404,7 @@ class _Ctx:
         self._dist_sub = None
         self._wm_sub = None
         self._tissue_sub = None
+        self._noise = None
 
     @staticmethod
     def _ordered(t: _Tissue, vals) -> _Tissue:
@@ -533,42 +535,58 @@ class _Ctx:
             self._tissue_sub = ndi.gaussian_filter(t, _sig(4.0, self.sub_sp(), self.flat), mode="nearest")
         return self._tissue_sub
 
-    def noise_model(self, c_idx, half_mm=25.0):
-        """(std, smoothing sigma in voxels, normalisation factor) of the image noise near c.
-
-        Measured on the high-pass residual (image minus a 1-voxel gaussian) in the most
-        homogeneous tissue nearby: pure white matter when there is enough of it, else the
-        voxels with the lowest local gradient; robust (MAD) std and lag-1 correlation are
-        matched against smoothed white noise to choose the noise's std and smoothness.
-        """
-        c_mm = np.asarray(c_idx, float) * self.sp
-        sl = self.box(c_mm, half_mm)
+    def _noise_in(self, sl, need=300):
+        """Noise model from pure white matter inside the box ``sl``; None if too little."""
         v = np.nan_to_num(self.v[sl]).astype(np.float32)
         b = self.brain[sl]
-        if b.sum() < 200:
-            return 0.0, 0.0, 1.0
+        if b.sum() < need:
+            return None
+        er = ndi.binary_erosion(b[0], iterations=2)[None] if self.flat else ndi.binary_erosion(b, iterations=2)
+        w = self.wm_crop(sl, v, b)
+        pure = er & (ndi.minimum_filter(w, size=[1 if self.flat else 3, 3, 3]) > 0.95)
+        if pure.sum() < need:
+            return None
         s1 = [0.0 if self.flat else 1.0, 1.0, 1.0]
         r = v - ndi.gaussian_filter(v, s1, mode="nearest")
-        er = ndi.binary_erosion(b[0], iterations=2)[None] if self.flat else ndi.binary_erosion(b, iterations=2)
-        if er.sum() < 100:
-            er = b
         if self.flat:
             gs = ndi.gaussian_gradient_magnitude(v[0], 1.0)[None]
         else:
             gs = ndi.gaussian_gradient_magnitude(v, 1.0)
-        w = self.wm_crop(sl, v, b)
-        pure = er & (ndi.minimum_filter(w, size=[1 if self.flat else 3, 3, 3]) > 0.95)
-        if pure.sum() >= 300:
-            sel = pure & (gs <= np.percentile(gs[pure], 70))
-        else:
-            sel = er & (gs <= np.percentile(gs[er], 15))
+        sel = pure & (gs <= np.percentile(gs[pure], 70))
         sd, rho = _noise_stats(r, sel)
         if sd <= 0:
             return 0.0, 0.0, 1.0
-        rows = _noise_table(self.flat)
-        best = min(rows, key=lambda row: abs(row[3] - rho))
-        s, factor, sd_sim, _ = best
-        return sd / max(sd_sim, 1e-6), s, factor
+        s, factor, sd_sim, _ = min(_noise_table(self.flat), key=lambda row: abs(row[3] - rho))
+        # the total spread of pure WM around its smooth trend bounds the noise from above
+        big = [0.0 if self.flat else 4.0, 4.0, 4.0]
+        x = (v - ndi.gaussian_filter(v, big, mode="nearest"))[sel]
+        s_total = 1.4826 * float(np.median(np.abs(x - np.median(x))))
+        return min(sd / max(sd_sim, 1e-6), max(s_total, sd)), s, factor
+
+    def global_noise(self):
+        """Noise model from pure WM in the central part of the brain (cached)."""
+        if self._noise is None:
+            nz = [np.nonzero(self.brain.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
+            sl = []
+            for ax in range(3):
+                lo, hi = int(nz[ax][0]), int(nz[ax][-1]) + 1
+                q = (hi - lo) // 4
+                sl.append(slice(lo + q, hi - q) if hi - lo > 8 else slice(lo, hi))
+            model = self._noise_in(tuple(sl)) or self._noise_in(tuple(slice(None) for _ in range(3)), need=30)
+            self._noise = model if model is not None else (0.0, 0.0, 1.0)
+        return self._noise
+
+    def noise_model(self, c_idx, half_mm=25.0):
+        """(std, smoothing sigma in voxels, normalisation factor) of the image noise near c.
+
+        The high-pass residual (image minus a 1-voxel gaussian) of pure white matter near
+        the lesion (else in the centre of the brain): its robust (MAD) std and lag-1
+        correlation are matched against smoothed white noise to choose the std and the
+        smoothness of the noise added inside lesions.
+        """
+        c_mm = np.asarray(c_idx, float) * self.sp
+        local = self._noise_in(self.box(c_mm, half_mm))
+        return local if local is not None else self.global_noise()
 
     def noise_field(self, shape, model):
         std, s, factor = model
@@ -586,9 +604,31 @@ def _composite(base, target, alpha, noise):
     return (1 - a) * base + a * target + noise * np.sqrt(np.clip(1 - (1 - a) ** 2, 0, 1))
 
 
+def _alpha(sd, width):
+    """Soft inside-ness from a signed distance: 1 inside, 0 outside, a smooth ramp about
+    5 x ``width`` wide centred on the surface and exactly 0/1 beyond it."""
+    return _ramp(-sd, 5.0 * width).astype(np.float32)
+
+
 def _edge_width(ctx):
     sp = ctx.sp[1:] if ctx.flat else ctx.sp
     return max(0.4, 0.35 * float(np.mean(sp)))
+
+
+def _calibrate(build, param, target, update, sp, iters=3, tol=0.08):
+    """Adjust ``param`` until the mask ``build(param)`` has a largest diameter near
+    ``target``; returns the closest (mask, param)."""
+    best = None
+    for i in range(iters + 1):
+        m = build(param)
+        d = feret_diameter(m, sp)
+        err = abs(d / target - 1) if d > 0 else np.inf
+        if best is None or err < best[0]:
+            best = (err, m, param)
+        if err < tol or i == iters or d <= 0:
+            break
+        param = update(param, d)
+    return best[1], best[2]
 
 
 # ----------------------------------------------------------------------------- mass effect
@@ -683,13 +723,7 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
         m = (blob.F(z / sc, y / sc, x / sc) > 0) & B
         return _keep_connected_to(m | seed, seed, flat) & B
 
-    core = core_at(scale)
-    for _ in range(2):  # correct the discretised size of the solid part
-        d = feret_diameter(core, sp)
-        if d <= 0 or abs(d / core_d - 1) < 0.1:
-            break
-        scale *= core_d / d
-        core = core_at(scale)
+    core, scale = _calibrate(core_at, scale, core_d, lambda sc, d: sc * core_d / d, sp, iters=2, tol=0.1)
     nvox = int(core.sum())
     vox = float(np.prod(sp[1:] if flat else sp))
     r_core = math.sqrt(nvox * vox / math.pi) if flat else (3 * nvox * vox / (4 * math.pi)) ** (1 / 3)
@@ -701,20 +735,17 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
     n_cost = _lowfreq(rng, V.shape, sp, 4.0, flat)
     cost = (1.0 / (0.22 + 0.78 * np.clip(wm_s, 0, 1))) * (1 + 0.3 * np.clip(n_cost, -1.5, 1.5))
     cost = np.where(B, cost, 1e6).astype(np.float64)
-    geo = _geodesic(cost, core, sp, flat, max_cost=4.0 * e_max + 10)
+    factor = 1 if flat else int(np.clip(e_max // (4.0 * float(sp.min())), 1, 3))
+    geo = _geodesic(cost, core, sp, flat, max_cost=1.05 * e_max + 2.0 + 2.0 * factor * float(sp.max()), factor=factor)
     e = max(0.5, 0.5 * (size - feret_diameter(core, sp)) * 1.1)
 
     def oedema_mask(ee):
         m = core | ((geo < ee) & B)
         return _keep_connected_to(m, core, flat)
 
-    mask = oedema_mask(e)
-    for _ in range(4):
-        d = feret_diameter(mask, sp)
-        if abs(d / size - 1) < 0.08:
-            break
-        e = float(np.clip(e + 0.5 * (size - d) * (1.2 if d < size else 1.0), 0.3, e_max))
-        mask = oedema_mask(e)
+    mask, e = _calibrate(
+        oedema_mask, e, size, lambda ee, d: float(np.clip(ee + 0.5 * (size - d) * (1.2 if d < size else 1.0), 0.3, e_max)), sp, iters=4
+    )
     o = np.clip(1 - geo / max(e, 1e-3), 0, 1) ** 0.4
     o = ndi.gaussian_filter(o.astype(np.float32), _sig(0.8, sp, flat), mode="nearest") * B
 
@@ -747,36 +778,56 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
             t = _ramp(Fi + 0.1 * np.clip(n_in, -2, 2) - level, 0.12)
         target = I_rim + (I_nec - I_rim) * t
         details.update(rim_mm=round(rim_mm, 2), rim_intensity=round(float(tis.wm + e_r * tis.gw), 2))
-    alpha = expit(-sd / _edge_width(ctx)) * B
+    alpha = _alpha(sd, _edge_width(ctx)) * B
     noise = ctx.noise_field(V.shape, noise_model)
     new = _composite(base, target, alpha, noise)
     details.update(local_wm=round(tis.wm, 2), local_gm=round(tis.gm, 2), local_csf=round(tis.csf, 2), noise_std=round(noise_model[0], 3))
     return sl, new.astype(np.float32), mask & B, c_idx, details
 
 
-def _geodesic(cost, start, sp, flat, max_cost):
-    """Cumulative cost (mm-weighted) from ``start``; inf where not reached."""
+def _geodesic(cost, start, sp, flat, max_cost, factor=1):
+    """Cumulative cost (mm-weighted path length) from ``start``; inf where not reached.
+
+    ``factor`` > 1 runs the search on a grid ``factor`` times coarser (3D only) and
+    interpolates back: a large speed-up for big tumours at a small loss of detail.
+    """
+    if flat:
+        c2, s2, sp2 = cost[0], start[0], np.asarray(sp[1:], float)
+        factor = 1
+    else:
+        c2, s2, sp2 = cost, start, np.asarray(sp, float)
+    f = int(factor)
+    if f > 1:
+        o = f // 2
+        full_shape = c2.shape
+        c2 = c2[o::f, o::f, o::f]
+        s2 = ndi.maximum_filter(s2, size=f)[o::f, o::f, o::f]
+        sp2 = sp2 * f
     try:
         from skimage.graph import MCP_Geometric
-    except Exception:  # pragma: no cover - scikit-image is a dependency; Euclidean fallback
-        if flat:
-            return ndi.distance_transform_edt(~start[0], sampling=sp[1:])[None] * np.median(cost)
-        return ndi.distance_transform_edt(~start, sampling=sp) * np.median(cost)
-    if flat:
-        c2, s2, sp2 = cost[0], start[0], tuple(sp[1:])
-    else:
-        c2, s2, sp2 = cost, start, tuple(sp)
-    er = ndi.binary_erosion(s2)
-    starts = [tuple(int(i) for i in p) for p in np.argwhere(s2 & ~er)]
-    mcp = MCP_Geometric(c2, sampling=sp2, fully_connected=True)
-    try:  # stopping early is only a speed-up; the parameter is deprecated in scikit-image 0.26
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            cum, _ = mcp.find_costs(starts, max_cumulative_cost=float(max_cost))
-    except TypeError:
-        cum, _ = mcp.find_costs(starts)
-    cum = np.where(np.isfinite(cum), cum, np.inf)
+
+        er = ndi.binary_erosion(s2)
+        starts = [tuple(int(i) for i in p) for p in np.argwhere(s2 & ~er)]
+        mcp = MCP_Geometric(c2, sampling=tuple(sp2), fully_connected=True)
+        try:  # stopping early is only a speed-up; the parameter is deprecated in scikit-image 0.26
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                cum, _ = mcp.find_costs(starts, max_cumulative_cost=float(max_cost))
+        except TypeError:
+            cum, _ = mcp.find_costs(starts)
+        cum = np.where(np.isfinite(cum), cum, np.inf)
+    except ImportError:  # pragma: no cover - scikit-image is a dependency; Euclidean fallback
+        med = float(np.median(c2[c2 < 1e5])) if np.any(c2 < 1e5) else 1.0
+        cum = ndi.distance_transform_edt(~s2, sampling=sp2) * med
     cum[s2] = 0.0
+    if f > 1:
+        big = 1e4
+        c_fin = np.where(np.isfinite(cum), cum, big).astype(np.float32)
+        grids = np.meshgrid(*[(np.arange(n) - o) / f for n in full_shape], indexing="ij", sparse=False)
+        up = ndi.map_coordinates(c_fin, grids, order=1, mode="nearest")
+        up[up > 0.5 * big] = np.inf
+        up[start] = 0.0
+        return up
     return cum[None] if flat else cum
 
 
@@ -803,13 +854,7 @@ def _haemorrhage(ctx: _Ctx, size, centre):
         m = (blob.F(z / sc, y / sc, x / sc) > 0) & B
         return _keep_connected_to(m | seed, seed, flat) & B
 
-    mask = shape_at(scale)
-    for _ in range(3):
-        d = feret_diameter(mask, sp)
-        if d <= 0 or abs(d / size - 1) < 0.08:
-            break
-        scale *= size / d
-        mask = shape_at(scale)
+    mask, scale = _calibrate(shape_at, scale, size, lambda sc, d: sc * size / d, sp, iters=3)
     nvox = int(mask.sum())
     vox = float(np.prod(sp[1:] if flat else sp))
     r_eq = math.sqrt(nvox * vox / math.pi) if flat else (3 * nvox * vox / (4 * math.pi)) ** (1 / 3)
@@ -831,7 +876,7 @@ def _haemorrhage(ctx: _Ctx, size, centre):
         I_rim = tis.wm - rng.uniform(0.4, 1.0) * tis.gw
         target = I_rim + (target - I_rim) * _ramp(depth - rim_w, 1.0)
         details["rim_mm"] = round(float(np.median(rim_w)), 2)
-    alpha = expit(-sd / _edge_width(ctx)) * B
+    alpha = _alpha(sd, _edge_width(ctx)) * B
     noise = ctx.noise_field(V.shape, noise_model)
     new = _composite(Vw, target, alpha, noise)
     details.update(local_wm=round(tis.wm, 2), noise_std=round(noise_model[0], 3))
@@ -918,7 +963,8 @@ def _stroke(ctx: _Ctx, size, centre):
     x_mid = float(com[2])
     side = float(np.sign(q_mm[2] - x_mid)) if abs(q_mm[2] - x_mid) > 3.0 else None
     seed_val = int(rng.integers(2**32))
-    for it in range(4):
+    best = None
+    for it in range(5):
         apex = q_mm - u * L
         mid = q_mm - u * 0.5 * L
         sl = ctx.box(mid, 1.25 * L + 4.0)
@@ -940,9 +986,14 @@ def _stroke(ctx: _Ctx, size, centre):
         seed = inside & (along > 0.25 * L) & (along < 0.75 * L)
         mask = _keep_connected_to(inside, seed, flat) if inside.any() else inside
         d = feret_diameter(mask, sp)
-        if d <= 0 or abs(d / size - 1) < 0.08:
+        err = abs(d / size - 1) if d > 0 else np.inf
+        if best is None or err < best[0]:
+            best = (err, mask, sl, L)
+        if d <= 0 or err < 0.08:
             break
         L = L * float(np.clip(size / d, 0.6, 1.6))
+    _, mask, sl, L = best
+    B = b[sl]
     if not mask.any():
         raise ValueError("cannot place a stroke here: the wedge misses the brain")
     pts = np.argwhere(mask)
@@ -959,7 +1010,7 @@ def _stroke(ctx: _Ctx, size, centre):
     g_w = rng.uniform(1.5, 3.0)
     tex = _lowfreq(rng, V.shape, sp, rng.uniform(1.5, 3.0), flat)
     target = I_core + (I_glio - I_core) * (1 - _smoothstep(depth / g_w)) + 0.08 * tis.cg * tex
-    alpha = expit(-sd / max(1.0, _edge_width(ctx) * 2)) * B
+    alpha = _alpha(sd, max(1.0, _edge_width(ctx) * 2)) * B
     noise = ctx.noise_field(V.shape, noise_model)
     new = _composite(V, target, alpha, noise)
     details = {"wedge_half_angle_deg": round(math.degrees(theta), 1), "wedge_length_mm": round(L, 2), "local_gm": round(tis.gm, 2), "noise_std": round(noise_model[0], 3)}
@@ -976,10 +1027,6 @@ def _wm_lesions(ctx: _Ctx, size, centre):
     wm_region = (wsub > 0.5) & bsub
     if not wm_region.any():
         wm_region = (wsub >= 0.8 * float(wsub[bsub].max() if bsub.any() else 0)) & bsub
-    if flat:
-        dwm = ndi.distance_transform_edt(wm_region[0], sampling=ssp[1:])[None]
-    else:
-        dwm = ndi.distance_transform_edt(wm_region, sampling=ssp)
     # ventricles: deep CSF-like tissue
     t = ctx.tissue
     vs = ndi.gaussian_filter(np.nan_to_num(ctx.v[ctx.sub_sl]).astype(np.float32), _sig(1.0, ssp, flat), mode="nearest")
@@ -993,7 +1040,6 @@ def _wm_lesions(ctx: _Ctx, size, centre):
         dvent = np.full(bsub.shape, 30.0)
     gv = [np.zeros_like(dvent) if (flat and ax == 0) or dvent.shape[ax] < 2 else np.gradient(dvent, axis=ax) for ax in range(3)]
     weights = np.exp(-dvent / 8.0) + 0.05
-    placed = []  # (centre idx, radius mm)
     taken = np.zeros(bsub.shape, bool)
     grid = np.stack(np.meshgrid(*[np.arange(s) * ssp[ax] for ax, s in enumerate(bsub.shape)], indexing="ij"), 0) if not flat else None
     out = np.nan_to_num(ctx.v).astype(np.float32, copy=True)
@@ -1046,13 +1092,7 @@ def _wm_lesions(ctx: _Ctx, size, centre):
             m = (blob.F(z / sc, y / sc, x / sc) > 0) & B & (wm_ok | seed)
             return _keep_connected_to(m | seed, seed, flat) & B
 
-        m = shape_at(scale)
-        for _ in range(3):
-            dm = feret_diameter(m, sp)
-            if dm <= 0 or abs(dm / d_i - 1) < 0.1:
-                break
-            scale *= float(np.clip(d_i / dm, 0.7, 1.5))
-            m = shape_at(scale)
+        m, scale = _calibrate(shape_at, scale, d_i, lambda sc, d: sc * float(np.clip(d_i / d, 0.7, 1.5)), sp, iters=5, tol=0.1)
         m &= ~ndi.binary_dilation(mask_full[sl], iterations=1)  # keep components apart
         if not m.any():
             continue
@@ -1064,12 +1104,11 @@ def _wm_lesions(ctx: _Ctx, size, centre):
         depth = -sd
         tex = _lowfreq(rng, V.shape, sp, 1.5, flat)
         target = tis.wm + (I - tis.wm) * (0.8 + 0.2 * _smoothstep(depth / max(0.5 * bax, 0.5))) + 0.05 * tis.cg * tex
-        alpha = expit(-sd / _edge_width(ctx)) * B
+        alpha = _alpha(sd, _edge_width(ctx)) * B
         noise = ctx.noise_field(V.shape, nm)
         out[sl] = _composite(V, target, alpha, noise)
         mask_full[sl] |= m
         comps.append({"size_mm": round(feret_diameter(m, sp), 2), "centre": [int(c) for c in c_idx], "intensity": round(float(I), 2)})
-        placed.append((c_idx, a))
     if not mask_full.any():
         raise ValueError("cannot place white-matter lesions: no white matter found")
     largest = max(range(len(comps)), key=lambda j: comps[j]["size_mm"])

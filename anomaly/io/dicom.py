@@ -31,7 +31,6 @@ from anomaly.errors import (
     CorruptFileError,
     FileTooLargeError,
     MultipleSeriesError,
-    ScanLoadError,
     UnsupportedFileError,
 )
 from anomaly.scan import Scan
@@ -182,7 +181,13 @@ def read_header(path: Path, name: str) -> Header | None:
     except Exception as e:  # noqa: BLE001 - any parse failure of a file marked 'DICM'
         raise CorruptFileError(f"{name}: the DICOM header is truncated or corrupt ({type(e).__name__})") from None
     modality = _text(_get(ds, "Modality", "")).strip().upper()[:16]
-    if "Rows" not in ds or "Columns" not in ds or modality in NON_IMAGE_MODALITIES:
+    if modality in NON_IMAGE_MODALITIES:
+        return None
+    if "Rows" not in ds or "Columns" not in ds:
+        sop = _get(ds, "SOPClassUID") or _get(getattr(ds, "file_meta", Dataset()), "MediaStorageSOPClassUID")
+        if sop and "Image Storage" in _ts_name(pydicom.uid.UID(str(sop))):
+            # an image object whose header stops before Rows/Columns: cut short
+            raise CorruptFileError(f"{name}: the DICOM file is truncated: its image header ends early")
         return None
     rows, cols = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
     frames = _int(_get(ds, "NumberOfFrames", 1), None)
@@ -260,7 +265,7 @@ def describe_series(group: list[Header]) -> str:
     number = _int(_get(h0.ds, "SeriesNumber"))
     n_images = sum(h.frames for h in group)
     (rows, cols), _ = Counter((h.rows, h.cols) for h in group).most_common(1)[0]
-    parts = [h0.modality]
+    parts = [scrub(h0.modality, ids)]
     if desc:
         parts.append(f'"{desc}"')
     if number is not None:
@@ -268,7 +273,7 @@ def describe_series(group: list[Header]) -> str:
     files = f" in {len(group)} files" if any(h.frames > 1 for h in group) and len(group) > 1 else ""
     parts.append(f"{n_images} image{'s' if n_images != 1 else ''}{files}")
     parts.append(f"{rows}x{cols}")
-    return scrub(", ".join(parts), ids)
+    return ", ".join(parts)  # free text scrubbed above; the rest is numbers we wrote
 
 
 def _headers(entries, label: str) -> tuple[list[Header], int]:
@@ -358,16 +363,38 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
 
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+
+
+def read_dataset(path: Path) -> Dataset:
+    """Strict full read that stops after the pixel data element (some files carry
+    megabytes of trailing padding that would otherwise be parsed element by element)."""
+    seen = False
+
+    def stop_when(tag, vr, length) -> bool:
+        nonlocal seen
+        if seen:
+            return True
+        seen = int(tag) in _PIXEL_TAGS
+        return False
+
+    with open(path, "rb") as f:
+        return pydicom.filereader.read_partial(f, stop_when, force=False)
+
+
 def _decode(h: Header) -> tuple[Dataset, np.ndarray]:
     """Full read + decode: (dataset, (F, H, W) float32 grey frames, rescaled for mono)."""
     name = h.name
     try:
-        ds = pydicom.dcmread(str(h.path))
+        ds = read_dataset(h.path)
     except Exception as e:  # noqa: BLE001
         raise CorruptFileError(f"{name}: the DICOM file is truncated or corrupt ({type(e).__name__})") from None
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise CorruptFileError(f"{name}: the DICOM file has no pixel data (truncated?)")
     try:
+        if _get(ds.file_meta, "TransferSyntaxUID") == pydicom.uid.RLELossless:
+            # pydicom's own RLE decoder: pylibjpeg-rle panics on some corrupt streams
+            ds.pixel_array_options(decoding_plugin="pydicom")
         arr = np.asarray(ds.pixel_array)
     except NotImplementedError:
         raise UnsupportedFileError(f"{name}: the pixel data encoding is not supported") from None
@@ -380,7 +407,10 @@ def _decode(h: Header) -> tuple[Dataset, np.ndarray]:
                 "the installed decoders do not support)"
             ) from None
         raise CorruptFileError(f"{name}: the pixel data is corrupt ({type(e).__name__})") from None
-    except Exception as e:  # noqa: BLE001 - short pixel data, bad lengths, ...
+    except BaseException as e:  # noqa: BLE001 - short pixel data, bad lengths, decoder panics
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        # (pylibjpeg-rle's Rust decoder raises pyo3 PanicException, a BaseException)
         raise CorruptFileError(
             f"{name}: the pixel data is truncated or corrupt ({type(e).__name__})"
         ) from None
@@ -660,7 +690,7 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
         modality=modality,
         source="dicom",
         orientation=disp.orientation,
-        description=scrub(description, ids),
+        description=description,  # modality scrubbed above, the rest is numbers
         series_description=scrub(_text(_get(ds, "SeriesDescription", "")).strip(), ids),
         is_volume=n > 1,
         known_frame=disp.known_frame,
@@ -671,4 +701,4 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
     )
 
 
-__all__ = ["load_series", "list_series", "read_header", "describe_series", "scrub", "ScanLoadError"]
+__all__ = ["describe_series", "list_series", "load_series", "read_dataset", "read_header", "scrub"]

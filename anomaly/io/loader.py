@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Sequence, Union
 
 import numpy as np
 
@@ -36,6 +36,7 @@ MAX_FILES = 20_000  # files in one folder / zip
 MIN_SIZE = 8  # smallest image side we analyse
 
 PathLike = Union[str, os.PathLike]
+Paths = Union[PathLike, Sequence[PathLike]]  # one path or several uploaded files
 SUPPORTED = "DICOM (.dcm, a folder or a .zip of a series), NIfTI (.nii, .nii.gz), PNG, JPEG or TIFF"
 
 _SUFFIX_KIND = {
@@ -175,7 +176,7 @@ def _unknown_error(entry: Entry) -> ScanLoadError:
 # ----------------------------------------------------------------------------- gathering
 
 
-def _as_paths(paths) -> list[Path]:
+def _as_paths(paths: Paths) -> list[Path]:
     if paths is None:
         raise EmptyFileError("no file was uploaded")
     if isinstance(paths, (str, os.PathLike)):
@@ -237,7 +238,7 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def gather(paths, stack: contextlib.ExitStack, max_bytes: int = DEFAULT_MAX_BYTES) -> Gathered:
+def gather(paths: Paths, stack: contextlib.ExitStack, max_bytes: int = DEFAULT_MAX_BYTES) -> Gathered:
     """Expand files, folders and zips into candidate entries (zips into temp folders
     registered on ``stack``). Checks existence, emptiness and size limits."""
     from anomaly.io.archive import extract_zip
@@ -279,9 +280,10 @@ def gather(paths, stack: contextlib.ExitStack, max_bytes: int = DEFAULT_MAX_BYTE
             continue
         entry = _entry(root, name)
         if entry.kind == "zip":
-            add(entry, strict=True)  # size check of the archive itself
-            entries.pop()
-            total -= entry.size
+            if entry.size == 0:
+                raise EmptyFileError(f"{name} is empty (0 bytes)")
+            if entry.size > max_bytes:
+                raise FileTooLargeError(f"{name} is {_mb(entry.size)}, above the {_mb(max_bytes)} limit")
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="anomaly-zip-")))
             members = extract_zip(root, tmp, max_bytes=max_bytes, name=name)
             if not members:
@@ -398,7 +400,7 @@ def _name_of(g: Gathered, path: Path) -> str:
     return path.name
 
 
-def load_scan(paths, series_uid: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
+def load_scan(paths: Paths, series_uid: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Scan:
     """Load one scan from a file, several files, a folder or a zip (see module docstring).
 
     Raises a ``ScanLoadError`` subclass on any failure; ``MultipleSeriesError`` (with
@@ -414,13 +416,15 @@ def load_scan(paths, series_uid: str | None = None, max_bytes: int = DEFAULT_MAX
                 raise
             except MemoryError:
                 raise FileTooLargeError("the upload is too large to load into memory") from None
-            except Exception as e:  # noqa: BLE001 - last line of defence: never a raw error
+            except BaseException as e:  # noqa: BLE001 - last line of defence: never a raw error
+                if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                    raise
                 raise CorruptFileError(
                     f"could not read the upload: unexpected {type(e).__name__} (corrupt file?)"
                 ) from e
 
 
-def list_series(paths, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, str]:
+def list_series(paths: Paths, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, str]:
     """SeriesInstanceUID -> description (modality, series description, number of images,
     rows x cols; no patient identifiers) of the DICOM series in an upload ({} if none)."""
     from anomaly.io import dicom as dcm
@@ -436,7 +440,9 @@ def list_series(paths, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, str]:
                 return dcm.list_series(dicom_entries, max_bytes)
             except ScanLoadError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except BaseException as e:  # noqa: BLE001
+                if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                    raise
                 raise CorruptFileError(
                     f"could not read the upload: unexpected {type(e).__name__} (corrupt file?)"
                 ) from e

@@ -9,7 +9,9 @@ with a cap of ``max_bytes`` (also after gzip decompression).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import re
 import zlib
 from pathlib import Path
@@ -21,10 +23,22 @@ from anomaly.errors import CorruptFileError, FileTooLargeError, InvalidImageErro
 from anomaly.scan import Scan, ras_to_display
 
 _MR_HINTS = re.compile(
-    r"(^|[^a-z0-9])(t1w?|t2w?|t2star|flair|pdw?|mprage|spgr|dwi|adc|swi|bold|asl|mri?|te=)([^a-z0-9]|$)",
+    r"(^|[^a-z0-9])(t1w?|t2w?|t2star|flair|pdw?|mprage|spgr|dwi|adc|swi|bold|asl|mri?)([^a-z0-9]|$)"
+    r"|(^|[^a-z])te=\d",  # dcm2niix writes 'TE=..;Time=..' into descrip
     re.IGNORECASE,
 )
-_CT_HINTS = re.compile(r"(^|[^a-z0-9])(ct|hu)([^a-z0-9]|$)", re.IGNORECASE)
+_CT_HINTS = re.compile(r"(^|[^a-z0-9])ct([^a-z0-9]|$)", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _read(path: Path, name: str, gz: bool, max_bytes: int) -> bytes:
@@ -62,12 +76,14 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
     raw = _read(path, name, gz, max_bytes)
     klass = nib.Nifti2Image if raw[4:8] == b"n+2\x00" else nib.Nifti1Image
     try:
-        img = klass.from_bytes(raw)
+        with _quiet_nibabel():  # no header "fix" messages on stderr
+            img = klass.from_bytes(raw)
         header = img.header
         shape = tuple(int(s) for s in img.shape)
         dtype = np.dtype(header.get_data_dtype())
-        offset = int(header.get_data_offset())
-        slope, inter = header.get_slope_inter()
+        proxy = img.dataobj  # nibabel's view of the voxel data: offset and scaling
+        offset = int(proxy.offset)
+        slope, inter = float(proxy.slope), float(proxy.inter)
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for bad headers
         raise CorruptFileError(f"{name}: the NIfTI header is corrupt ({type(e).__name__})") from None
     notes: list[str] = []
@@ -102,9 +118,9 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
             data = 0.299 * fields[0] + 0.587 * fields[1] + 0.114 * fields[2]
         else:
             data = data.astype(np.float64)
-            if slope is not None and np.isfinite(slope) and slope != 0:
+            if np.isfinite(slope) and slope != 0 and slope != 1:
                 data = data * slope
-            if inter is not None and np.isfinite(inter):
+            if np.isfinite(inter) and inter != 0:
                 data = data + inter
         data = data.astype(np.float32)
         affine = np.asarray(img.affine, dtype=np.float64)
@@ -157,6 +173,13 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
         qform, sform = int(header["qform_code"]), int(header["sform_code"])
     except Exception:  # noqa: BLE001
         intent, qform, sform = 0, 0, 0
+    window = None
+    try:
+        cal_min, cal_max = float(header["cal_min"]), float(header["cal_max"])
+        if np.isfinite(cal_min) and np.isfinite(cal_max) and cal_max > cal_min:
+            window = ((cal_min + cal_max) / 2.0, cal_max - cal_min)  # display range in the header
+    except Exception:  # noqa: BLE001
+        window = None
     meta = {
         "format": "NIfTI-2" if klass is nib.Nifti2Image else "NIfTI-1",
         "original_shape": list(shape),
@@ -176,5 +199,6 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
         is_volume=n > 1,
         known_frame=known,
         notes=notes,
+        window=window,
         meta=meta,
     )

@@ -1,0 +1,3 @@
+"""DDAD: dual-distribution discrepancy (NDM / UDM autoencoder ensembles)."""
+
+from anomaly.methods.ddad.method import DDAD  # noqa: F401

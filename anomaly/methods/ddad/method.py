@@ -1,0 +1,153 @@
+"""DDAD: dual-distribution discrepancy (Cai et al., MedIA 2023), AE ensembles, no ASR stage.
+
+Two ensembles of K autoencoders: the NDM learns the healthy distribution only (``train``),
+the UDM learns healthy + an unlabeled normal/lesion mixture (``DATA/unlabeled``, never the
+test set). Where they disagree (inter-discrepancy |mean NDM - mean UDM|) is what the UDM
+learned from the unlabeled anomalies and the NDM cannot reconstruct: the anomaly map.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomaly.methods.base import AnomalyMethod, MethodOutput, register
+from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
+
+# How the residual map is formed: "inter" = |mu_NDM - mu_UDM| (the paper's A_inter, default);
+# "inter_norm" = A_inter / (A_intra + eps): the inter-discrepancy normalised by the NDM's own
+# uncertainty (down-weights regions where healthy reconstructions already disagree).
+DEFAULT_SCORE = {"map": "inter", "eps": 0.02}
+UNLABELED_FRACTION = 0.5  # share of each UDM batch drawn from the unlabeled set (when present)
+LOSS = "mse"  # the paper's AE reconstruction loss, inside the brain mask
+
+
+def _unlabeled(cfg):
+    """The unlabeled mixture under ``cfg.data_dir/unlabeled`` as a PreparedSet, or None."""
+    root = getattr(cfg, "data_dir", None)
+    if not root or not (Path(root) / "unlabeled").is_dir():
+        return None
+    from anomaly.data.prepared import load_prepared
+
+    ps = load_prepared(Path(root) / "unlabeled", desc="preprocess unlabeled")
+    return ps if len(ps) else None
+
+
+@register
+class DDAD(AnomalyMethod):
+    name = "ddad"
+    title = "DDAD (dual-distribution discrepancy, AE ensembles)"
+    paper = ("Cai et al., Dual-distribution discrepancy with self-supervised refinement for anomaly "
+             "detection in medical images, MedIA 2023")
+    citation = ("Cai Y, Chen H, Yang X, Zhou Y, Cheng K-T. Dual-distribution discrepancy with "
+                "self-supervised refinement for anomaly detection in medical images. "
+                "Medical Image Analysis 86 (2023) 102794.")
+
+    def load(self) -> None:
+        from anomaly.checkpoints import load_weights
+
+        self.net = DualEnsemble(self.card.get("architecture", DEFAULT_ARCH))
+        self.net.load_state_dict(load_weights(self.checkpoint_dir))
+        self.net.eval()
+        self.score = {**DEFAULT_SCORE, **self.card.get("score", {})}
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
+        x = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
+        out = self.net(x)
+        m = np.asarray(masks, np.float32)
+        mu_n = out["ndm_mean"][:, 0].numpy()
+        mu_u = out["udm_mean"][:, 0].numpy()
+        intra = out["intra"][:, 0].numpy() * m
+        inter = np.abs(mu_n - mu_u) * m
+        rec = np.abs(np.asarray(images, np.float32) - mu_n) * m
+        if self.score["map"] == "inter_norm":
+            residual = inter / (intra + float(self.score["eps"]))
+        else:
+            residual = inter
+        return MethodOutput(
+            pseudo_healthy=mu_n * m,
+            residual=residual.astype(np.float32),
+            extra_maps={"intra_discrepancy": intra, "inter_discrepancy": inter, "reconstruction_residual": rec},
+        )
+
+    @classmethod
+    def fit(cls, train, val, out_dir, cfg):
+        import torch.nn.functional as F
+
+        from anomaly.training import TrainLoop, batches, seed_everything
+
+        seed_everything(cfg.seed)
+        arch = dict(DEFAULT_ARCH)
+        net = DualEnsemble(arch, seed=cfg.seed)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        unl = _unlabeled(cfg)
+        if unl is None:
+            print("ddad: no unlabeled/ folder next to train/: the UDM is trained on train alone", file=sys.stderr)
+        loop = TrainLoop(cfg, Path(out_dir) / "work", {"net": net}, {"opt": opt}, desc="ddad")
+        b = cfg.batch_size
+
+        def stream(j: int, images, masks, bs):
+            rng = np.random.default_rng([cfg.seed, j, loop.step])
+            return batches(images, masks, bs, rng, cfg.augment)
+
+        gens = {}
+        for j, n in enumerate(net.names("ndm")):
+            gens[n] = [stream(j, train.images, train.masks, b)]
+        for j, n in enumerate(net.names("udm")):
+            if unl is None:
+                gens[n] = [stream(100 + j, train.images, train.masks, b)]
+            else:
+                bu = max(1, int(round(b * UNLABELED_FRACTION)))
+                gens[n] = [stream(100 + j, train.images, train.masks, max(1, b - bu)),
+                           stream(200 + j, unl.images, unl.masks, bu)]
+        net.train()
+        for _ in loop:
+            total = 0.0
+            losses = {}
+            for n, gs in gens.items():
+                parts = [next(g) for g in gs]
+                x = torch.cat([p[0] for p in parts])
+                m = torch.cat([p[1] for p in parts])
+                xi, mi = net.to_internal(x), net.to_internal(m.float())
+                rec = net.member(n)(xi)
+                loss = F.mse_loss(rec * mi, xi * mi)
+                total = total + loss
+                losses[n] = loss.item()
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            loop.log(loss=float(total.item()) / len(gens),
+                     ndm=float(np.mean([v for k, v in losses.items() if k.startswith("ndm")])),
+                     udm=float(np.mean([v for k, v in losses.items() if k.startswith("udm")])))
+        net.eval()
+        last = loop.history[-1] if loop.history else {}
+        card = {
+            "architecture": arch,
+            "score": dict(DEFAULT_SCORE),
+            "ensembles": {"ndm": f"{net.k} MONAI AutoEncoders on healthy train slices",
+                          "udm": f"{net.k} MONAI AutoEncoders on healthy train + unlabeled slices"},
+            "hyper_parameters": {"loss": LOSS, "optimizer": "Adam", "lr": cfg.lr, "batch_size": b,
+                                 "unlabeled_fraction_per_udm_batch": UNLABELED_FRACTION if unl is not None else 0.0,
+                                 "member_init_seeds": f"seed*1000 + j, j = 0..{2 * net.k - 1}"},
+            "unlabeled_data": (str(Path(cfg.data_dir) / "unlabeled") if unl is not None else None),
+            "n_unlabeled_slices": len(unl) if unl is not None else 0,
+            "udm_note": (None if unl is not None else
+                         "no unlabeled/ folder: the UDM was trained on the healthy train set alone, so the "
+                         "inter-discrepancy only reflects ensemble disagreement"),
+            "asr": "not implemented (the self-supervised refinement stage of the paper is omitted)",
+            "maps": {"residual": "inter-discrepancy |mean NDM - mean UDM| (A_inter)",
+                     "pseudo_healthy": "mean NDM reconstruction x brain mask",
+                     "intra_discrepancy": "std of the K NDM reconstructions",
+                     "inter_discrepancy": "|mean NDM - mean UDM|",
+                     "reconstruction_residual": "|x - mean NDM|"},
+            "train_steps": loop.step,
+            "final_loss": last.get("loss"),
+            "final_loss_ndm": last.get("ndm"),
+            "final_loss_udm": last.get("udm"),
+            "wall_time_s": loop.wall_time_s,
+        }
+        return dict(net.state_dict()), card

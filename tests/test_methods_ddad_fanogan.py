@@ -1,0 +1,136 @@
+"""DDAD and f-AnoGAN: tiny trainings on the toy set through ``anomaly.train.train``.
+
+Output contract (shapes, extra maps, f-AnoGAN's own image score), determinism, save/load
+round trip, --resume, DDAD's unlabeled folder (and its absence), and DDAD localising the
+toy lesion after a short training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from anomaly.data.prepared import load_prepared
+from anomaly.methods.base import clear_cache, get_method
+from anomaly.train import train
+from anomaly.training import TrainConfig
+
+pytestmark = pytest.mark.timeout(300)
+
+DDAD_STEPS = 40
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def ddad_data(tiny_dataset, tmp_path_factory):
+    """A copy of the toy set with an ``unlabeled/`` mixture (images of its test split, no labels)."""
+    data = tmp_path_factory.mktemp("ddadds") / "ds"
+    shutil.copytree(tiny_dataset, data)
+    unl = data / "unlabeled" / "images"
+    unl.mkdir(parents=True)
+    for p in sorted((tiny_dataset / "test" / "images").iterdir()):
+        shutil.copy2(p, unl / p.name)
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(ddad_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddad_fanogan_ckpt")
+    train("ddad", ddad_data, root / "ddad", TrainConfig(seed=0, max_steps=DDAD_STEPS, batch_size=BATCH))
+    train("fanogan", ddad_data, root / "fanogan", TrainConfig(seed=0, max_steps=6, batch_size=BATCH))
+    clear_cache()
+    return root
+
+
+@pytest.fixture(scope="module")
+def val_lesion(ddad_data):
+    return load_prepared(ddad_data / "val_lesion")
+
+
+def _card(path):
+    return json.loads((path / "card.json").read_text())
+
+
+def test_ddad_output_contract_and_card(trained, val_lesion):
+    m = get_method("ddad", trained / "ddad")
+    x, k = val_lesion.images[:5], val_lesion.masks[:5]
+    out = m.predict(x, k, seed=0)
+    n, s = x.shape[0], x.shape[-1]
+    assert out.pseudo_healthy.shape == out.residual.shape == (n, s, s)
+    assert out.image_score is None
+    assert set(out.extra_maps) == {"intra_discrepancy", "inter_discrepancy", "reconstruction_residual"}
+    for v in [out.residual, *out.extra_maps.values()]:
+        assert v.shape == (n, s, s) and v.dtype == np.float32 and np.isfinite(v).all() and v.min() >= 0
+    assert np.allclose(out.residual, out.extra_maps["inter_discrepancy"])  # default map = A_inter
+    card = _card(trained / "ddad")
+    assert card["train_steps"] == DDAD_STEPS and card["wall_time_s"] > 0
+    assert card["n_unlabeled_slices"] > 0 and card["unlabeled_data"].endswith("unlabeled")
+    assert card["architecture"]["k"] == 3 and "not implemented" in card["asr"]
+    assert card["config"]["data_dir"].endswith("ds")
+    keys = set(m.net.state_dict())
+    assert {p for p in ("ndm0.", "ndm2.", "udm0.", "udm2.") if any(q.startswith(p) for q in keys)} == {
+        "ndm0.", "ndm2.", "udm0.", "udm2."}
+    assert (trained / "ddad" / "model.safetensors").stat().st_size < 15e6
+    assert "val_lesion_pixel_ap" in card["validation"] and "calibration" in card
+
+
+def test_fanogan_output_contract_and_card(trained, val_lesion):
+    m = get_method("fanogan", trained / "fanogan")
+    x, k = val_lesion.images[:5], val_lesion.masks[:5]
+    out = m.predict(x, k, seed=0)
+    n, s = x.shape[0], x.shape[-1]
+    assert out.pseudo_healthy.shape == out.residual.shape == (n, s, s)
+    assert out.image_score.shape == (n,) and np.isfinite(out.image_score).all() and (out.image_score >= 0).all()
+    assert out.residual.min() >= 0 and not out.pseudo_healthy[~k].any()  # pseudo-healthy masked to the brain
+    card = _card(trained / "fanogan")
+    assert card["gan_steps"] == 4 and card["encoder_steps"] == 2 and card["train_steps"] == 6
+    assert card["hyper_parameters"]["n_critic"] == 5 and card["hyper_parameters"]["wgan_gp_lambda"] == 10
+    assert {k.split(".")[0] for k in m.net.state_dict()} == {"G", "D", "E"}
+    assert (trained / "fanogan" / "model.safetensors").stat().st_size < 15e6
+
+
+@pytest.mark.parametrize("name", ["ddad", "fanogan"])
+def test_save_load_round_trip(trained, val_lesion, name):
+    x, k = val_lesion.images[:4], val_lesion.masks[:4]
+    a = get_method(name, trained / name).predict(x, k, seed=0)
+    clear_cache()
+    b = get_method(name, trained / name).predict(x, k, seed=0)
+    np.testing.assert_array_equal(a.residual, b.residual)
+    np.testing.assert_array_equal(a.pseudo_healthy, b.pseudo_healthy)
+    if name == "fanogan":
+        np.testing.assert_array_equal(a.image_score, b.image_score)
+    for key in a.extra_maps:
+        np.testing.assert_array_equal(a.extra_maps[key], b.extra_maps[key])
+
+
+@pytest.mark.parametrize("name", ["ddad", "fanogan"])
+def test_same_seed_same_checkpoint_and_resume(ddad_data, tmp_path, name):
+    cfg = dict(seed=0, max_steps=3, batch_size=4)
+    h1 = train(name, ddad_data, tmp_path / "a", TrainConfig(**cfg))["checkpoint_hash"]
+    h2 = train(name, ddad_data, tmp_path / "b", TrainConfig(**cfg))["checkpoint_hash"]
+    assert h1 == h2
+    # --resume on a finished run continues from work/ and changes nothing
+    h3 = train(name, ddad_data, tmp_path / "a", TrainConfig(resume=True, **cfg))["checkpoint_hash"]
+    assert h3 == h1
+    clear_cache()
+
+
+def test_ddad_without_unlabeled_trains_udm_on_train(tiny_dataset, tmp_path):
+    card = train("ddad", tiny_dataset, tmp_path / "d", TrainConfig(seed=0, max_steps=1, batch_size=4))
+    assert card["n_unlabeled_slices"] == 0 and card["unlabeled_data"] is None
+    assert "train set alone" in card["udm_note"]
+    clear_cache()
+
+
+def test_ddad_residual_higher_inside_the_lesion(trained, val_lesion):
+    m = get_method("ddad", trained / "ddad")
+    idx = np.nonzero(val_lesion.labels == 1)[0]
+    assert len(idx) >= 3
+    out = m.predict(val_lesion.images[idx], val_lesion.masks[idx], seed=0)
+    les = val_lesion.lesions[idx] & val_lesion.masks[idx]
+    rest = val_lesion.masks[idx] & ~val_lesion.lesions[idx]
+    inside, outside = out.residual[les].mean(), out.residual[rest].mean()
+    assert inside > 1.5 * outside, (inside, outside)
