@@ -30,7 +30,7 @@ def browser():
 def test_upload_view_and_move_slider(live_app, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
-    page.goto(live_app, wait_until="networkidle")
+    page.goto(live_app, wait_until="load")
     assert "not for diagnosis" in page.content()
     vol = ROOT / "assets" / "examples" / "synthetic_tumour_t1.nii.gz"
     if not vol.exists():

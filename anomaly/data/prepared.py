@@ -49,23 +49,30 @@ def _fingerprint(root: Path) -> str:
 
 
 def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, cache: bool = True,
-                  desc: str | None = None) -> PreparedSet:
+                  desc: str | None = None, use_brainmasks: bool = True) -> PreparedSet:
     """Every slice of ``root`` preprocessed (one image/volume at a time), valid slices only.
 
     Lesion masks are carried into model space with the same crop/resize as the image.
     Cached in ``root/.prepared-<fingerprint>.npz`` (rebuilt when files change).
+    With ``use_brainmasks`` and a ``root/brainmasks/`` folder (same file names, written by the
+    cohort builder), its ground-truth brain masks replace brain extraction: training data then
+    does not depend on the extractor. Evaluation never uses them (it runs the real pipeline).
     """
     root = Path(root)
-    cache_path = root / f".prepared-v{PREPROCESS_VERSION}-{extractor_id()}-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
+    use_bm = use_brainmasks and (root / "brainmasks").is_dir()
+    ext = "gtmask" if use_bm else extractor_id()
+    cache_path = root / f".prepared-v{PREPROCESS_VERSION}-{ext}-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
     if cache and cache_path.exists():
         z = np.load(cache_path, allow_pickle=False)
         les = z["lesions"] if z["has_lesions"] else None
         return PreparedSet(z["images"], z["masks"], z["labels"], les, json.loads(str(z["names"])))
     imgs, msks, labs, less, names = [], [], [], [], []
     any_lesion = False
+    brain_dir = root / "brainmasks"
     for item in tqdm(read_folder(root), desc=desc or f"preprocess {root.name}", leave=False):
         a = read_image(item.image_path)
-        prep = preprocess_slices(a, size=size)
+        bm = brain_dir / item.image_path.name
+        prep = preprocess_slices(a, masks=read_mask(bm) if (use_brainmasks and bm.exists()) else None, size=size)
         lesion_model = np.zeros_like(prep.masks)
         if item.mask_path is not None:
             any_lesion = True

@@ -74,7 +74,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
     idx = a.most_anomalous_slice()
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
     banner = gr.update(value=a.ood.banner, visible=not a.ood.in_distribution)
-    return (key, gr.update(maximum=max(a.n_slices - 1, 0), value=idx, interactive=a.n_slices > 1),
+    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1),
             banner, cb.scan_summary(a), cb.score_curve_figure(a, idx), grid, _df(table),
             _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
 
@@ -99,7 +99,7 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.
         _fail(e)
     idx = a.most_anomalous_slice()
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
-    return (key, gr.update(maximum=max(a.n_slices - 1, 0), value=idx), cb.score_curve_figure(a, idx), grid, _df(table),
+    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx), cb.score_curve_figure(a, idx), grid, _df(table),
             _df(cb.findings_rows(key, threshold, methods)), pair)
 
 
@@ -148,7 +148,7 @@ def build_app() -> gr.Blocks:
                     gr.Examples(_examples(), inputs=[files], label="Examples (synthetic lesions are marked 'synthetic')")
             with gr.Column(scale=3):
                 summary = gr.Markdown()
-                slider = gr.Slider(0, 0, value=0, step=1, label="Slice", interactive=False)
+                slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False)
                 curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method")
                 grid = gr.Image(label="input | pseudo-healthy | residual map | overlay  (colours calibrated against healthy: 1.0 = threshold)",
                                 type="pil", format="png", interactive=False)
