@@ -142,11 +142,20 @@ def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0,
     t0 = time.perf_counter()
     prepared = preprocess_scan(scan, plane)
     results = {}
-    for i, name in enumerate(methods):
+    # members of a consensus first, so that the consensus reuses their results
+    order = sorted(methods, key=lambda n: n == "consensus")
+    for i, name in enumerate(order):
         m = get_method(name, None if checkpoint_root is None else checkpoint_root / name)
         if progress is not None:
             progress((i, len(methods)), desc=f"{name}: {plane_size(scan, plane)} slices")
-        results[name] = run_method(m, prepared, seed=seed)
+        members = getattr(m, "members", None)
+        if name == "consensus" and members and all(x in results for x in members):
+            from anomaly.methods.consensus import from_member_results
+
+            results[name] = from_member_results(m, prepared, results)
+        else:
+            results[name] = run_method(m, prepared, seed=seed)
+    results = {n: results[n] for n in methods}
     key = study_key(scan.study_uid or scan.content_hash or str(hash(scan.voxels.tobytes())))
     v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, prepared.valid)
     return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0)

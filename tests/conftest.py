@@ -61,6 +61,7 @@ def tiny_checkpoints(tiny_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
     train("zscore", tiny_dataset, root / "zscore", TrainConfig(seed=0))
     train("ae", tiny_dataset, root / "ae", TrainConfig(seed=0, max_steps=25, batch_size=8))
+    train("consensus", tiny_dataset, root / "consensus", TrainConfig(seed=0))
     return root
 
 

@@ -125,3 +125,19 @@ def test_residual_higher_inside_lesion_for_zscore(tiny_checkpoints, tiny_dataset
     full = prep.to_original(res.anomaly_map)[0]
     brain = prep.original_masks[0]
     assert full[mask & brain].mean() > 2 * full[~mask & brain].mean()
+
+
+def test_consensus_reuses_member_results_exactly(tiny_checkpoints, tiny_dataset):
+    from anomaly.data.folder import read_image
+    from anomaly.methods.consensus import from_member_results
+
+    img = read_image(tiny_dataset / "test" / "images" / "l065.png")
+    prep = preprocess_slices(img)
+    cons = get_method("consensus", tiny_checkpoints / "consensus")
+    assert cons.members == ["zscore", "ae"] or set(cons.members) == {"zscore", "ae"}
+    direct = run_method(cons, prep)
+    members = {n: run_method(get_method(n, tiny_checkpoints / n), prep) for n in cons.members}
+    reused = from_member_results(cons, prep, members)
+    np.testing.assert_allclose(direct.anomaly_map, reused.anomaly_map, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(direct.scores, reused.scores, rtol=1e-5)
+    assert direct.extra_maps["votes"].max() <= len(cons.members)
