@@ -130,6 +130,12 @@ class Analysis:
             if not r.valid[index]:
                 cap += " - slice has too little brain to score"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap))
+            for extra, emap in r.extra_maps.items():
+                ref = float(np.percentile(emap[np.asarray(self.prepared.masks)], 99.5)) if emap.size else 1.0
+                full = self.prepared.to_original(emap[index : index + 1] / max(ref, 1e-8))[0]
+                rows.append(GridRow(f"{name} · {extra}", img_u8, None, full,
+                                    "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated",
+                                    empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {name}"))
         r, c = self.scan.slice_spacing(self.plane)
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"

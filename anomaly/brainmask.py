@@ -1,6 +1,7 @@
 """Brain extraction for T1 slices with and without skull, also at low resolution.
 
-A small 2D MONAI ``UNet`` (channels 8-16-32-64, strides 2-2-2, 1 in / 1 out) sees the
+A small 2D MONAI ``UNet`` (channels 8-16-32-64, strides 2-2-2, no residual units, 1 in /
+1 out; 41k parameters, ~0.65 CPU-seconds for 180 slices) sees the
 whole slice: padded to a square (centred), resized to 128 x 128 and normalised per slice
 (1st-99th percentile -> [0, 1], clipped). Its probability map is thresholded at 0.5 on
 the 128 grid, cleaned (largest 3D-connected component for a stack of N > 1 slices of one
@@ -37,7 +38,7 @@ from scipy import ndimage
 SIZE = 128
 CHANNELS = (8, 16, 32, 64)
 STRIDES = (2, 2, 2)
-NUM_RES_UNITS = 1
+NUM_RES_UNITS = 0
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "brainmask"
 NORMALISATION = "per slice: (x - p1) / (p99 - p1), clipped to [0, 1]; slice padded to a square (centred, 0) and resized to 128x128"
 MIN_COMPONENT_2D = 0.10  # single slices: drop 2D components < 10 % of the largest
@@ -352,8 +353,14 @@ def _batch_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int | None = None,
           batch: int = 32, lr: float = 3e-3, max_steps: int | None = None, spacing: float | None = None,
-          evaluate_after: bool = True, progress: bool = True) -> dict:
-    """Train the extractor for ``minutes`` (data generation included) and save the checkpoint."""
+          evaluate_after: bool = True, progress: bool = True, cache: Path | str | None = None,
+          init: Path | str | None = None) -> dict:
+    """Train the extractor for ``minutes`` (data generation included) and save the checkpoint.
+
+    ``cache``: a folder where the generated training slices are kept (reused when the same
+    subjects/seed/spacing are asked for again). ``init``: a checkpoint folder to start from
+    (continued training; recorded in the card).
+    """
     from tqdm import tqdm
 
     from anomaly.checkpoints import save_checkpoint
@@ -362,8 +369,23 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
     torch.manual_seed(seed)
     if n_subjects is None:
         n_subjects = max(4, min(16, int(round(minutes))))
-    X, Y = make_pool(n_subjects, seed, spacing, progress=progress)
+    cache_file = None
+    if cache is not None:
+        cache_file = Path(cache) / f"brainmask-pool-{n_subjects}-{seed}-{spacing}.pt"
+    if cache_file is not None and cache_file.exists():
+        X, Y = torch.load(cache_file)
+    else:
+        X, Y = make_pool(n_subjects, seed, spacing, progress=progress)
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((X, Y), cache_file)
     net = build_net()
+    prior = None
+    if init is not None:
+        from anomaly.checkpoints import load_card, load_weights
+
+        net.load_state_dict(load_weights(Path(init)))
+        prior = load_card(Path(init))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(seed)
     budget = minutes * 60.0
@@ -420,6 +442,10 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
         or "anomaly.brainmask" in " ".join(sys.argv) else f"anomaly.brainmask.train(minutes={minutes}, seed={seed})",
         "seed": seed,
         "steps": step,
+        "continued_from": None if prior is None else {"steps": prior.get("steps"), "total_steps": prior.get(
+            "total_steps", prior.get("steps")), "checkpoint_hash": prior.get("checkpoint_hash"),
+            "wall_seconds": prior.get("wall_seconds"), "command": prior.get("command")},
+        "total_steps": step + (0 if prior is None else int(prior.get("total_steps", prior.get("steps", 0)) or 0)),
         "batch": batch,
         "lr": lr,
         "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
@@ -495,6 +521,9 @@ def main(argv=None) -> int:
     t.add_argument("--subjects", type=int, default=None, help="training pseudo-subjects (default: 1 per minute, 4-16)")
     t.add_argument("--steps", type=int, default=None, help="fixed number of steps instead of the time budget")
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--cache", default=None, help="folder to keep/reuse the generated training slices")
+    t.add_argument("--init", default=None, help="checkpoint folder to continue training from")
+    t.add_argument("--lr", type=float, default=3e-3)
     m = sub.add_parser("montage", help="PNG of predicted masks on Colin27, MNI152 and the ITK subject")
     m.add_argument("--ckpt", default=str(DEFAULT_DIR))
     m.add_argument("--out", default="docs/brainmask.png")
@@ -502,7 +531,8 @@ def main(argv=None) -> int:
     if getattr(a, "threads", None):
         torch.set_num_threads(a.threads)
     if a.cmd == "train":
-        card = train(a.out, a.minutes, a.seed, a.subjects, max_steps=a.steps)
+        card = train(a.out, a.minutes, a.seed, a.subjects, max_steps=a.steps, cache=a.cache, init=a.init,
+                     lr=a.lr)
         import json
 
         print(json.dumps({k: card.get(k) for k in ("steps", "final_loss", "validation", "wall_seconds")}, indent=2))

@@ -120,7 +120,7 @@ class GridRow:
     pseudo_healthy_u8: np.ndarray | None
     cal_map: np.ndarray
     caption: str = ""
-    extra: dict | None = None  # name -> calibrated map (e.g. uncertainty)
+    empty_note: str = "no reconstruction:\nfeature-space method"
 
 
 def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = None, aspect: float = 1.0,
@@ -143,7 +143,7 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
             ph_label = "pseudo-healthy"
         else:
             p_ph = Image.new("RGB", (PANEL, PANEL), (30, 30, 30))
-            ImageDraw.Draw(p_ph).text((10, PANEL // 2 - 14), "no reconstruction:\nfeature-space method", fill=(200, 200, 200), font=_font(12))
+            ImageDraw.Draw(p_ph).text((10, PANEL // 2 - 14), row.empty_note, fill=(200, 200, 200), font=_font(12))
             ph_label = "pseudo-healthy"
         p_map = fit_panel(heatmap_rgb(row.cal_map, cfg), aspect=aspect)
         p_ov = draw_orientation(fit_panel(overlay_rgb(row.image_u8, row.cal_map, cfg), aspect=aspect), plane)

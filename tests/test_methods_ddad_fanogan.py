@@ -7,6 +7,7 @@ toy lesion after a short training.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -20,26 +21,30 @@ from anomaly.training import TrainConfig
 
 pytestmark = pytest.mark.timeout(300)
 
-DDAD_STEPS = 40
+DDAD_STEPS = 100  # the toy lesion shows in the inter-discrepancy from ~80-100 steps on
+DDAD_LR = 3e-3
 BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def ddad_data(tiny_dataset, tmp_path_factory):
-    """A copy of the toy set with an ``unlabeled/`` mixture (images of its test split, no labels)."""
+    """A copy of the toy set with an ``unlabeled/`` mixture: a few images of its test split (every
+    lesional one, two normal ones), images only (no labels, no masks)."""
     data = tmp_path_factory.mktemp("ddadds") / "ds"
     shutil.copytree(tiny_dataset, data)
     unl = data / "unlabeled" / "images"
     unl.mkdir(parents=True)
-    for p in sorted((tiny_dataset / "test" / "images").iterdir()):
-        shutil.copy2(p, unl / p.name)
+    rows = list(csv.DictReader((tiny_dataset / "test" / "labels.csv").open()))
+    pick = [r["file"] for r in rows if r["label"] == "1"] + [r["file"] for r in rows if r["label"] == "0"][:2]
+    for f in pick:
+        shutil.copy2(tiny_dataset / "test" / "images" / f, unl / f)
     return data
 
 
 @pytest.fixture(scope="module")
 def trained(ddad_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddad_fanogan_ckpt")
-    train("ddad", ddad_data, root / "ddad", TrainConfig(seed=0, max_steps=DDAD_STEPS, batch_size=BATCH))
+    train("ddad", ddad_data, root / "ddad", TrainConfig(seed=0, max_steps=DDAD_STEPS, batch_size=BATCH, lr=DDAD_LR))
     train("fanogan", ddad_data, root / "fanogan", TrainConfig(seed=0, max_steps=6, batch_size=BATCH))
     clear_cache()
     return root

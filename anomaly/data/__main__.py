@@ -19,6 +19,7 @@ def main(argv=None) -> int:
                    help="real brain held out for test_heldout (train_loo/val_normal_loo exclude it)")
     b.add_argument("--tiny", action="store_true", help="a very small build on a 3 mm grid (tests)")
     b.add_argument("--workers", type=int, default=None, help="processes (default: 2, or 1 with --tiny)")
+    b.add_argument("--only", nargs="+", default=None, metavar="SPLIT", help="build only these splits")
     e = sub.add_parser("examples", help="write the small example files (assets/examples)")
     e.add_argument("--out", default="assets/examples")
     e.add_argument("--seed", type=int, default=0)
@@ -31,7 +32,8 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
         t0 = time.time()
-        m = build(a.out, seed=a.seed, subjects=a.subjects, heldout=a.heldout, tiny=a.tiny, workers=a.workers)
+        m = build(a.out, seed=a.seed, subjects=a.subjects, heldout=a.heldout, tiny=a.tiny, workers=a.workers,
+                  only=a.only)
         print(f"cohort written to {a.out} in {time.time() - t0:.0f} s")
         for s, c in m["splits"].items():
             print(f"  {s:18s} {c['files']:5d} files  {c['lesion']:4d} lesion  {c['normal']:4d} normal  "

@@ -73,7 +73,7 @@ class _LesionCycle:
         return k, round(float(np.exp(self.rng.uniform(lo, hi))), 1)
 
 
-def plan(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27", tiny: bool = False) -> list[Job]:
+def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27", tiny: bool = False) -> list[Job]:
     """Every pseudo-subject job of the build (deterministic for the arguments)."""
     out = Path(out)
     _, kinds = lesion_api()
@@ -108,7 +108,7 @@ def plan(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27",
         lesional("test_heldout", 1, 2, family="heldout", slices_per_lesion=2, max_normal=2)
         healthy("test_heldout", 1, family="heldout", max_normal=2)
         healthy("train_loo", 1, family="loo", start=subjects, max_normal=4)
-        n_vol_les, n_itk_les, itk_normals = 1, 2, 6
+        n_vol_les, n_itk_les, itk_normals = 1, 2, None
     else:
         healthy("train", subjects, normal_step=1)
         healthy("val_normal", max(3, subjects // 8), normal_step=2)
@@ -180,9 +180,13 @@ def _ordered(row: dict) -> dict:
     return out
 
 
-def build(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27", tiny: bool = False,
-          workers: int | None = None, progress: bool = True) -> dict:
-    """Build the cohort into ``out``; returns the manifest (also written to out/manifest.json)."""
+def build(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27", tiny: bool = False,
+          workers: int | None = None, progress: bool = True, only=None) -> dict:
+    """Build the cohort into ``out``; returns the manifest (also written to out/manifest.json).
+
+    ``only``: build just these splits (their files are identical to a full build's; the
+    _loo splits need their twin train/val_normal in ``only`` to get the copied subjects).
+    """
     from anomaly.data.folder import write_labels
 
     t0 = time.time()
@@ -190,12 +194,20 @@ def build(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27"
     if heldout not in ("colin27", "mni152"):
         raise ValueError("--heldout must be colin27 or mni152")
     out.mkdir(parents=True, exist_ok=True)
-    for s in SPLITS:
+    for s in SPLITS if only is None else only:
         if (out / s).exists():
             shutil.rmtree(out / s)
+    previous = {}
+    if only is not None and (out / "manifest.json").exists():  # a partial rebuild keeps the other counts
+        previous = json.loads((out / "manifest.json").read_text()).get("splits", {})
     for f in ("manifest.json", "build_timing.json"):
         (out / f).unlink(missing_ok=True)
     jobs = plan(out, seed, subjects, heldout, tiny)
+    if only is not None:
+        unknown = set(only) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; choose from {SPLITS}")
+        jobs = [j for j in jobs if j.split in only]
     if workers is None:
         workers = 1 if tiny else max(1, min(2, os.cpu_count() or 1))
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
@@ -219,6 +231,8 @@ def build(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27"
     # train_loo / val_normal_loo: add copies of the twin split's kept-brain subjects
     kept = {src for src, _ in _variants(heldout, "loo")}
     for twin, loo in (("train", "train_loo"), ("val_normal", "val_normal_loo")):
+        if only is not None and loo not in only:
+            continue
         for r in rows[twin]:
             if r["source"] in kept:
                 for sub in ("images", "brainmasks"):
@@ -247,7 +261,7 @@ def build(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27"
         "working_spacing_mm": 3.0 if tiny else {"mni152": 1.5, "colin27": 1.5, "itk": 2.0},
         "lesion_kinds": list(lesion_api()[1]),
         "lesion_sizes_mm": list(SIZE_RANGE),
-        "splits": {},
+        "splits": {k: v for k, v in previous.items() if k not in (only or ())},
     }
     for s in SPLITS:
         rs = sorted(rows[s], key=lambda r: r["file"])
@@ -274,6 +288,7 @@ def build(out: Path, seed: int = 0, subjects: int = 30, heldout: str = "colin27"
             "lesion_kinds": dict(sorted(kinds.items())),
             "kind": "3D NIfTI volumes" if s == "test_volumes" else "2D 16-bit PNG slices",
         }
+    manifest["splits"] = {k: manifest["splits"][k] for k in SPLITS if k in manifest["splits"]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     timing = {"wall_seconds": round(time.time() - t0, 1), "workers": workers, "jobs": len(jobs)}
     (out / "build_timing.json").write_text(json.dumps(timing, indent=2))

@@ -200,6 +200,17 @@ def _keep_connected_to(mask, seed, flat):
     return np.isin(lab, ids)
 
 
+def _open_small(mask, size_mm, sp, flat):
+    """Remove thread-like protrusions (a morphological opening) from lesions that are
+    large compared with the voxels."""
+    if size_mm < 6.0 * float(np.min(sp[1:] if flat else sp)):
+        return mask
+    st = ndi.generate_binary_structure(3, 1)
+    if flat:
+        st[0] = st[2] = False
+    return ndi.binary_opening(mask, structure=st)
+
+
 def _n_components(mask):
     flat = mask.shape[0] == 1
     st = np.ones((3, 3, 3), bool)
@@ -611,8 +622,9 @@ def _alpha(sd, width):
 
 
 def _edge_width(ctx):
+    """Edge softness (mm): partial volume of about one voxel."""
     sp = ctx.sp[1:] if ctx.flat else ctx.sp
-    return max(0.4, 0.35 * float(np.mean(sp)))
+    return 0.4 * float(np.min(sp))
 
 
 def _calibrate(build, param, target, update, sp, iters=3, tol=0.08):
@@ -720,7 +732,7 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
     seed[tuple(int(c) - s.start for c, s in zip(c_idx, sl))] = True
 
     def core_at(sc):
-        m = (blob.F(z / sc, y / sc, x / sc) > 0) & B
+        m = _open_small(blob.F(z / sc, y / sc, x / sc) > 0, core_d, sp, flat) & B
         return _keep_connected_to(m | seed, seed, flat) & B
 
     core, scale = _calibrate(core_at, scale, core_d, lambda sc, d: sc * core_d / d, sp, iters=2, tol=0.1)
@@ -769,8 +781,8 @@ def _tumour(ctx: _Ctx, size, centre, enhancing):
     else:
         rim_mm = rng.uniform(2.0, 4.5)
         level = float(np.clip(rim_mm / max(r_core, 1e-3), 0.15, 0.6))
-        e_r = rng.uniform(0.45, 0.95)
-        I_rim = tis.wm + e_r * tis.gw * (1 + 0.35 * np.clip(n_in, -2, 2)) + 0.1 * tis.gw * tex
+        e_r = rng.uniform(0.6, 1.1)
+        I_rim = tis.wm + e_r * tis.gw * np.clip(1 + 0.35 * n_in, 0.75, 1.6) + 0.06 * tis.gw * tex
         I_nec = tis.csf + rng.uniform(0.25, 0.5) * tis.cg + 0.08 * tis.cg * tex
         if r_core < 3.0:  # small: solid enhancing nodule
             t = np.zeros_like(Fi)
@@ -851,7 +863,7 @@ def _haemorrhage(ctx: _Ctx, size, centre):
     seed[tuple(int(c) - s.start for c, s in zip(c_idx, sl))] = True
 
     def shape_at(sc):
-        m = (blob.F(z / sc, y / sc, x / sc) > 0) & B
+        m = _open_small(blob.F(z / sc, y / sc, x / sc) > 0, size, sp, flat) & B
         return _keep_connected_to(m | seed, seed, flat) & B
 
     mask, scale = _calibrate(shape_at, scale, size, lambda sc, d: sc * size / d, sp, iters=3)
@@ -869,7 +881,8 @@ def _haemorrhage(ctx: _Ctx, size, centre):
     tex = _lowfreq(rng, V.shape, sp, rng.uniform(1.5, 3.0), flat)
     radial = _smoothstep(depth / dmax)  # 0 at the edge, 1 in the middle
     target = tis.wm + tis.gw * (e_p + (e_c - e_p) * radial) + 0.2 * tis.gw * tex
-    rim = bool(size >= 10 and rng.uniform() < 0.5)
+    # a thin haemosiderin rim only where it is thin relative to the lesion and resolvable
+    rim = bool(rng.uniform() < 0.5 and size >= 16 and float(np.min(sp[1:] if flat else sp)) <= 1.25)
     details = {"mass_effect_mm": round(amp, 2), "dark_rim": rim}
     if rim:  # thin, patchy haemosiderin rim, mildly hypointense
         rim_w = rng.uniform(0.7, 1.3) * (1 + 0.4 * np.clip(_lowfreq(rng, V.shape, sp, 3.0, flat), -1.5, 1.5))
@@ -885,8 +898,10 @@ def _haemorrhage(ctx: _Ctx, size, centre):
 
 def _stroke(ctx: _Ctx, size, centre):
     rng, flat, sp = ctx.rng, ctx.flat, ctx.sp
-    theta = math.radians(rng.uniform(20.0, 34.0))
-    L = size / max(1.15, 2.3 * math.tan(theta)) * 1.05
+    # small territories are narrow and deep enough to reach the white matter
+    t_lo, t_hi = (18.0, 26.0) if size < 20 else (20.0, 34.0)
+    theta = math.radians(rng.uniform(t_lo, t_hi))
+    L = size / max(1.2, 2.4 * math.tan(theta))
     b = ctx.brain
     # outward normals from a smoothed brain mask (strided grid is enough)
     bs = b[ctx.sub_sl].astype(np.float32)
@@ -901,6 +916,12 @@ def _stroke(ctx: _Ctx, size, centre):
         g = np.array([grads[ax][p_sub] for ax in range(3)])
         n = np.linalg.norm(g)
         return g / n if n > 1e-9 else None
+
+    wsub = ctx.wm_sub()
+
+    def wm_at_mm(p_mm):
+        i = tuple(int(np.clip(round(p_mm[ax] / ctx.sub_sp()[ax]), 0, wsub.shape[ax] - 1)) for ax in range(3))
+        return float(wsub[i])
 
     def dist_at_mm(p_mm):
         i = tuple(int(np.clip(round(p_mm[ax] / ctx.sub_sp()[ax]), 0, dist.shape[ax] - 1)) for ax in range(3))
@@ -950,6 +971,8 @@ def _stroke(ctx: _Ctx, size, centre):
                 continue
             p_mm = np.asarray(p, float) * ctx.sub_sp()
             fit = min(dist_at_mm(p_mm + n_in * L), 0.35 * L) + (0.35 * L if dist_at_mm(p_mm + n_in * 0.5 * L) > 0 else 0)
+            # a territory spans cortex and the white matter beneath it
+            fit *= 0.2 + 0.8 * max(wm_at_mm(p_mm + n_in * f * L) for f in (0.4, 0.6, 0.8))
             pref = float(_smoothstep(abs(p_mm[2] - com[2]) / 20.0))
             if not flat and z_hi > z_lo:
                 zf = (p[0] - z_lo) / (z_hi - z_lo)
@@ -1039,7 +1062,7 @@ def _wm_lesions(ctx: _Ctx, size, centre):
     else:
         dvent = np.full(bsub.shape, 30.0)
     gv = [np.zeros_like(dvent) if (flat and ax == 0) or dvent.shape[ax] < 2 else np.gradient(dvent, axis=ax) for ax in range(3)]
-    weights = np.exp(-dvent / 8.0) + 0.05
+    weights = np.exp(-dvent / 6.0) + 0.03
     taken = np.zeros(bsub.shape, bool)
     grid = np.stack(np.meshgrid(*[np.arange(s) * ssp[ax] for ax, s in enumerate(bsub.shape)], indexing="ij"), 0) if not flat else None
     out = np.nan_to_num(ctx.v).astype(np.float32, copy=True)
@@ -1228,10 +1251,14 @@ def add_lesion(
 # ----------------------------------------------------------------------------- gallery
 
 
-def render_lesion_gallery(out_path, template=None, seed: int = 3, sizes: dict | None = None) -> list[LesionInfo]:
+GALLERY_SEEDS = {"tumour": 3, "tumour_enhancing": 4, "wm_lesions": 13, "stroke": 6, "haemorrhage": 7}
+
+
+def render_lesion_gallery(out_path, template=None, seeds: dict | None = None, sizes: dict | None = None) -> list[LesionInfo]:
     """PNG montage: one axial slice through each kind on MNI152 (before / after / mask / zoom).
 
     Reads the project's templates (the only I/O in this module); returns the infos.
+    ``seeds``: rng seed per kind (the defaults show typical, well-placed examples).
     """
     from pathlib import Path
 
@@ -1252,19 +1279,19 @@ def render_lesion_gallery(out_path, template=None, seed: int = 3, sizes: dict | 
     fig, axes = plt.subplots(len(kinds), 4, figsize=(13, 3.4 * len(kinds)), dpi=110)
     infos = []
     for row, kind in enumerate(kinds):
-        rng = np.random.default_rng(seed + row)
+        rng = np.random.default_rng((seeds or GALLERY_SEEDS).get(kind, row))
         new, mask, info = add_lesion(t1, brain, kind, sizes[kind], rng, wm_prob=wm, gm_prob=gm)
         infos.append(info)
         # the axial slice with the most lesion (for several lesions: through the largest)
         s = info.centre[0] if info.n_components > 1 else int(np.argmax(mask.sum(axis=(1, 2))))
         before, after, m = t1[s], new[s], mask[s]
-        vmin, vmax = 0.0, float(np.percentile(t1[brain], 99.5)) * 1.15
+        vmin, vmax = 0.0, float(np.percentile(t1[brain], 99.5)) * 1.35
         axes[row, 0].imshow(before, cmap="gray", vmin=vmin, vmax=vmax)
         axes[row, 1].imshow(after, cmap="gray", vmin=vmin, vmax=vmax)
         axes[row, 2].imshow(after, cmap="gray", vmin=vmin, vmax=vmax)
         axes[row, 2].contour(m, levels=[0.5], colors="r", linewidths=0.8)
-        h, w = (int(round(a)) for a in (info.centre[1:] if info.n_components > 1 else ndi.center_of_mass(m)))
-        r = int(max(22, info.size_mm * 1.0))
+        h, w = (int(a) for a in info.centre[1:]) if info.n_components > 1 else (int(round(a)) for a in ndi.center_of_mass(m))
+        r = int(max(25, info.size_mm * 1.0))
         h0, h1 = max(0, h - r), min(after.shape[0], h + r)
         w0, w1 = max(0, w - r), min(after.shape[1], w + r)
         axes[row, 3].imshow(after[h0:h1, w0:w1], cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")

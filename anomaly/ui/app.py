@@ -41,7 +41,8 @@ CSS = ".banner {background:#5a1d1d; padding:8px; border-radius:6px}"
 
 def _examples() -> list[list[str]]:
     ex = []
-    for name in ("synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz", "slice_synthetic_tumour.png", "slice_healthy.png"):
+    for name in ("synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz", "synthetic_tumour_t1_axial.png",
+                 "healthy_with_skull_t1_axial.png", "healthy_stripped_t1_axial.png"):
         p = EXAMPLES / name
         if p.exists():
             ex.append([str(p)])

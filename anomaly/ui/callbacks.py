@@ -69,7 +69,14 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
     methods = [m for m in (methods or default_methods())]
     if not methods:
         raise AnomalyError("no trained method available: train one with `python -m anomaly.train ae --data DIR`")
+    memo = (scan.content_hash, tuple(methods), plane, seed, series_uid or "")
+    with _LOCK:  # the same file again (e.g. a clicked example): reuse its analysis, lazily cached
+        for k, a in _CACHE.items():
+            if getattr(a, "_memo", None) == memo and scan.content_hash:
+                _CACHE.move_to_end(k)
+                return k, a
     a = analyse(scan, methods, plane=plane, seed=seed, progress=progress)
+    a._memo = memo
     return _put(a), a
 
 

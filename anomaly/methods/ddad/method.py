@@ -128,6 +128,9 @@ class DDAD(AnomalyMethod):
         card = {
             "architecture": arch,
             "score": dict(DEFAULT_SCORE),
+            "internal_resolution": (f"{arch['size']}x{arch['size']} (as in the paper): slices are area-downsampled for the "
+                                    "autoencoders and the reconstructions / discrepancy maps bilinearly upsampled to "
+                                    "the 128x128 model space"),
             "ensembles": {"ndm": f"{net.k} MONAI AutoEncoders on healthy train slices",
                           "udm": f"{net.k} MONAI AutoEncoders on healthy train + unlabeled slices"},
             "hyper_parameters": {"loss": LOSS, "optimizer": "Adam", "lr": cfg.lr, "batch_size": b,

@@ -1,0 +1,112 @@
+"""``python -m anomaly.annotations COMMAND``: exports, import, data set and annotator accounts.
+
+    export-dataset --out DIR [--only-done]     reviewed slices in the data-set format (+ fp_rates.csv)
+    export-csv --out FILE [--study KEY]        one row per flag, with provenance
+    export-json --out FILE [--study KEY]       flags with masks (re-importable)
+    import-json FILE                           import, skipping flags whose id is already stored
+    export-nifti STUDY_KEY --out FILE.nii.gz   a study's flagged regions as a NIfTI label map
+    fp-rates --out FILE                        per-method false positives per reviewed scan
+    add-user NAME [--users-file F]             reads the password from stdin (prompted on a terminal)
+    check                                      schema version, integrity check and counts
+
+Every command takes ``--db PATH`` (default ``$ANOMALY_ANNOTATIONS_DB`` or data/annotations.sqlite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+from anomaly.errors import AnomalyError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, default=None,
+                        help="annotation database (default $ANOMALY_ANNOTATIONS_DB or $ANOMALY_DATA_DIR/annotations.sqlite)")
+    p = argparse.ArgumentParser(prog="python -m anomaly.annotations", description=__doc__.split("\n")[0],
+                                parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("export-dataset", parents=[common], help="reviewed cases in the data-set format")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--only-done", action="store_true", help="only cases whose review status is 'done'")
+    for name, what in (("export-csv", "flags as CSV"), ("export-json", "flags as JSON (with masks)")):
+        s = sub.add_parser(name, parents=[common], help=what)
+        s.add_argument("--out", type=Path, required=True)
+        s.add_argument("--study", default=None, help="only this study key")
+        s.add_argument("--include-deleted", action="store_true", default=name == "export-json")
+    s = sub.add_parser("import-json", parents=[common], help="import flags exported as JSON (no duplicates)")
+    s.add_argument("file", type=Path)
+    s.add_argument("--reviewer", default="import")
+    s = sub.add_parser("export-nifti", parents=[common], help="a study's flagged regions as a NIfTI mask")
+    s.add_argument("study")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--binary", action="store_true", help="1 for every region instead of label codes")
+    s.add_argument("--lesions-only", action="store_true", help="only confirmed findings and missed lesions")
+    s = sub.add_parser("fp-rates", parents=[common], help="per-method false positives per reviewed scan (CSV)")
+    s.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("add-user", parents=[common], help="add an annotator (password from stdin)")
+    s.add_argument("name")
+    s.add_argument("--users-file", type=Path, default=None,
+                   help="default $ANOMALY_USERS_FILE or $ANOMALY_DATA_DIR/users.txt")
+    s.add_argument("--iterations", type=int, default=None)
+    sub.add_parser("check", parents=[common], help="schema version, integrity check, counts")
+    return p
+
+
+def _read_password(name: str) -> str:
+    if sys.stdin.isatty():
+        pw = getpass.getpass(f"password for {name}: ")
+        if pw != getpass.getpass("again: "):
+            raise AnomalyError("the passwords differ")
+        return pw
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "add-user":
+            from anomaly.annotations import auth
+
+            pw = _read_password(args.name)
+            path = auth.add_user(args.name, pw, args.users_file, args.iterations or auth.DEFAULT_ITERATIONS)
+            print(f"added annotator {args.name!r} to {path}")
+            return 0
+        from anomaly.annotations import export as ex
+        from anomaly.annotations.store import Store
+
+        store = Store(args.db, read_only=False)  # an administrator's command: not subject to the demo mode
+        if args.cmd == "export-dataset":
+            info = ex.export_dataset(store, args.out, only_done=args.only_done)
+            print(f"wrote {info['n_images']} reviewed slices ({info['n_with_lesion']} with a lesion mask) of "
+                  f"{info['n_cases']} case(s) to {args.out}; false-positive rates in {args.out / info['fp_rates']}")
+            if info["flags_without_stored_slice"]:
+                print(f"note: {info['flags_without_stored_slice']} flag(s) have no stored slice and are not in the data set")
+        elif args.cmd == "export-csv":
+            print(ex.export_csv(store, args.out, args.study, args.include_deleted))
+        elif args.cmd == "export-json":
+            print(ex.export_json(store, args.out, args.study, args.include_deleted))
+        elif args.cmd == "import-json":
+            r = ex.import_json(store, args.file, args.reviewer)
+            print(f"imported {r['imported']} flag(s), skipped {r['skipped']} already stored")
+        elif args.cmd == "export-nifti":
+            labels = ex.LESION_LABELS if args.lesions_only else ex.LABELS
+            print(ex.export_nifti(store, args.study, args.out, labels, args.binary))
+        elif args.cmd == "fp-rates":
+            print(ex.export_fp_rates(store, args.out))
+        elif args.cmd == "check":
+            print(json.dumps({"db": str(store.path), "schema_version": store.schema_version(),
+                              "integrity": store.integrity_check(), "flags": store.count_flags(),
+                              "flags_including_removed": store.count_flags(True), "cases": len(store.list_cases())}))
+        return 0
+    except AnomalyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

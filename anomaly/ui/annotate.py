@@ -1,0 +1,441 @@
+"""The "Annotate" panel of the review app: flag false positives / missed lesions / findings, edit,
+remove and undo them, walk the review queue and see false positives per method.
+
+Call ``annotation_panel(key, slider, plane, methods, threshold)`` inside ``build_app``'s
+``with gr.Blocks()`` (after the viewer's events are wired, so that the optional ``view=`` can
+re-render the viewer after a jump). Viewing needs no login; annotating does (in-page login, a
+signed session token kept in the browser). The callbacks are thin wrappers around
+``anomaly.annotations.service`` (tested without the UI); every event that matters has an
+``api_name``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+import pandas as pd
+
+from anomaly.annotations import service as svc
+from anomaly.annotations.store import LABELS, REASONS, STATUSES, StaleEditError
+from anomaly.errors import AnomalyError
+
+log = logging.getLogger(__name__)
+
+LABEL_CHOICES = [("false positive", "false_positive"), ("missed lesion", "missed_lesion"),
+                 ("confirmed finding", "confirmed_finding")]
+PANEL_ID = "anomaly-annotate"
+REASON_CHOICES = list(REASONS) + [svc.NO_REASON]
+FLAG_COLUMNS = ["slice", "plane", "method", "label", "reason", "note", "region", "by", "version", "updated (UTC)", "id"]
+QUEUE_COLUMNS = ["study_key", "status", "flags", "false positives", "methods", "reviewed slices", "series",
+                 "updated (UTC)"]
+HELP = """
+**How to flag.** Pick the method and what the region is (**false positive** with its reason, **missed lesion**,
+or **confirmed finding**), then the region: *component at point* takes the connected region of the method's map
+above the current threshold at (row, col); *box* takes rows row0..row1-1 and columns col0..col1-1; *whole slice*
+takes the slice. Click the preview to set the point (or, in box mode, two opposite corners). Yellow: the method's
+region above threshold; red / green / blue: existing false positives / missed lesions / confirmed findings; cyan:
+the region you are about to add. Every change is kept with its history: *Remove* can be undone, and an edit made
+on an outdated version of a flag is refused (reload and redo it), never silently overwritten.
+"""
+
+
+def _df(rows: list[dict], cols: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _err(e: Exception):
+    raise gr.Error(str(e), duration=None) from None
+
+
+def _case_of(key, fallback=None):
+    """The study key of the loaded analysis, else ``fallback``."""
+    try:
+        return svc._analysis(key).study_key
+    except AnomalyError:
+        return fallback or None
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def _access_outputs(token, n_buttons: int):
+    st = svc.access_state(token)
+    can = bool(st["user"])
+    show_login = not st["read_only"] and st["enabled"]
+    return [st["message"], gr.update(visible=show_login and not can), gr.update(visible=show_login and can)] + \
+        [gr.update(interactive=can)] * n_buttons
+
+
+def on_login(name, password, n_buttons: int):
+    try:
+        token = svc.login(name, password)
+    except AnomalyError as e:
+        _err(e)
+    return [token, ""] + _access_outputs(token, n_buttons)
+
+
+def on_logout(n_buttons: int):
+    return [None] + _access_outputs(None, n_buttons)
+
+
+def _case_outputs(study_key):
+    info = svc.case_info(study_key)
+    return [study_key or "", _df(svc.flag_table(study_key), FLAG_COLUMNS), info["text"],
+            gr.update(value=info["status"])]
+
+
+def on_scan(key, case_key, methods, index, threshold):
+    """A scan was loaded (or re-analysed in another plane): its case, method choices, flags, preview."""
+    try:
+        a = svc._analysis(key)
+    except AnomalyError:
+        return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [None]
+    names = list(a.results)
+    chosen = next((m for m in (methods or []) if m in names), names[0] if names else None)
+    idx = int(index) if index is not None and 0 <= int(index) < a.n_slices else a.most_anomalous_slice()
+    try:
+        prev = svc.preview(key, idx, chosen, threshold)
+    except AnomalyError:
+        prev = None
+    return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev]
+
+
+def on_preview(key, index, method, threshold, mode, r0, c0, r1, c1, pr, pc):
+    """The preview never fails the page: no scan, a bad point or a bad box just show less."""
+    try:
+        return svc.preview(key, index, method, threshold, mode, [r0, c0, r1, c1], [pr, pc])
+    except AnomalyError:
+        return None
+    except Exception:  # noqa: BLE001
+        log.exception("annotation preview failed")
+        return gr.update()
+
+
+def on_preview_click(key, index, mode, corner, r0, c0, r1, c1, evt: gr.SelectData):
+    """Click on the preview: the point (component mode) or the next box corner (box mode)."""
+    try:
+        a = svc._analysis(key)
+        shape = svc.slice_shape(a, int(index))
+    except (AnomalyError, TypeError, ValueError):
+        return [gr.update()] * 7
+    k = svc.preview_scale(shape)
+    x, y = evt.index[0], evt.index[1]
+    row, col = int(y) // k, int(x) // k
+    if mode == "box":
+        if not corner:
+            return [row, col, None, None, gr.update(), gr.update(), 1]
+        a0, b0 = (r0 if r0 is not None else row), (c0 if c0 is not None else col)
+        lo_r, hi_r = sorted((int(a0), row))
+        lo_c, hi_c = sorted((int(b0), col))
+        return [lo_r, lo_c, hi_r + 1, hi_c + 1, gr.update(), gr.update(), 0]
+    return [gr.update()] * 4 + [row, col, corner]
+
+
+def on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc, threshold, token):
+    """API ``add_flag``: returns the case's flag list and a message."""
+    try:
+        f = svc.add_flag(key, index, method, label, reason, note, mode, [r0, c0, r1, c1], [pr, pc], threshold, token)
+    except AnomalyError as e:
+        _err(e)
+    msg = f"Added {f.label.replace('_', ' ')} on slice {f.slice_index} ({f.method}), flag `{f.id[:8]}`."
+    gr.Info(msg)
+    prev = on_preview(key, index, method, threshold, None, r0, c0, r1, c1, pr, pc)
+    return _case_outputs(f.study_key) + [msg, prev, ""]
+
+
+def on_reviewed(key, index, token):
+    try:
+        new = svc.mark_slice_reviewed(key, index, token)
+        sk = svc._analysis(key).study_key
+    except AnomalyError as e:
+        _err(e)
+    msg = f"Slice {int(index)} kept as reviewed." if new else f"Slice {int(index)} was already kept as reviewed."
+    return _case_outputs(sk) + [msg]
+
+
+def _view_if_loaded(fn, n_out: int):
+    """The viewer's re-render, only when a scan is loaded (a flag of a queued case has no view)."""
+
+    def run(key, *args):
+        try:
+            svc._analysis(key)
+        except AnomalyError:
+            return [gr.update()] * n_out if n_out > 1 else gr.update()
+        return fn(key, *args)
+
+    return run
+
+
+def on_select_flag(rows, key, evt: gr.SelectData):
+    """A click in the flag list: select that flag and jump to its slice (if it is on the loaded scan)."""
+    try:
+        r = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
+        fid = str(rows.iloc[r]["id"])
+        f = svc.get_flag(fid)
+    except Exception:  # noqa: BLE001 - a click outside the data
+        return [gr.update()] * 6
+    jump = gr.update()
+    try:
+        a = svc._analysis(key)
+        if a.study_key == f.study_key and a.plane == f.plane:
+            jump = gr.update(value=f.slice_index)
+        elif a.study_key == f.study_key:
+            gr.Info(f"this flag is on the {f.plane} plane: switch the plane to see it")
+    except AnomalyError:
+        pass
+    return [f.id, f.version, f.label, f.reason or svc.NO_REASON, f.note, jump]
+
+
+def _selected(f):
+    return [f.id, f.version, f.label, f.reason or svc.NO_REASON, f.note]
+
+
+def on_edit(flag_id, version, label, reason, note, token, case_key):
+    """API ``edit_flag``: a stale version is refused (message + the flag's current values)."""
+    try:
+        f = svc.edit_flag(flag_id, version, label, reason, note, token)
+    except StaleEditError as e:
+        gr.Warning(str(e))
+        cur = e.current or svc.get_flag(flag_id)
+        return _case_outputs(cur.study_key) + [f"**Not saved.** {e}"] + _selected(cur)
+    except AnomalyError as e:
+        _err(e)
+    return _case_outputs(f.study_key) + [f"Saved flag `{f.id[:8]}` (version {f.version})."] + _selected(f)
+
+
+def on_remove(flag_id, version, token, case_key):
+    try:
+        f = svc.remove_flag(flag_id, version, token)
+    except StaleEditError as e:
+        gr.Warning(str(e))
+        return _case_outputs(case_key or None) + [f"**Not removed.** {e}"] + [gr.update()] * 5
+    except AnomalyError as e:
+        _err(e)
+    return _case_outputs(f.study_key) + [f"Removed flag `{f.id[:8]}`: *Undo* restores it."] + _selected(f)
+
+
+def on_undo(flag_id, token, case_key):
+    try:
+        f = svc.undo(flag_id or None, case_key or None, token)
+    except AnomalyError as e:
+        _err(e)
+    state = "removed" if f.deleted else f"restored / reverted ({f.label.replace('_', ' ')})"
+    return _case_outputs(f.study_key) + [f"Undone: flag `{f.id[:8]}` is now {state} (version {f.version})."] + \
+        _selected(f)
+
+
+def on_list(case_key, key):
+    """API ``list_flags``: the flags of a study key (or of the loaded scan)."""
+    sk = case_key or _case_of(key)
+    return _df(svc.flag_table(sk), FLAG_COLUMNS)
+
+
+def on_status(case_key, status, token):
+    try:
+        info = svc.set_case_status(case_key, status, token)
+    except AnomalyError as e:
+        _err(e)
+    return [info["text"], gr.update(value=info["status"])]
+
+
+def on_queue(method, status):
+    return _df(svc.review_queue(method, status), QUEUE_COLUMNS)
+
+
+def on_step(case_key, method, status, step: int):
+    sk = svc.queue_step(case_key or None, step, method, status)
+    if sk is None:
+        gr.Info("the review queue is empty (with these filters)")
+        return [gr.update()] * 4 + [_df([], QUEUE_COLUMNS)]
+    return _case_outputs(sk) + [on_queue(method, status)]
+
+
+def on_summary(scope, case_key):
+    rows = svc.fp_summary(case_key or None if scope == "this case" else None)
+    cols = ["method", *REASONS, "false positives", "confirmed findings", "missed lesions"]
+    return _df(rows, cols), svc.fp_figure(rows)
+
+
+def on_load(token, key, method_filter, status_filter, n_buttons: int):
+    return _access_outputs(token, n_buttons) + [on_queue(method_filter, status_filter)]
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def annotation_panel(key_state, slider, plane, methods, threshold, view=None) -> None:
+    """Builds the Annotate panel inside the current ``gr.Blocks`` context.
+
+    ``key_state``: the analysis key (gr.State); ``slider``: the slice slider; ``plane``: the plane
+    radio; ``methods``: the methods checkbox group; ``threshold``: the threshold slider. Optional
+    ``view=(fn, inputs, outputs)`` re-renders the viewer after a jump to a flag's slice."""
+    from gradio.context import Context
+
+    root = Context.root_block
+    token = gr.BrowserState(None, storage_key="anomaly-annotator-session")
+    corner = gr.State(0)
+    with gr.Accordion("Annotate: flag false positives, missed lesions and findings", open=False, elem_id=PANEL_ID):
+        access_md = gr.Markdown(svc.access_state(None)["message"])
+        with gr.Row(visible=False) as login_row:
+            user_tb = gr.Textbox(label="Annotator", scale=2)
+            pw_tb = gr.Textbox(label="Password", type="password", scale=2)
+            login_btn = gr.Button("Log in", scale=1)
+        with gr.Row(visible=False) as logout_row:
+            logout_btn = gr.Button("Log out", size="sm")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                method_dd = gr.Dropdown(label="Method", choices=[], allow_custom_value=True)
+                label_dd = gr.Dropdown(LABEL_CHOICES, value="false_positive", label="Label")
+                reason_dd = gr.Dropdown(REASON_CHOICES, value="normal anatomy",
+                                        label="Reason (for a false positive)")
+                note_tb = gr.Textbox(label="Note (no patient identifiers)", lines=2)
+                mode_rb = gr.Radio(list(svc.REGION_MODES), value="component at point", label="Region")
+                with gr.Row():
+                    pr = gr.Number(None, label="point row", precision=0, min_width=80)
+                    pc = gr.Number(None, label="point col", precision=0, min_width=80)
+                with gr.Row():
+                    r0 = gr.Number(None, label="row0", precision=0, min_width=60)
+                    c0 = gr.Number(None, label="col0", precision=0, min_width=60)
+                    r1 = gr.Number(None, label="row1", precision=0, min_width=60)
+                    c1 = gr.Number(None, label="col1", precision=0, min_width=60)
+                with gr.Row():
+                    add_btn = gr.Button("Add flag", variant="primary", interactive=False)
+                    reviewed_btn = gr.Button("Slice reviewed: nothing to flag", interactive=False)
+                msg_md = gr.Markdown()
+            with gr.Column(scale=1, min_width=320):
+                preview_img = gr.Image(label="This slice (click: point / box corners)", type="numpy", format="png",
+                                       interactive=False, height=420)
+                with gr.Accordion("How to flag", open=False):
+                    gr.Markdown(HELP)
+        flags_df = gr.Dataframe(value=_df([], FLAG_COLUMNS), label="Flags of this case (click one to select it and "
+                                "jump to its slice)", interactive=False, wrap=True)
+        with gr.Row():
+            sel_id = gr.Textbox(label="Selected flag id", interactive=False, scale=3)
+            sel_version = gr.Number(label="its version", precision=0, interactive=False, scale=1)
+            edit_label = gr.Dropdown(LABEL_CHOICES, label="Label", scale=2)
+            edit_reason = gr.Dropdown(REASON_CHOICES, label="Reason", scale=2)
+            edit_note = gr.Textbox(label="Note", scale=3)
+        with gr.Row():
+            save_btn = gr.Button("Save edit", interactive=False)
+            remove_btn = gr.Button("Remove", variant="stop", interactive=False)
+            undo_btn = gr.Button("Undo (selected flag, else my last change here)", interactive=False)
+            list_btn = gr.Button("Reload list")
+        with gr.Accordion("Review queue", open=False):
+            case_key = gr.Textbox(label="Case (study key)", interactive=False)
+            case_md = gr.Markdown()
+            with gr.Row():
+                status_rb = gr.Radio(list(STATUSES), label="Review status of this case")
+                status_btn = gr.Button("Set status", interactive=False)
+            with gr.Row():
+                qmethod = gr.Dropdown(["(any)"], value="(any)", label="Only cases with flags of method",
+                                      allow_custom_value=True)
+                qstatus = gr.Dropdown(["(any)", *STATUSES], value="(any)", label="Status")
+                prev_btn = gr.Button("Previous case")
+                next_btn = gr.Button("Next case")
+                queue_btn = gr.Button("Reload queue")
+            queue_df = gr.Dataframe(value=_df([], QUEUE_COLUMNS), label="Cases in the store", interactive=False)
+            gr.Markdown("The store keeps only the reviewed slices of a case, not the scan: load its scan to view it.")
+        with gr.Accordion("False positives per method", open=False):
+            scope = gr.Radio(["all cases", "this case"], value="all cases", label="Scope")
+            fp_df = gr.Dataframe(label="False positives by reason", interactive=False)
+            fp_plot = gr.Plot(label="False positives per method")
+            summary_btn = gr.Button("Refresh summary")
+
+    buttons = [add_btn, reviewed_btn, save_btn, remove_btn, undo_btn, status_btn]
+    nb = len(buttons)
+    access_out = [access_md, login_row, logout_row, *buttons]
+    case_out = [case_key, flags_df, case_md, status_rb]
+    selected_out = [sel_id, sel_version, edit_label, edit_reason, edit_note]
+    region_in = [r0, c0, r1, c1, pr, pc]
+    preview_in = [key_state, slider, method_dd, threshold, mode_rb, *region_in]
+
+    if root is not None:
+        root.load(lambda t, k, m, s: on_load(t, k, m, s, nb), [token, key_state, qmethod, qstatus],
+                  access_out + [queue_df], api_visibility="private")
+    login_btn.click(lambda n, p: on_login(n, p, nb), [user_tb, pw_tb], [token, pw_tb, *access_out], api_name="login")
+    pw_tb.submit(lambda n, p: on_login(n, p, nb), [user_tb, pw_tb], [token, pw_tb, *access_out],
+                 api_visibility="private")
+    logout_btn.click(lambda: on_logout(nb), None, [token, *access_out], api_visibility="private")
+
+    key_state.change(on_scan, [key_state, case_key, methods, slider, threshold],
+                     [method_dd, *case_out, preview_img], api_visibility="private").then(
+        lambda k, m: gr.update(choices=["(any)", *svc.queue_methods(k)], value=m), [key_state, qmethod], [qmethod],
+        api_visibility="private")
+
+    for ev in (slider.change, method_dd.change, mode_rb.change):
+        ev(on_preview, preview_in, [preview_img], api_visibility="private", trigger_mode="always_last",
+           show_progress="hidden")
+    threshold.release(on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden")
+    for comp in region_in:
+        comp.submit(on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden")
+    preview_img.select(on_preview_click, [key_state, slider, mode_rb, corner, r0, c0, r1, c1],
+                       [r0, c0, r1, c1, pr, pc, corner], api_visibility="private").then(
+        on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden")
+    label_dd.change(lambda lab: gr.update(value="normal anatomy" if lab == "false_positive" else svc.NO_REASON),
+                    [label_dd], [reason_dd], api_visibility="private")
+
+    summary_out = [fp_df, fp_plot]
+    add_ev = add_btn.click(on_add, [key_state, slider, method_dd, label_dd, reason_dd, note_tb, mode_rb, *region_in,
+                                    threshold, token], [*case_out, msg_md, preview_img, note_tb], api_name="add_flag")
+    add_ev.then(on_summary, [scope, case_key], summary_out, api_visibility="private")
+    reviewed_btn.click(on_reviewed, [key_state, slider, token], [*case_out, msg_md], api_name="mark_slice_reviewed")
+    list_btn.click(on_list, [case_key, key_state], [flags_df], api_name="list_flags")
+
+    sel = flags_df.select(on_select_flag, [flags_df, key_state], [*selected_out, slider], api_visibility="private")
+    if view is not None:
+        fn, v_in, v_out = view
+        sel.then(_view_if_loaded(fn, len(v_out)), v_in, v_out, api_visibility="private")
+    for btn, fn, ins, api in ((save_btn, on_edit, [sel_id, sel_version, edit_label, edit_reason, edit_note, token,
+                                                    case_key], "edit_flag"),
+                              (remove_btn, on_remove, [sel_id, sel_version, token, case_key], "remove_flag"),
+                              (undo_btn, on_undo, [sel_id, token, case_key], "undo_flag")):
+        btn.click(fn, ins, [*case_out, msg_md, *selected_out], api_name=api).then(
+            on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden").then(
+            on_summary, [scope, case_key], summary_out, api_visibility="private")
+
+    status_btn.click(on_status, [case_key, status_rb, token], [case_md, status_rb], api_name="set_case_status")
+    for c in (qmethod, qstatus):
+        c.change(on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
+    queue_btn.click(on_queue, [qmethod, qstatus], [queue_df], api_name="review_queue")
+    prev_btn.click(lambda k, m, s: on_step(k, m, s, -1), [case_key, qmethod, qstatus], [*case_out, queue_df],
+                   api_name="previous_case")
+    next_btn.click(lambda k, m, s: on_step(k, m, s, 1), [case_key, qmethod, qstatus], [*case_out, queue_df],
+                   api_name="next_case")
+    summary_btn.click(on_summary, [scope, case_key], summary_out, api_name="fp_summary")
+    scope.change(on_summary, [scope, case_key], summary_out, api_visibility="private")
+
+
+def attach(demo: gr.Blocks, view="auto") -> gr.Blocks:
+    """Adds the panel to an already built app (a no-op if it has one), finding the viewer's components
+    by their labels. For tests, and to run the panel before ``build_app`` calls ``annotation_panel``.
+    ``view="auto"`` wires the re-render after a jump to the app's ``on_view`` when it finds its parts."""
+    comps = list(demo.blocks.values())
+    if any(getattr(c, "elem_id", None) == PANEL_ID for c in comps):
+        return demo
+
+    def find(cls, label=None):
+        for c in comps:
+            if isinstance(c, cls) and (label is None or str(getattr(c, "label", "") or "").startswith(label)):
+                return c
+        raise LookupError(f"no {cls.__name__} {label or ''} in the app")
+
+    key = next(c for c in comps if type(c) is gr.State)
+    slider, plane = find(gr.Slider, "Slice"), find(gr.Radio, "Plane")
+    methods, threshold = find(gr.CheckboxGroup, "Methods"), find(gr.Slider, "Threshold")
+    if view == "auto":
+        try:
+            from anomaly.ui.app import on_view
+
+            view = (on_view, [key, slider, find(gr.Dropdown, "Window preset"), find(gr.Slider, "Overlay opacity"),
+                              threshold, find(gr.Radio, "Overlay"), methods],
+                    [find(gr.Image, "input | pseudo-healthy"), find(gr.Dataframe, "Scores at this slice"),
+                     find(gr.ImageSlider), find(gr.Plot, "Per-slice score")])
+        except (LookupError, ImportError):
+            view = None
+    with demo:
+        annotation_panel(key, slider, plane, methods, threshold, view=view)
+    return demo
+
+
+__all__ = ["annotation_panel", "attach", "LABELS"]

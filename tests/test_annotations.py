@@ -1,0 +1,709 @@
+"""Annotation store, service, exports, access control: reliability first.
+
+* many concurrent writers (threads and processes) lose and duplicate nothing;
+* stale edits and invalid regions are refused with typed errors;
+* export / import round trips without duplicates; exports never hold a patient identifier;
+* export-dataset is read by ``anomaly.data.folder`` and evaluated by ``anomaly.evaluate``;
+* passwords, sessions and the read-only demo mode.
+
+The service tests use a small stand-in for ``anomaly.analysis.Analysis`` (real anatomy from the
+MNI152 template, a known blob in the map) put in the app's analysis cache, so that the service goes
+through ``anomaly.ui.callbacks.get_analysis`` like the UI does, without running the models.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from anomaly.annotations import auth
+from anomaly.annotations import export as ex
+from anomaly.annotations.store import (
+    SCHEMA_VERSION,
+    FlagNotFoundError,
+    InvalidFlagError,
+    InvalidRegionError,
+    NothingToUndoError,
+    ReadOnlyError,
+    SchemaError,
+    StaleEditError,
+    Store,
+    _m1_initial,
+)
+from anomaly.errors import AnomalyError
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "assets" / "templates" / "mni152_2009a_t1_1mm.nii.gz"
+DICOM_DIR = ROOT / "assets" / "dicom" / "brain_pd_series"
+N_WRITERS = 8
+N_PER_WRITER = 200
+FAST_ITER = 1000  # PBKDF2 iterations for test accounts (the default is 600 000)
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """A fresh data dir, database and one annotator account ``alice`` / ``s3cret``."""
+    monkeypatch.setenv("ANOMALY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ANOMALY_ANNOTATIONS_DB", str(tmp_path / "data" / "ann.sqlite"))
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("ANOMALY_READ_ONLY", raising=False)
+    monkeypatch.delenv("ANOMALY_USERS_FILE", raising=False)
+    monkeypatch.setenv("ANOMALY_USERS", "alice:" + auth.hash_password("s3cret", FAST_ITER) + ",bob:"
+                       + auth.hash_password("hunter2", FAST_ITER))
+    auth._FAILS.clear()
+    return SimpleNamespace(tmp=tmp_path, db=tmp_path / "data" / "ann.sqlite")
+
+
+def _flag_kw(i: int = 0, **kw) -> dict:
+    d = dict(study_key=f"sk-{i % 3:020d}", plane="axial", slice_index=i % 10, shape=(64, 64), n_slices=10,
+             method="ae", label="false_positive", reason="noise", reviewer="alice", box=[1, 2, 10 + i % 5, 12],
+             checkpoint_hash="0123456789abcdef", threshold=1.0, series="se-000000000000 (test)")
+    d.update(kw)
+    return d
+
+
+# ----------------------------------------------------------------------------- schema and durability
+
+
+def test_new_db_is_wal_full_sync_and_at_the_latest_schema(env):
+    s = Store(env.db)
+    assert s.schema_version() == SCHEMA_VERSION == 2
+    c = s._conn()
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert c.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    rows = sqlite3.connect(env.db).execute("SELECT version, description FROM schema_version ORDER BY version").fetchall()
+    assert [r[0] for r in rows] == [1, 2]
+    assert s.integrity_check() == "ok"
+
+
+def test_migrations_upgrade_an_old_db_and_refuse_a_newer_one(env):
+    old = env.tmp / "old.sqlite"
+    c = sqlite3.connect(old)
+    c.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)")
+    _m1_initial(c)
+    c.execute("INSERT INTO schema_version VALUES (1, 'initial', 'then')")
+    c.commit()
+    c.close()
+    s = Store(old)
+    assert s.schema_version() == 2
+    idx = {r[0] for r in sqlite3.connect(old).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"flags_study", "flags_method", "history_flag"} <= idx
+    f = s.add_flag(**_flag_kw())
+    assert s.get_flag(f.id).version == 1
+    c = sqlite3.connect(old)
+    c.execute("INSERT INTO schema_version VALUES (99, 'future', 'later')")
+    c.commit()
+    c.close()
+    with pytest.raises(SchemaError, match="newer"):
+        Store(old)
+
+
+def _thread_writer(store: Store, w: int, out: list) -> None:
+    for i in range(N_PER_WRITER):
+        f = store.add_flag(**_flag_kw(i, reviewer=f"writer{w}", note=f"w{w}-{i}"))
+        out.append(f.id)
+
+
+def test_concurrent_threads_lose_and_duplicate_nothing(env):
+    store = Store(env.db)
+    results = [[] for _ in range(N_WRITERS)]
+    errors = []
+
+    def run(w):
+        try:
+            _thread_writer(store, w, results[w])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(N_WRITERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    acked = [i for r in results for i in r]
+    assert len(acked) == len(set(acked)) == N_WRITERS * N_PER_WRITER
+    stored = [f.id for f in Store(env.db).list_flags()]
+    assert len(stored) == len(set(stored)) == len(acked)
+    assert set(stored) == set(acked)
+    notes = sorted(f.note for f in Store(env.db).list_flags())
+    assert notes == sorted(f"w{w}-{i}" for w in range(N_WRITERS) for i in range(N_PER_WRITER))
+    n_hist = sqlite3.connect(env.db).execute("SELECT COUNT(*) FROM flag_history WHERE action = 'create'").fetchone()[0]
+    assert n_hist == len(acked)
+
+
+def _process_writer(db: str, w: int, out_path: str) -> None:
+    store = Store(db, read_only=False)
+    ids = []
+    for i in range(N_PER_WRITER):
+        ids.append(store.add_flag(**_flag_kw(i, reviewer=f"proc{w}", note=f"p{w}-{i}")).id)
+    Path(out_path).write_text(json.dumps(ids))
+
+
+def test_concurrent_processes_lose_and_duplicate_nothing(env):
+    Store(env.db)  # created by the parent; the children race on the same file
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_process_writer, args=(str(env.db), w, str(env.tmp / f"ids{w}.json")))
+             for w in range(N_WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    acked = [i for w in range(N_WRITERS) for i in json.loads((env.tmp / f"ids{w}.json").read_text())]
+    assert len(acked) == len(set(acked)) == N_WRITERS * N_PER_WRITER
+    s = Store(env.db)
+    stored = [f.id for f in s.list_flags()]
+    assert len(stored) == len(set(stored)) == len(acked) and set(stored) == set(acked)
+    assert s.integrity_check() == "ok"
+
+
+# ----------------------------------------------------------------------------- edits
+
+
+def test_stale_edit_is_refused_and_nothing_is_overwritten(env):
+    s = Store(env.db)
+    f = s.add_flag(**_flag_kw(note="first"))
+    a_view, b_view = s.get_flag(f.id), s.get_flag(f.id)  # two annotators load version 1
+    a = s.update_flag(f.id, a_view.version, reviewer="alice", note="alice's note", reason="artefact")
+    assert a.version == 2 and a.note == "alice's note"
+    with pytest.raises(StaleEditError) as e:
+        s.update_flag(f.id, b_view.version, reviewer="bob", note="bob's note")
+    assert isinstance(e.value, AnomalyError)
+    msg = str(e.value)
+    assert "version 2" in msg and "version 1" in msg and "Nothing was saved" in msg and "alice" in msg
+    assert e.value.current.note == "alice's note"
+    cur = s.get_flag(f.id)
+    assert cur.note == "alice's note" and cur.reason == "artefact" and cur.version == 2
+    with pytest.raises(StaleEditError):
+        s.delete_flag(f.id, 1, reviewer="bob")
+    with pytest.raises(StaleEditError):
+        s.update_flag(f.id, None, reviewer="bob", note="no version")
+    assert not s.get_flag(f.id).deleted
+    # a removed flag cannot be edited until restored
+    s.delete_flag(f.id, 2, reviewer="alice")
+    with pytest.raises(StaleEditError, match="removed"):
+        s.update_flag(f.id, 3, reviewer="alice", note="x")
+
+
+def test_soft_delete_undo_and_full_history(env):
+    s = Store(env.db)
+    f = s.add_flag(**_flag_kw(note="v1"))
+    s.update_flag(f.id, 1, reviewer="bob", label="confirmed_finding", reason=None, note="v2")
+    s.delete_flag(f.id, 2, reviewer="bob")
+    assert s.list_flags(f.study_key) == [] and s.get_flag(f.id).deleted
+    assert [x.id for x in s.list_flags(f.study_key, include_deleted=True)] == [f.id]
+    r = s.undo(f.id, reviewer="bob")  # restores the removal
+    assert not r.deleted and r.note == "v2" and r.label == "confirmed_finding" and r.version == 4
+    r = s.undo(f.id, reviewer="bob")  # reverts the edit
+    assert r.note == "v1" and r.label == "false_positive" and r.reason == "noise"
+    r = s.undo(f.id, reviewer="bob")  # undoes the creation
+    assert r.deleted
+    with pytest.raises(NothingToUndoError):
+        s.undo(f.id, reviewer="bob")
+    h = s.history(f.id)
+    assert [x["action"] for x in h] == ["create", "update", "delete", "undo", "undo", "undo"]
+    assert h[0]["previous"] is None
+    assert h[1]["previous"]["note"] == "v1" and h[1]["previous"]["version"] == 1 and "mask_png_b64" in h[1]["previous"]
+    assert h[2]["previous"]["note"] == "v2" and h[2]["previous"]["deleted"] == 0
+    assert all(x["undone"] for x in h[:3])
+    assert [x["version"] for x in h] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(FlagNotFoundError):
+        s.update_flag("no-such-id", 1, reviewer="bob", note="x")
+
+
+@pytest.mark.parametrize("region, match", [
+    (dict(box=[0, 0, 70, 5]), "outside"),
+    (dict(box=[-1, 0, 3, 3]), "outside"),
+    (dict(box=[5, 5, 5, 9]), "empty"),
+    (dict(box=[9, 5, 3, 9]), "empty"),
+    (dict(box=[1, 2, 3]), "four"),
+    (dict(box=["a", 0, 1, 1]), "four numbers"),
+    (dict(box=None), "no region"),
+    (dict(box=None, mask=np.zeros((64, 64), bool)), "empty"),
+    (dict(box=None, mask=np.ones((32, 64), bool)), "32x64"),
+    (dict(slice_index=10), "out of range"),
+    (dict(slice_index=-1), "out of range"),
+    (dict(slice_index=2.5), "whole number"),
+])
+def test_invalid_regions_are_refused(env, region, match):
+    s = Store(env.db)
+    with pytest.raises(InvalidRegionError, match=match) as e:
+        s.add_flag(**_flag_kw(**region))
+    assert isinstance(e.value, AnomalyError)
+    assert s.count_flags(include_deleted=True) == 0
+
+
+def test_invalid_fields_are_refused(env):
+    s = Store(env.db)
+    for kw, match in ((dict(label="maybe"), "label"), (dict(reason="boredom"), "reason"),
+                      (dict(reason=None), "needs a reason"), (dict(plane="oblique"), "plane"),
+                      (dict(reviewer=""), "reviewer"), (dict(method=""), "method")):
+        with pytest.raises(InvalidFlagError, match=match):
+            s.add_flag(**_flag_kw(**kw))
+    f = s.add_flag(**_flag_kw())
+    with pytest.raises(InvalidFlagError, match="cannot edit"):
+        s.update_flag(f.id, 1, reviewer="alice", study_key="sk-other")
+    with pytest.raises(InvalidRegionError):
+        s.update_flag(f.id, 1, reviewer="alice", box=[0, 0, 100, 100])
+    assert s.get_flag(f.id).version == 1
+    g = s.update_flag(f.id, 1, reviewer="alice", box=[0, 0, 4, 4])
+    assert g.box == [0, 0, 4, 4] and g.area_px == 16
+
+
+# ----------------------------------------------------------------------------- exports
+
+
+def test_json_export_import_round_trip_without_duplicates(env):
+    a = Store(env.db)
+    ids = [a.add_flag(**_flag_kw(i, note=f"n{i}")).id for i in range(12)]
+    a.delete_flag(ids[0], reviewer="alice")
+    a.update_flag(ids[1], 1, reviewer="bob", label="missed_lesion", reason=None)
+    p = ex.export_json(a, env.tmp / "flags.json")
+    b = Store(env.tmp / "other.sqlite")
+    assert ex.import_json(b, p) == {"imported": 12, "skipped": 0}
+    assert ex.import_json(b, p) == {"imported": 0, "skipped": 12}
+    fa = {f.id: f for f in a.list_flags(include_deleted=True)}
+    fb = {f.id: f for f in b.list_flags(include_deleted=True)}
+    assert set(fa) == set(fb) and len(fb) == 12
+    for k in fa:
+        x, y = fa[k], fb[k]
+        assert (x.label, x.reason, x.note, x.box, x.deleted, x.method, x.checkpoint_hash, x.version) == \
+               (y.label, y.reason, y.note, y.box, y.deleted, y.method, y.checkpoint_hash, y.version)
+        assert np.array_equal(x.mask, y.mask)
+    # importing into the source store changes nothing either
+    assert ex.import_json(a, p)["imported"] == 0
+    assert a.count_flags(include_deleted=True) == 12
+    with pytest.raises(AnomalyError, match="not an annotation export"):
+        (env.tmp / "bad.json").write_text('{"hello": 1}')
+        ex.import_json(b, env.tmp / "bad.json")
+
+
+def test_csv_rows_carry_provenance(env):
+    import anomaly
+
+    s = Store(env.db)
+    for i in range(5):
+        s.add_flag(**_flag_kw(i, threshold=1.25))
+    p = ex.export_csv(s, env.tmp / "flags.csv")
+    rows = list(csv.DictReader(open(p)))
+    assert len(rows) == 5
+    for r in rows:
+        assert r["method"] == "ae" and r["checkpoint_hash"] == "0123456789abcdef"
+        assert r["project_version"] == anomaly.__version__ == r["exported_with"]
+        assert float(r["threshold"]) == 1.25 and r["series"].startswith("se-")
+        assert r["study_key"].startswith("sk-")
+
+
+def test_nifti_mask_is_in_the_volume_geometry(env):
+    from anomaly.data.folder import read_image, read_mask
+
+    s = Store(env.db)
+    sk = "sk-" + "1" * 20
+    s.ensure_case(sk, shape=(6, 20, 16), spacing=(3.0, 2.0, 1.5), plane="axial")
+    s.add_flag(**_flag_kw(study_key=sk, slice_index=2, n_slices=6, shape=(20, 16), box=[3, 4, 8, 10],
+                          label="confirmed_finding", reason=None))
+    s.add_flag(**_flag_kw(study_key=sk, slice_index=4, n_slices=6, shape=(20, 16), box=[0, 0, 2, 2]))
+    # a coronal flag: coronal slice r is vox[::-1, r, :] (6 x 16)
+    s.add_flag(**_flag_kw(study_key=sk, plane="coronal", slice_index=15, n_slices=20, shape=(6, 16),
+                          box=[0, 1, 1, 3], label="missed_lesion", reason=None))
+    p = ex.export_nifti(s, sk, env.tmp / "m.nii.gz")
+    vol = read_image(p)
+    assert vol.shape == (6, 20, 16)
+    want = np.zeros((6, 20, 16))
+    want[2, 3:8, 4:10] = 1
+    want[4, 0:2, 0:2] = 3
+    want[5, 15, 1:3] = 2  # coronal row 0 is the top slice
+    assert np.array_equal(vol, want)
+    import nibabel as nib
+
+    assert np.allclose(nib.load(str(p)).header.get_zooms(), (1.5, 2.0, 3.0))
+    pb = ex.export_nifti(s, sk, env.tmp / "b.nii.gz", labels=ex.LESION_LABELS, binary=True)
+    assert np.array_equal(read_mask(pb), (want == 1) | (want == 2))
+
+
+# ----------------------------------------------------------------------------- service (fake analysis)
+
+
+class FakeAnalysis:
+    """The parts of ``anomaly.analysis.Analysis`` the annotation service uses."""
+
+    def __init__(self, scan, study_key: str, plane: str = "axial"):
+        from anomaly.scan import plane_size
+
+        self.scan, self.plane, self.study_key = scan, plane, study_key
+        n = plane_size(scan, plane)
+        imgs = np.stack([scan.slice(i, plane) for i in range(n)])
+        brain = imgs > np.percentile(imgs, 30)
+        self.prepared = SimpleNamespace(valid=np.ones(n, bool), original_masks=brain)
+        self.results = {m: SimpleNamespace(checkpoint_hash=f"{m}-0123456789ab") for m in ("ae", "zscore")}
+        self._maps = {}
+        h, w = imgs.shape[1:]
+        rr, cc = np.ogrid[:h, :w]
+        self.blob = (h // 2, w // 2)
+        blob = (rr - h // 2) ** 2 + (cc - w // 2) ** 2 <= 16
+        for m in self.results:
+            mp_ = np.zeros(imgs.shape, np.float32)
+            mp_[n // 2][blob] = 2.0
+            mp_[n // 2, 2:5, 2:5] = 2.0  # outside the brain: never part of a region
+            self._maps[m] = mp_
+
+    @property
+    def n_slices(self):
+        return len(self.prepared.valid)
+
+    def full_map(self, m):
+        return self._maps[m]
+
+    def display_u8(self, index, preset="auto"):
+        img = self.scan.slice(index, self.plane)
+        return (np.clip(img / max(img.max(), 1e-6), 0, 1) * 255).astype(np.uint8)
+
+    def most_anomalous_slice(self):
+        return self.n_slices // 2
+
+
+@pytest.fixture(scope="module")
+def cb():
+    from anomaly.ui import callbacks
+
+    return callbacks
+
+
+def _template_scan(step=12):
+    from anomaly.data.folder import read_image
+    from anomaly.scan import Scan
+
+    v = read_image(TEMPLATE)[40:150:step, ::3, ::3].copy()
+    return Scan(v, spacing=(float(step), 3.0, 3.0), source="nifti", description=f"test volume {v.shape}",
+                content_hash="c" * 64)
+
+
+@pytest.fixture()
+def loaded(env, cb):
+    from anomaly.keys import study_key
+
+    scan = _template_scan()
+    a = FakeAnalysis(scan, study_key(scan.content_hash))
+    return SimpleNamespace(key=cb._put(a), a=a)
+
+
+def _token(name="alice", pw="s3cret"):
+    from anomaly.annotations import service as svc
+
+    return svc.login(name, pw)
+
+
+def test_service_flags_need_a_login_and_go_through_the_loaded_analysis(loaded):
+    from anomaly.annotations import auth as au
+    from anomaly.annotations import service as svc
+
+    a, key = loaded.a, loaded.key
+    mid = a.n_slices // 2
+    with pytest.raises(au.AuthError, match="log in"):
+        svc.add_flag(key, mid, "ae", "false_positive", "noise", "", "whole slice", token=None)
+    with pytest.raises(au.AuthError, match="log in"):
+        svc.add_flag(key, mid, "ae", "false_positive", "noise", "", "whole slice", token="forged.token")
+    tok = _token()
+    r, c = a.blob
+    f = svc.add_flag(key, mid, "ae", "false_positive", "normal anatomy", "vessel", "component at point",
+                     point=[r + 1, c], threshold=1.0, token=tok)
+    assert f.reviewer == "alice" and f.study_key == a.study_key and f.checkpoint_hash == "ae-0123456789ab"
+    assert f.area_px > 20
+    assert f.mask[r, c] and not f.mask[3, 3]  # the blob, not the out-of-brain patch
+    g = svc.add_flag(key, mid, "zscore", "missed_lesion", svc.NO_REASON, "", "box", box=[10, 10, 20, 25], token=tok)
+    assert g.reason is None and g.box == [10, 10, 20, 25]
+    h = svc.add_flag(key, 0, "ae", "false_positive", "artefact", "", "whole slice", token=tok)
+    assert h.box == [0, 0, *a.scan.slice(0).shape]
+    with pytest.raises(InvalidRegionError, match="no region"):
+        svc.add_flag(key, 0, "ae", "false_positive", "noise", "", "component at point", point=[r, c], token=tok)
+    with pytest.raises(InvalidRegionError, match="out of range"):
+        svc.add_flag(key, a.n_slices, "ae", "false_positive", "noise", "", "whole slice", token=tok)
+    with pytest.raises(InvalidRegionError, match="outside"):
+        svc.add_flag(key, 0, "ae", "missed_lesion", None, "", "box", box=[0, 0, 999, 5], token=tok)
+    with pytest.raises(InvalidFlagError, match="not run"):
+        svc.add_flag(key, 0, "vae", "false_positive", "noise", "", "whole slice", token=tok)
+    rows = svc.flag_table(a.study_key)
+    assert [x["id"] for x in rows] == [f.id, g.id, h.id]
+    # the reviewed slices were kept, de-identified, for export-dataset
+    st = svc.get_store()
+    assert {x["slice_index"] for x in st.list_slices(a.study_key)} == {mid, 0}
+    assert st.get_case(a.study_key).status == "in review"
+    assert st.get_case(a.study_key).shape == list(a.scan.shape)
+    # edit, stale edit, remove, undo (also "my last change")
+    e1 = svc.edit_flag(f.id, 1, None, "noise", "vessel, I think", tok)
+    assert e1.version == 2 and e1.updated_by == "alice"
+    with pytest.raises(StaleEditError):
+        svc.edit_flag(f.id, 1, None, None, "bob's view", _token("bob", "hunter2"))
+    svc.remove_flag(g.id, 1, tok)
+    assert g.id not in [x["id"] for x in svc.flag_table(a.study_key)]
+    assert not svc.undo(None, a.study_key, tok).deleted  # my last change: the removal
+    assert g.id in [x["id"] for x in svc.flag_table(a.study_key)]
+    with pytest.raises(NothingToUndoError):
+        svc.undo(None, a.study_key, _token("bob", "hunter2"))  # bob changed nothing here
+    # preview: upscaled RGB with the flags drawn
+    img = svc.preview(key, mid, "ae", 1.0, "box", [10, 10, 20, 25], [r, c])
+    k = svc.preview_scale(a.scan.slice(mid).shape)
+    assert img.shape == (a.scan.shape[1] * k, a.scan.shape[2] * k, 3) and img.dtype == np.uint8
+    # queue, status, summaries
+    assert svc.mark_slice_reviewed(key, 1, tok) is True
+    assert svc.mark_slice_reviewed(key, 1, tok) is False
+    assert svc.set_case_status(a.study_key, "done", tok)["status"] == "done"
+    assert [q["study_key"] for q in svc.review_queue("zscore")] == [a.study_key]
+    assert svc.review_queue("vae") == [] and svc.review_queue(None, "in review") == []
+    assert svc.queue_step(None, 1) == a.study_key == svc.queue_step(a.study_key, -1)
+    summ = {r["method"]: r for r in svc.fp_summary()}
+    assert summ["ae"]["noise"] == 1 and summ["ae"]["artefact"] == 1 and summ["ae"]["false positives"] == 2
+    assert summ["zscore"]["missed lesions"] == 1
+    fig = svc.fp_figure(svc.fp_summary())
+    assert fig.axes
+
+
+# ----------------------------------------------------------------------------- no identifiers
+
+
+def test_exports_hold_no_patient_identifier(env, cb, tmp_path):
+    import pydicom
+
+    from anomaly.annotations import service as svc
+    from anomaly.io import load_scan
+    from anomaly.keys import study_key
+
+    src = tmp_path / "dcm"
+    src.mkdir()
+    name, pid, birth, acc = "Doe^Jane", "PID-7Q3X9Z", "19610203", "ACC-55K1"
+    for p in sorted(DICOM_DIR.glob("*.dcm")):
+        ds = pydicom.dcmread(p)
+        for tag in [t for t in ds.keys() if t.group == 0]:  # command-set elements cannot be written
+            del ds[tag]
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.AccessionNumber = name, pid, birth, acc
+        ds.save_as(src / p.name)
+    scan = load_scan(sorted(src.glob("*.dcm")))
+    assert scan.source == "dicom" and scan.study_uid
+    study_uid, series_uid = scan.study_uid, scan.meta["SeriesInstanceUID"]
+    sop_uids = [u for u in scan.meta["SOPInstanceUIDs"] if u]
+    a = FakeAnalysis(scan, study_key(scan.study_uid))
+    key = cb._put(a)
+    tok = _token()
+    svc.add_flag(key, a.n_slices // 2, "ae", "false_positive", "noise", "", "component at point", point=list(a.blob),
+                 token=tok)
+    svc.add_flag(key, 3, "ae", "confirmed_finding", None, "", "box", box=[100, 100, 140, 150], token=tok)
+    svc.mark_slice_reviewed(key, 5, tok)
+    st = svc.get_store()
+    out = tmp_path / "out"
+    ex.export_csv(st, out / "f.csv")
+    ex.export_json(st, out / "f.json")
+    ex.export_nifti(st, a.study_key, out / "m.nii.gz")
+    ex.export_dataset(st, out / "ds")
+    ex.export_fp_rates(st, out / "fp.csv")
+    st.close()
+    forbidden = [name, "Doe", "Jane", pid, birth, acc, study_uid, series_uid, *sop_uids]
+    files = [p for p in out.rglob("*") if p.is_file()] + [p for p in env.db.parent.glob("ann.sqlite*")]
+    assert len(files) > 8
+    for p in files:
+        data = p.read_bytes()
+        if p.suffix == ".gz":
+            import gzip
+
+            data = gzip.decompress(data)
+        for s in forbidden:
+            assert s.encode() not in data, (s, p)
+    rows = list(csv.DictReader(open(out / "f.csv")))
+    assert {r["study_key"] for r in rows} == {a.study_key} and all(r["series"].startswith("se-") for r in rows)
+
+
+# ----------------------------------------------------------------------------- data set round trip
+
+
+def test_export_dataset_round_trip_through_read_folder_and_evaluate(env, cb, tmp_path):
+    from scipy import ndimage
+
+    from anomaly.annotations import service as svc
+    from anomaly.annotations.__main__ import main
+    from anomaly.calibration import Calibration
+    from anomaly.checkpoints import write_card
+    from anomaly.data.folder import iter_samples, read_folder
+    from anomaly.evaluate import evaluate
+    from anomaly.keys import study_key
+    from anomaly.methods import base
+    from anomaly.methods.base import AnomalyMethod, MethodOutput, register
+
+    scan = _template_scan(step=10)
+    a = FakeAnalysis(scan, study_key("dataset-test"))
+    key = cb._put(a)
+    tok = _token()
+    mid = a.n_slices // 2
+    svc.add_flag(key, mid, "ae", "confirmed_finding", None, "", "component at point", point=list(a.blob), token=tok)
+    svc.add_flag(key, mid - 2, "ae", "missed_lesion", None, "", "box", box=[30, 25, 40, 35], token=tok)
+    svc.add_flag(key, mid + 2, "zscore", "false_positive", "partial volume", "", "box", box=[20, 20, 30, 30], token=tok)
+    for i in (1, 2):
+        svc.mark_slice_reviewed(key, i, tok)
+    out = tmp_path / "ds"
+    assert main(["export-dataset", "--out", str(out), "--db", str(env.db)]) == 0
+    items = read_folder(out)
+    assert len(items) == 5
+    samples = {s.item.name: s for s in iter_samples(out)}
+    lab = {n.rsplit("_", 1)[1]: s.label for n, s in samples.items()}
+    assert lab == {f"{mid:04d}": 1, f"{mid - 2:04d}": 1, f"{mid + 2:04d}": 0, "0001": 0, "0002": 0}
+    s_mid = samples[f"{a.study_key}_axial_{mid:04d}"]
+    assert s_mid.mask[a.blob] and s_mid.image.shape == scan.slice(mid).shape
+    # the stored slice is the scan's slice (16-bit, up to scale)
+    ref = scan.slice(mid)
+    assert np.corrcoef(s_mid.image.ravel(), ref.ravel())[0, 1] > 0.999
+    rows = {r["file"]: r for r in csv.DictReader(open(out / "labels.csv"))}
+    r = rows[f"{a.study_key}_axial_{mid + 2:04d}.png"]
+    assert r["method"] == "zscore" and r["n_false_positives"] == "1" and r["fp_reasons"] == "partial volume"
+    assert r["checkpoint_hash"] == "zscore-0123456789ab" and r["project_version"]
+    fp = list(csv.DictReader(open(out / "fp_rates.csv")))
+    z = next(x for x in fp if x["method"] == "zscore")
+    assert z["false_positives"] == "1" and z["reviewed_slices"] == "5" and float(z["fp_per_reviewed_slice"]) == 0.2
+
+    class TinyBlob(AnomalyMethod):
+        name, title, paper, citation = "annottest", "test", "test", "test"
+
+        def predict(self, images, masks, seed=0):
+            blur = np.stack([ndimage.gaussian_filter(x, 3) for x in images])
+            return MethodOutput(pseudo_healthy=blur, residual=np.abs(images - blur))
+
+    ck = tmp_path / "ckpt"
+    (ck / "annottest").mkdir(parents=True)
+    write_card(ck / "annottest", {"calibration": Calibration(0.08, [float(x) for x in np.linspace(0, 0.3, 201)],
+                                                             99.5, 10).to_dict(), "checkpoint_hash": "test"})
+    base._discover()
+    register(TinyBlob)
+    try:
+        res = evaluate(out, ["annottest"], tmp_path / "eval", checkpoint_root=ck, bootstrap=20, progress=False)
+    finally:
+        base._REGISTRY.pop("annottest", None)
+        base.clear_cache()
+    assert res["n_images"] == 5 and res["n_anomalous"] == 2 and res["n_normal"] == 3
+    assert "annottest" in res["methods"] and res["methods"]["annottest"]["image_auroc"] is not None
+
+
+def test_cli_export_import_and_check(env, capsys):
+    from anomaly.annotations.__main__ import main
+
+    s = Store(env.db)
+    for i in range(4):
+        s.add_flag(**_flag_kw(i))
+    js, cs = env.tmp / "a.json", env.tmp / "a.csv"
+    assert main(["export-json", "--out", str(js), "--db", str(env.db)]) == 0
+    assert main(["export-csv", "--out", str(cs), "--db", str(env.db)]) == 0
+    other = env.tmp / "b.sqlite"
+    assert main(["import-json", str(js), "--db", str(other)]) == 0
+    assert main(["import-json", str(js), "--db", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 4 flag(s), skipped 0" in out and "imported 0 flag(s), skipped 4" in out
+    assert main(["check", "--db", str(other)]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["integrity"] == "ok" and info["flags"] == 4 and info["schema_version"] == SCHEMA_VERSION
+    assert main(["import-json", str(env.tmp / "missing.json"), "--db", str(other)]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- access
+
+
+def test_password_hashing_and_login(env, monkeypatch):
+    h = auth.hash_password("correct horse", 2000)
+    algo, iters, salt, dk = h.split("$")
+    assert algo == "pbkdf2_sha256" and iters == "2000" and len(salt) == 32 and len(dk) == 64
+    assert auth.verify_password("correct horse", h)
+    assert not auth.verify_password("correct horsE", h)
+    assert not auth.verify_password("correct horse", "md5$1$00$00") and not auth.verify_password("x", "garbage")
+    assert auth.hash_password("correct horse", 2000) != h  # salted
+    assert auth.check_login("alice", "s3cret") and not auth.check_login("alice", "wrong")
+    assert not auth.check_login("mallory", "s3cret")
+    tok = auth.login("alice", "s3cret")
+    assert auth.verify_token(tok) == "alice"
+    payload, sig = tok.split(".")
+    forged = auth._b64(json.dumps({"u": "bob", "exp": 9999999999, "fp": "x"}).encode()) + "." + sig
+    assert auth.verify_token(forged) is None and auth.verify_token(tok[:-2] + "xx") is None
+    assert auth.verify_token(None) is None and auth.verify_token("") is None
+    assert auth.verify_token(auth.issue_token("alice", ttl_s=-1)) is None  # expired
+    with pytest.raises(auth.AuthError, match="wrong"):
+        auth.login("alice", "nope")
+    # a password change ends existing sessions
+    monkeypatch.setenv("ANOMALY_USERS", "alice:" + auth.hash_password("new-pass", FAST_ITER))
+    assert auth.verify_token(tok) is None
+    # throttling after repeated failures
+    auth._FAILS.clear()
+    for _ in range(auth.MAX_FAILURES):
+        assert not auth.check_login("alice", "bad")
+    with pytest.raises(auth.AuthError, match="too many"):
+        auth.check_login("alice", "new-pass")
+
+
+def test_users_file_and_add_user_cli(env, monkeypatch, capsys):
+    from anomaly.annotations.__main__ import main
+
+    uf = env.tmp / "users.txt"
+    monkeypatch.delenv("ANOMALY_USERS")
+    monkeypatch.setenv("ANOMALY_USERS_FILE", str(uf))
+    assert not auth.annotation_enabled()
+    monkeypatch.setattr("sys.stdin", io.StringIO("pa55 word\n"))
+    assert main(["add-user", "carol", "--iterations", "1500"]) == 0
+    line = uf.read_text().strip()
+    assert line.startswith("carol:pbkdf2_sha256$1500$") and "pa55" not in line
+    assert oct(uf.stat().st_mode & 0o777) == "0o600"
+    assert auth.annotation_enabled() and auth.check_login("carol", "pa55 word")
+    monkeypatch.setattr("sys.stdin", io.StringIO("other\n"))
+    assert main(["add-user", "carol"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    monkeypatch.setenv("ANOMALY_USERS", "dave:" + auth.hash_password("pw", FAST_ITER))
+    assert set(auth.load_users()) == {"carol", "dave"}
+    uf.write_text(uf.read_text() + "not a valid line\n")
+    with pytest.raises(auth.AuthError, match="bad account line"):
+        auth.load_users()
+
+
+def test_no_accounts_means_view_only_with_instructions(env, monkeypatch, loaded):
+    from anomaly.annotations import service as svc
+
+    monkeypatch.delenv("ANOMALY_USERS")
+    st = svc.access_state(None)
+    assert not st["enabled"] and "add-user" in st["message"] and "view-only" in st["message"]
+    with pytest.raises(auth.AuthError, match="not enabled"):
+        svc.add_flag(loaded.key, 0, "ae", "false_positive", "noise", "", "whole slice", token=None)
+
+
+def test_read_only_mode_stores_nothing(env, monkeypatch, loaded):
+    from anomaly.annotations import config
+    from anomaly.annotations import service as svc
+
+    tok = _token()
+    for setting in ({"ANOMALY_READ_ONLY": "1"}, {"SPACE_ID": "someone/space"}):
+        for k, v in setting.items():
+            monkeypatch.setenv(k, v)
+        assert config.is_read_only()
+        st = svc.access_state(tok)
+        assert st["read_only"] and st["user"] is None and "nothing is stored" in st["message"]
+        with pytest.raises(ReadOnlyError):
+            svc.add_flag(loaded.key, 0, "ae", "false_positive", "noise", "", "whole slice", token=tok)
+        with pytest.raises(ReadOnlyError):
+            svc.mark_slice_reviewed(loaded.key, 0, tok)
+        with pytest.raises(ReadOnlyError):
+            svc.login("alice", "s3cret")
+        assert svc.flag_table(loaded.a.study_key) == [] and svc.review_queue() == []
+        for k in setting:
+            monkeypatch.delenv(k)
+    assert not env.db.exists() and not list(env.db.parent.glob("ann.sqlite*"))
+    with pytest.raises(ReadOnlyError):
+        Store(env.tmp / "x.sqlite", read_only=True).add_flag(**_flag_kw())
+    assert not (env.tmp / "x.sqlite").exists()
+    monkeypatch.setenv("SPACE_ID", "someone/space")
+    monkeypatch.setenv("ANOMALY_READ_ONLY", "0")
+    assert not config.is_read_only()
