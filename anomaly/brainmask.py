@@ -4,8 +4,9 @@ A small 2D MONAI ``UNet`` (channels 8-16-32-64, strides 2-2-2, no residual units
 1 out; 41k parameters, ~0.65 CPU-seconds for 180 slices) sees the
 whole slice: padded to a square (centred), resized to 128 x 128 and normalised per slice
 (1st-99th percentile -> [0, 1], clipped). Its probability map is thresholded at 0.5 on
-the 128 grid, cleaned (largest 3D-connected component for a stack of N > 1 slices of one
-scan; for a single slice, 2D components smaller than 10 % of the largest are dropped),
+the 128 grid, cleaned (for a stack of N > 1 slices of one scan: a 3D opening, the largest
+3D-connected component, grown back within the thresholded mask; for a single slice, 2D
+components smaller than 10 % of the largest are dropped),
 holes are filled per slice, and the map is resized back to the input's pixels.
 
 Training data (``python -m anomaly.brainmask train``): pseudo-subjects
@@ -42,6 +43,8 @@ NUM_RES_UNITS = 0
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "brainmask"
 NORMALISATION = "per slice: (x - p1) / (p99 - p1), clipped to [0, 1]; slice padded to a square (centred, 0) and resized to 128x128"
 MIN_COMPONENT_2D = 0.10  # single slices: drop 2D components < 10 % of the largest
+OPEN_ITERATIONS = 2  # scans: 3D opening (on the 128 grid) before the largest component
+_OPEN = ndimage.generate_binary_structure(3, 1)
 
 
 def build_net() -> torch.nn.Module:
@@ -113,6 +116,16 @@ def postprocess(prob: np.ndarray, volume: bool) -> np.ndarray:
     """
     m = prob > 0.5
     if volume and len(m) > 1:
+        # open first so that false positives joined to the brain by thin bridges (orbits,
+        # neck, scalp at the vertex) fall off, keep the largest 3D component, grow it back
+        core = ndimage.binary_opening(m, structure=_OPEN, iterations=OPEN_ITERATIONS)
+        if not core.any():
+            core = m
+        lab, n = ndimage.label(core)
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            core = lab == (int(np.argmax(sizes)) + 1)
+        m = m & ndimage.binary_dilation(core, structure=_OPEN, iterations=OPEN_ITERATIONS + 1)
         lab, n = ndimage.label(m)
         if n > 1:
             sizes = np.bincount(lab.ravel())[1:]
@@ -335,11 +348,9 @@ def itk_check(ext: BrainExtractor) -> dict:
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum((1, 2, 3))
-    den = p.sum((1, 2, 3)) + target.sum((1, 2, 3))
-    d = 1 - (2 * inter + 1) / (den + 1)
-    return bce + d.mean()
+    p = torch.sigmoid(logits)  # soft Dice over the whole batch (empty slices do not dominate)
+    d = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return bce + d
 
 
 def _batch_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -425,8 +436,9 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
                          "strides": list(STRIDES), "num_res_units": NUM_RES_UNITS, "in": 1, "out": 1},
         "input_size": [SIZE, SIZE],
         "normalisation": NORMALISATION,
-        "postprocessing": "sigmoid > 0.5; largest 3D component (N>1) or 2D components >= 10% of the largest; "
-                          "holes filled per slice; resized back to the input",
+        "postprocessing": "sigmoid > 0.5; scans (N>1): 3D opening (2 iterations, 128 grid), largest 3D "
+                          "component, grown back within the mask; single slices: 2D components >= 10% of the "
+                          "largest; holes filled per slice; resized back to the input",
         "training_data": {
             "pseudo_subjects": n_subjects,
             "variants": [f"{s}_{v}" for s, v in TRAIN_VARIANTS],
@@ -448,6 +460,7 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
         "total_steps": step + (0 if prior is None else int(prior.get("total_steps", prior.get("steps", 0)) or 0)),
         "batch": batch,
         "lr": lr,
+        "loss": "BCE + soft Dice over the batch",
         "final_loss": round(float(np.mean(losses[-50:])), 4) if losses else None,
         "train_seconds": round(time.time() - t_train, 1),
     }

@@ -17,8 +17,6 @@ import csv
 import io
 import json
 import multiprocessing as mp
-import os
-import shutil
 import sqlite3
 import threading
 from pathlib import Path

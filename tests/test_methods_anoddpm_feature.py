@@ -57,27 +57,33 @@ def test_partial_noise_denoise_uses_at_most_20_ddim_steps():
     net.register_forward_hook(lambda m, i, o: calls.append(int(i[1][0])))
     x = torch.rand(2, 1, 64, 64) * 2 - 1
     g = torch.Generator().manual_seed(0)
-    out = partial_noise_denoise(net, x, t_start=200, n_steps=8, noise="simplex", generator=g)
+    out = partial_noise_denoise(net, x, t_start=200, n_steps=5, noise="simplex", generator=g)
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert len(calls) <= 8 and calls[0] == 200 and calls == sorted(calls, reverse=True)
+    assert len(calls) == 5 and calls[0] == 200 and calls == sorted(calls, reverse=True)
     calls.clear()
-    out_g = partial_noise_denoise(net, x, 200, 4, noise="gaussian", generator=torch.Generator().manual_seed(0),
+    out_g = partial_noise_denoise(net, x, 200, 3, noise="gaussian", generator=torch.Generator().manual_seed(0),
                                   guidance=0.2)
-    assert out_g.shape == x.shape and len(calls) == 4
+    assert out_g.shape == x.shape and torch.isfinite(out_g).all() and len(calls) == 3
 
 
 @pytest.fixture(scope="module")
 def anoddpm_ckpt(tiny_dataset, tmp_path_factory):
+    from anomaly.methods.anoddpm import method as am
     from anomaly.train import train
 
     out = tmp_path_factory.mktemp("anoddpm")
-    train("anoddpm", tiny_dataset, out, TrainConfig(seed=0, max_steps=4, batch_size=4))
+    mp = pytest.MonkeyPatch()
+    mp.setitem(am.DEFAULT_INFERENCE, "n_steps", 3)  # the card records it; keeps calibration quick
+    try:
+        train("anoddpm", tiny_dataset, out, TrainConfig(seed=0, max_steps=4, batch_size=4))
+    finally:
+        mp.undo()
     return out
 
 
 def test_anoddpm_trains_and_predicts_deterministically(anoddpm_ckpt, tiny_dataset):
     card = load_card(anoddpm_ckpt)
-    assert card["method"] == "anoddpm" and card["train_steps"] == 4
+    assert card["method"] == "anoddpm" and card["train_steps"] == 4 and card["inference"]["n_steps"] == 3
     assert "calibration" in card and card["validation"]["ms_per_slice"] > 0
     assert (anoddpm_ckpt / "model.safetensors").stat().st_size < 20e6
     clear_cache()
@@ -196,3 +202,20 @@ def test_feature_bank_shapes_and_lesion_contrast(feature_ckpt, tiny_dataset):
     assert inside > 1.5 * outside
     again = m.predict(ds.images[les], ds.masks[les], seed=5)
     np.testing.assert_array_equal(out.residual, again.residual)  # deterministic, seed-free
+
+
+def test_anoddpm_tune_on_val_lesion_writes_card_and_recalibrates(anoddpm_ckpt, tiny_dataset, tmp_path):
+    import shutil
+
+    from anomaly.methods.anoddpm.__main__ import tune
+
+    ck = tmp_path / "anoddpm"
+    shutil.copytree(anoddpm_ckpt, ck)
+    before = load_card(ck)
+    out = tune(ck, tiny_dataset, [100, 200], [0.0], ["simplex"], n_steps=2, max_slices=6, write=True, log=lambda s: None)
+    assert len(out["tried"]) == 2 and out["best"]["t_start"] in (100, 200)
+    card = load_card(ck)
+    assert card["inference"]["t_start"] == out["best"]["t_start"] and card["inference"]["n_steps"] == 2
+    assert card["checkpoint_hash"] == before["checkpoint_hash"] and card["calibration"]["pixel_threshold"] > 0
+    assert card["inference_tuning"]["split"] == "val_lesion"
+    clear_cache()

@@ -13,3 +13,6 @@ from anomaly.annotations.store import (  # noqa: F401
     StaleEditError,
     Store,
 )
+
+__all__ = ["LABELS", "REASONS", "STATUSES", "AnnotationError", "Flag", "InvalidRegionError", "ReadOnlyError",
+           "StaleEditError", "Store"]

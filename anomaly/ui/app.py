@@ -11,6 +11,7 @@ import pandas as pd
 
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.ui import callbacks as cb
+from anomaly.ui.annotate import annotation_panel
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
@@ -176,6 +177,7 @@ def build_app() -> gr.Blocks:
         findings.select(on_finding, [findings], [slider], api_visibility="private").then(
             on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
         gr.api(analyze_api, api_name="analyze")
+        annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
     return demo
 
 
