@@ -26,6 +26,20 @@ DDAD_LR = 3e-3
 BATCH = 8
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These nets are small (64x64, 16-64 channels): one torch thread is nearly as fast as two
+    on an idle machine and avoids the OpenMP barrier stalls that make two threads several times
+    slower when the cores are shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANOMALY_THREADS", "1")
+        yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ddad_data(tiny_dataset, tmp_path_factory):
     """A copy of the toy set with an ``unlabeled/`` mixture: a few images of its test split (every

@@ -1,7 +1,7 @@
 """Compare a few coarse-noise settings of the DAE on ``val_lesion`` (pixel AP), never on test.
 
     python -m anomaly.methods.dae.tune --data data/cohort --out /tmp/dae_tune --minutes 4 \\
-        --settings 16:0.2 8:0.2 32:0.1
+        --settings 8:0.2 16:0.2 32:0.2
 
 Each setting ``RES:STD`` is a short ``anomaly.train`` run (same seed, same budget) into
 ``OUT/rRES_sSTD``; the card's validation block gives val_lesion pixel AP / image AUROC.
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="scratch folder (not checkpoints/)")
-    p.add_argument("--settings", nargs="+", default=["16:0.2", "8:0.2", "32:0.1"], help="RES:STD ...")
+    p.add_argument("--settings", nargs="+", default=["8:0.2", "16:0.2", "32:0.2"], help="RES:STD ...")
     p.add_argument("--minutes", type=float, default=4.0)
     p.add_argument("--steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=32)
