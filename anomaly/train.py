@@ -77,7 +77,7 @@ def validation_figures(method, val_lesion: PreparedSet | None, seed: int) -> dic
 
 
 def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | None = None,
-          command: str | None = None) -> dict:
+          command: str | None = None, train_split: str = "train", val_split: str = "val_normal") -> dict:
     """Train, save weights + card, calibrate on val-normal; returns the card."""
     cfg = cfg or TrainConfig()
     cfg.data_dir = cfg.data_dir or str(data)
@@ -86,7 +86,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     out = Path(out) if out else CHECKPOINT_ROOT / cls.name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    train_set, val_set, val_lesion = load_training_data(data)
+    train_set, val_set, val_lesion = load_training_data(data, train_split, val_split)
     print(f"{cls.name}: {len(train_set)} training slices, {len(val_set)} healthy validation slices"
           + (f", {len(val_lesion)} lesion-validation slices" if val_lesion is not None else ""), file=sys.stderr)
     tensors, extra = cls.fit(train_set, val_set, out, cfg)
@@ -97,7 +97,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         "citation": cls.citation,
         "input_size": [MODEL_SIZE, MODEL_SIZE],
         "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
-        "training_data": str(data),
+        "training_data": f"{data} ({train_split} / {val_split})",
         "n_train_slices": len(train_set),
         "n_val_normal_slices": len(val_set),
         "command": command or f"python -m anomaly.train {cls.name} --data {data}",
@@ -134,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/work/state.safetensors")
+    p.add_argument("--train-split", default="train", help="sub-folder of DATA with healthy training slices")
+    p.add_argument("--val-split", default="val_normal", help="sub-folder of DATA with healthy validation slices")
     a = p.parse_args(argv)
     cfg = TrainConfig(seed=a.seed, minutes=a.minutes, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       resume=a.resume)
     cmd = "python -m anomaly.train " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        card = train(a.method, a.data, a.out, cfg, command=cmd)
+        card = train(a.method, a.data, a.out, cfg, command=cmd, train_split=a.train_split, val_split=a.val_split)
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
