@@ -152,6 +152,16 @@ def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27",
     return jobs
 
 
+def _code_hashes() -> dict:
+    """sha256 (first 16 hex) of the modules that decide the files: a rebuild with the same seed
+    reproduces the files byte for byte only when these match."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    return {f: hashlib.sha256((here / f).read_bytes()).hexdigest()[:16]
+            for f in ("lesions.py", "augment.py", "cohort.py", "build.py")}
+
+
 def _worker_init(preloaded: dict | None = None) -> None:
     import torch
 
@@ -259,6 +269,7 @@ def build(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27"
             "domain_shift": "test_domain_shift: the real ITK subject, not augmented",
         },
         "working_spacing_mm": 3.0 if tiny else {"mni152": 1.5, "colin27": 1.5, "itk": 2.0},
+        "code_sha256": _code_hashes(),
         "lesion_kinds": list(lesion_api()[1]),
         "lesion_sizes_mm": list(SIZE_RANGE),
         "splits": {k: v for k, v in previous.items() if k not in (only or ())},

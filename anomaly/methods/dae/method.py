@@ -25,7 +25,8 @@ from anomaly.methods.dae.model import DEFAULT_ARCH, build_unet
 from anomaly.methods.dae.noise import coarse_noise
 
 # Noise tuning (python -m anomaly.methods.dae.tune, data/cohort val_lesion pixel AP, never test;
-# 4-minute runs, batch 16, 1 thread on a loaded 2-core machine -> only 59-78 steps each, so
+# 4-minute runs of the num_res_units=2 UNet, batch 16, 1 thread on a loaded 2-core machine ->
+# only 59-78 steps each, so
 # these are early-training figures; lesion-pixel prevalence is 0.0027, zscore gets 0.0039):
 #   seed 0: res 8/std 0.2 -> 0.0063 | res 16/0.2 -> 0.0050 | res 32/0.2 -> 0.0034
 #           res 8/0.1 -> 0.0050 | res 8/0.4 -> 0.0063 (image AUROC 0.38 vs 0.45 for 8/0.2)

@@ -15,17 +15,19 @@ beat deeper pairs on a 2x upsampled input (blocks 4 + 10 or 4 + 7 at 256 x 256, 
 Input: the grey model-space slice (``anomaly.preprocess``), resized to ``input_size`` if it
 differs, replicated to three channels with ImageNet normalisation.
 
-Position-aware bank (optional, ``pos_weight``): the slices are brain-centred crops, so a
-patch's position is informative. Each feature vector carries its normalised (y, x)
-position scaled by ``pos_weight`` as two extra coordinates; the nearest neighbour then
-trades feature distance against spatial distance (0 = plain PatchCore).
+Position-aware bank (``pos_weight``, 0 = plain PatchCore): the slices are brain-centred
+crops, so a patch's position is informative. Each feature vector carries its normalised
+(y, x) grid position times ``pos_weight`` as two extra coordinates, so the nearest
+neighbour trades feature distance against spatial distance: with 100, one grid cell
+(4 px) costs about 3 where healthy nearest-neighbour distances are about 20. On val_lesion,
+pixel AP rose with the weight (0 -> 30: 0.0068 -> 0.0097 in one setting; 10 / 30 / 100:
+0.0072 / 0.0081 / 0.0106 in another).
 
-Feature dimension: the concatenated features are projected on the top ``pca_dim``
-principal components of the healthy pool (stored with the bank) to keep the nearest
-neighbour search within the per-slice time budget on a CPU.
+Optional PCA (``pca_dim`` > 0) projects the features on their top principal components of
+the healthy pool (stored with the bank) for a faster search; off by default (64 dims).
 
 Checkpoint (``model.safetensors``): the truncated backbone (``backbone.*``, float32), the
-PCA (``pca_mean``, ``pca_components``), the bank (``bank``, float16) -- nothing else is
+bank (``bank``, float16) and, if used, the PCA (``pca_mean``, ``pca_components``) -- nothing else is
 needed at run time. ``fit`` reads the backbone from a converted ``backbone.safetensors``
 (``python -m anomaly.methods.feature convert``), see ``find_backbone``.
 """
