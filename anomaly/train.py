@@ -26,6 +26,8 @@ from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
 from anomaly.scoring import run_method
 from anomaly.training import TrainConfig, set_threads
 
+ON_DEMAND_SUBSET = 48
+
 
 def _as_prepared(ps: PreparedSet) -> PreparedSlices:
     n = len(ps)
@@ -77,7 +79,8 @@ def validation_figures(method, val_lesion: PreparedSet | None, seed: int) -> dic
 
 
 def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | None = None,
-          command: str | None = None, train_split: str = "train", val_split: str = "val_normal") -> dict:
+          command: str | None = None, train_split: str = "train", val_split: str = "val_normal",
+          calibrate_only: bool = False) -> dict:
     """Train, save weights + card, calibrate on val-normal; returns the card."""
     cfg = cfg or TrainConfig()
     cfg.data_dir = cfg.data_dir or str(data)
@@ -89,8 +92,21 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     train_set, val_set, val_lesion = load_training_data(data, train_split, val_split)
     print(f"{cls.name}: {len(train_set)} training slices, {len(val_set)} healthy validation slices"
           + (f", {len(val_lesion)} lesion-validation slices" if val_lesion is not None else ""), file=sys.stderr)
-    tensors, extra = cls.fit(train_set, val_set, out, cfg)
-    card = {
+    if getattr(cls, "on_demand", False):  # slow (diffusion): calibrate and validate on a stated subset
+        rng = np.random.default_rng(cfg.seed)
+        val_set = val_set.subset(np.sort(rng.permutation(len(val_set))[:ON_DEMAND_SUBSET]))
+        if val_lesion is not None:
+            val_lesion = val_lesion.subset(np.sort(rng.permutation(len(val_lesion))[:ON_DEMAND_SUBSET]))
+    if calibrate_only:
+        old = load_card(out)
+        if not old.get("checkpoint_hash"):
+            raise DatasetError(f"--calibrate-only: no trained checkpoint in {out}")
+        card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
+        extra = {}
+    else:
+        tensors, extra = cls.fit(train_set, val_set, out, cfg)
+        card = None
+    card = card or {
         "method": cls.name,
         "title": cls.title,
         "paper": cls.paper,
@@ -107,7 +123,12 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         "project_version": __version__,
         **extra,
     }
-    card = save_checkpoint(out, tensors, card)
+    if not calibrate_only:
+        card = save_checkpoint(out, tensors, card)
+    else:
+        write_card(out, card)
+    if getattr(cls, "on_demand", False):
+        card["calibration_subset"] = f"{len(val_set)} healthy validation slices (random, seed {cfg.seed})"
     clear_cache()
     m = get_method(cls.name, out)
     res = run_method(m, _as_prepared(val_set), seed=cfg.seed)
@@ -134,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/work/state.safetensors")
+    p.add_argument("--calibrate-only", action="store_true", help="keep the trained weights; redo calibration and validation")
     p.add_argument("--train-split", default="train", help="sub-folder of DATA with healthy training slices")
     p.add_argument("--val-split", default="val_normal", help="sub-folder of DATA with healthy validation slices")
     a = p.parse_args(argv)
@@ -141,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                       resume=a.resume)
     cmd = "python -m anomaly.train " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        card = train(a.method, a.data, a.out, cfg, command=cmd, train_split=a.train_split, val_split=a.val_split)
+        card = train(a.method, a.data, a.out, cfg, command=cmd, train_split=a.train_split, val_split=a.val_split,
+                     calibrate_only=a.calibrate_only)
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -114,6 +114,17 @@ def on_finding(findings_df, evt: gr.SelectData):
         return gr.update()
 
 
+def on_demand(key, index, method, preset, threshold, opacity, mode, progress=gr.Progress()):
+    """Run a slow (diffusion) method on the slice in view, with a progress bar."""
+    if not method:
+        raise gr.Error("no on-demand method has a checkpoint")
+    try:
+        return cb.run_on_demand(key, index, method, preset, threshold, opacity, mode,
+                                progress=lambda done, total: progress((done, total), desc=method))
+    except AnomalyError as e:
+        _fail(e)
+
+
 def analyze_api(files: list[str], methods: str = "", plane: str = "axial", threshold: float = 1.0) -> str:
     """API: analyse a scan; returns JSON (study key, per-method volume/slice scores, percentiles,
     score table at the most anomalous slice, findings, out-of-distribution verdict)."""
@@ -157,6 +168,14 @@ def build_app() -> gr.Blocks:
                 table = gr.Dataframe(label="Scores at this slice", interactive=False)
                 findings = gr.Dataframe(label="Findings: connected regions above threshold in 3D (click to jump)",
                                         interactive=False)
+                with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
+                    od_choices = cb.on_demand_methods()
+                    od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,
+                                            label="Slow method (runs on this slice only, seeded)")
+                    od_btn = gr.Button("Run on this slice", interactive=bool(od_choices))
+                    od_grid = gr.Image(label="on-demand result (calibrated against healthy)", type="pil", format="png",
+                                       interactive=False)
+                    od_json = gr.JSON(label="score")
                 compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
                 with gr.Accordion("How to read this", open=False):
                     gr.Markdown(HOW_TO_READ)
@@ -176,6 +195,8 @@ def build_app() -> gr.Blocks:
                      [key, slider, curve, grid, table, findings, compare], api_name="change_plane")
         findings.select(on_finding, [findings], [slider], api_visibility="private").then(
             on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+        od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
+                     api_name="run_on_demand")
         gr.api(analyze_api, api_name="analyze")
         annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
     return demo

@@ -196,3 +196,39 @@ def citations_markdown() -> str:
 
 __all__ = ["load_and_analyse", "render_view", "get_analysis", "MultipleSeriesError", "api_summary", "findings_rows",
            "score_curve_figure", "scan_summary", "reanalyse_plane", "default_methods", "get_method"]
+
+
+def on_demand_methods() -> list[str]:
+    return [m for m in available_methods() if method_class(m).on_demand]
+
+
+def run_on_demand(key: str, index: int, method: str, preset: str = "auto", threshold: float = 1.0,
+                  opacity: float = 0.5, mode: str = "both", seed: int = 0, progress=None):
+    """Run a slow method (diffusion) on the slice in view only; returns (grid image, score row)."""
+    from anomaly.preprocess import PreparedSlices
+    from anomaly.render import GridRow, compose_grid
+    from anomaly.scoring import run_method
+
+    a = get_analysis(key)
+    i = int(np.clip(int(index), 0, a.n_slices - 1))
+    p = a.prepared
+    one = PreparedSlices(p.images[i : i + 1], p.masks[i : i + 1], p.boxes[i : i + 1], p.original_shape,
+                         p.original_masks[i : i + 1], p.valid[i : i + 1])
+    m = get_method(method)
+    r = run_method(m, one, seed=seed, progress=progress)
+    img = a.display_u8(i, preset)
+    ph = None
+    if r.pseudo_healthy is not None:
+        ph = (np.clip(one.to_original(r.pseudo_healthy)[0] / 1.2, 0, 1) * 255).astype(np.uint8)
+    pct = float(r.percentiles[0]) if r.calibration else float("nan")
+    cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
+    rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap)]
+    for extra, emap in r.extra_maps.items():
+        ref = float(np.percentile(emap[one.masks], 99.5)) if one.masks.any() else 1.0
+        rows.append(GridRow(f"{method} · {extra}", img, None, one.to_original(emap / max(ref, 1e-8))[0],
+                            "per-slice scale, not calibrated", empty_note=f"{extra}:\nextra map of {method}"))
+    cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
+    grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None)
+    return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
+                  "percentile vs healthy": None if not np.isfinite(pct) else round(pct, 1),
+                  "ms": round(r.ms_per_slice, 1), "seed": seed}
