@@ -161,7 +161,7 @@ def build_app() -> gr.Blocks:
                     gr.Examples(_examples(), inputs=[files], label="Examples (synthetic lesions are marked 'synthetic')")
             with gr.Column(scale=3):
                 summary = gr.Markdown()
-                slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False)
+                slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
                 curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method")
                 grid = gr.Image(label="input | pseudo-healthy | residual map | overlay  (colours calibrated against healthy: 1.0 = threshold)",
                                 type="pil", format="png", interactive=False)
