@@ -400,7 +400,8 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
         net.load_state_dict(load_weights(Path(init)))
         prior = load_card(Path(init))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
+    done_before = 0 if prior is None else int(prior.get("total_steps", prior.get("steps", 0)) or 0)
+    g = torch.Generator().manual_seed(seed + 7919 * done_before)  # a continued run draws new batches
     budget = minutes * 60.0
     t_train = time.time()
     step, losses = 0, []
@@ -428,6 +429,13 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % 100 == 0:  # a killed run can go on from here (--init OUT.partial)
+            from anomaly.checkpoints import save_checkpoint as _save
+
+            _save(Path(str(out) + ".partial"), dict(net.state_dict()),
+                  {"method": "brainmask", "partial": True, "steps": step, "seed": seed,
+                   "total_steps": step + (0 if prior is None else int(prior.get("total_steps", prior.get("steps", 0)) or 0))})
+            net.train()
     bar.close()
     net.eval()
     ext = BrainExtractor(net)
@@ -476,7 +484,11 @@ def train(out: Path | str, minutes: float = 12.0, seed: int = 0, n_subjects: int
         card["validation_seconds"] = round(time.time() - te, 1)
     card["wall_seconds"] = round(time.time() - t0, 1)
     tensors = {k: v for k, v in net.state_dict().items()}
-    return save_checkpoint(Path(out), tensors, card)
+    card = save_checkpoint(Path(out), tensors, card)
+    import shutil
+
+    shutil.rmtree(Path(str(out) + ".partial"), ignore_errors=True)
+    return card
 
 
 # ----------------------------------------------------------------------------- montage

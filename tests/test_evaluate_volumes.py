@@ -1,0 +1,45 @@
+"""Volume-level evaluation: volume AUROC and whether the top slice lies inside the lesion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomaly.evaluate_volumes import evaluate_volumes, main
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def volume_set(tmp_path_factory):
+    from anomaly.data.folder import read_image, write_image, write_mask
+
+    v = read_image(ROOT / "assets/templates/mni152_2009a_t1_1mm.nii.gz")[40:150:2, ::2, ::2].copy()
+    d = tmp_path_factory.mktemp("vols")
+    write_image(d, "healthy", v, spacing=(2.0, 2.0, 2.0))
+    les = v.copy()
+    m = np.zeros(v.shape, bool)
+    m[30:34, 50:62, 40:52] = True
+    les[m] *= 0.2
+    write_image(d, "lesion", les, spacing=(2.0, 2.0, 2.0))
+    write_mask(d, "lesion", m, spacing=(2.0, 2.0, 2.0))
+    return d
+
+
+def test_volume_metrics_on_a_lesion_and_a_healthy_volume(volume_set, tiny_checkpoints, tmp_path):
+    res = evaluate_volumes(volume_set, ["zscore"], tiny_checkpoints)
+    assert res["n_volumes"] == 2 and res["n_lesion_volumes"] == 1
+    z = res["methods"]["zscore"]
+    assert z["volume_auroc"] == 1.0
+    assert z["top_slice_in_lesion"] == 1.0
+    rc = main(["--data", str(volume_set), "--methods", "zscore", "--out", str(tmp_path / "o"),
+               "--checkpoints", str(tiny_checkpoints)])
+    assert rc == 0 and (tmp_path / "o" / "volumes.json").exists() and (tmp_path / "o" / "volumes.md").exists()
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "nope"), "--methods", "zscore", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
