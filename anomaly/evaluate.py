@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from anomaly import metrics as M
 from anomaly.calibration import fit_calibration
-from anomaly.data.folder import Item, Sample, read_folder, read_image, read_mask
+from anomaly.data.folder import Item, Sample, item_samples, read_folder, read_image
 from anomaly.errors import AnomalyError, CheckpointError, DatasetError
 from anomaly.methods.base import AnomalyMethod, get_method, resolve_methods
 
@@ -108,32 +108,8 @@ def _n_slices(item: Item) -> int:
 
 
 def read_item(item: Item) -> list[Sample]:
-    """All 2D samples of one item, with the labelling rules of ``anomaly.data.folder.iter_samples``."""
-    img = read_image(item.image_path)
-    mask = None
-    if item.mask_path is not None:
-        mask = read_mask(item.mask_path)
-        if mask.shape != img.shape:
-            raise DatasetError(
-                f"mask {item.mask_path} is {_shape_text(mask.shape)} but image {item.image_path} is "
-                f"{_shape_text(img.shape)}: they must match"
-            )
-    out = []
-    for i in range(img.shape[0]):
-        m = mask[i] if mask is not None else None
-        if m is not None:
-            label = int(m.any())
-        elif img.shape[0] == 1:
-            label = item.label
-        else:
-            label = None if item.label is None else (0 if item.label == 0 else None)
-        out.append(Sample(item, i, img[i], m, label))
-    return out
-
-
-def _shape_text(shape) -> str:
-    s, h, w = shape
-    return f"{w}x{h} pixels" + (f" x {s} slices" if s > 1 else "")
+    """All 2D samples of one item (``anomaly.data.folder.item_samples``)."""
+    return item_samples(item)
 
 
 def _subset(prep: PreparedSlices, idx: np.ndarray) -> PreparedSlices:

@@ -121,27 +121,40 @@ class Sample:
     label: int | None
 
 
+def _shape_text(shape) -> str:
+    s, h, w = shape
+    return f"{w}x{h} pixels" + (f" x {s} slices" if s > 1 else "")
+
+
+def item_samples(item: Item) -> list[Sample]:
+    """All 2D samples of one item: label from the mask (any lesion pixel), else labels.csv
+    (a volume's csv label only says 'normal' for all its slices), else unknown."""
+    img = read_image(item.image_path)
+    mask = None
+    if item.mask_path is not None:
+        mask = read_mask(item.mask_path)
+        if mask.shape != img.shape:
+            raise DatasetError(
+                f"mask {item.mask_path} is {_shape_text(mask.shape)} but image {item.image_path} is "
+                f"{_shape_text(img.shape)}: they must match"
+            )
+    out = []
+    for i in range(img.shape[0]):
+        m = mask[i] if mask is not None else None
+        if m is not None:
+            label = int(m.any())
+        elif img.shape[0] == 1:
+            label = item.label
+        else:
+            label = None if item.label is None else (0 if item.label == 0 else None)
+        out.append(Sample(item, i, img[i], m, label))
+    return out
+
+
 def iter_samples(root: Path):
     """Yield every 2D ``Sample`` of a folder (one per PNG, one per slice of a volume)."""
     for item in read_folder(root):
-        img = read_image(item.image_path)
-        mask = None
-        if item.mask_path is not None:
-            mask = read_mask(item.mask_path)
-            if mask.shape != img.shape:
-                raise DatasetError(
-                    f"mask {item.mask_path} has shape {mask.shape[1:]}x{mask.shape[0]} slices but image "
-                    f"{item.image_path} has {img.shape[1:]}x{img.shape[0]}: they must match"
-                )
-        for i in range(img.shape[0]):
-            m = mask[i] if mask is not None else None
-            if m is not None:
-                label = int(m.any())
-            elif img.shape[0] == 1:
-                label = item.label
-            else:
-                label = None if item.label is None else (0 if item.label == 0 else None)
-            yield Sample(item, i, img[i], m, label)
+        yield from item_samples(item)
 
 
 # ----------------------------------------------------------------------------- writing
