@@ -9,7 +9,6 @@ subject-free 10% of its files (by name, deterministic) is held back for calibrat
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from anomaly.errors import AnomalyError, DatasetError
 from anomaly.methods.base import CHECKPOINT_ROOT, clear_cache, get_method, method_class
 from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
 from anomaly.scoring import run_method
-from anomaly.training import TrainConfig, set_threads
+from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
 
 ON_DEMAND_SUBSET = 48
 
@@ -84,6 +83,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     """Train, save weights + card, calibrate on val-normal; returns the card."""
     cfg = cfg or TrainConfig()
     cfg.data_dir = cfg.data_dir or str(data)
+    cfg.device = resolve_device(cfg.device)
     set_threads()
     cls = method_class(method)
     out = Path(out) if out else CHECKPOINT_ROOT / cls.name
@@ -119,7 +119,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         "command": command or f"python -m anomaly.train {cls.name} --data {data}",
         "seed": cfg.seed,
         "config": {k: v for k, v in vars(cfg).items()},
-        "trained_on": f"{platform.machine()} CPU ({platform.node() and 'local'}), torch threads",
+        "trained_on": device_label(cfg.device),
         "project_version": __version__,
         **extra,
     }
@@ -154,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available); inference stays on CPU")
     p.add_argument("--resume", action="store_true", help="continue from OUT/work/state.safetensors")
     p.add_argument("--calibrate-only", action="store_true", help="keep the trained weights; redo calibration and validation")
     p.add_argument("--train-split", default="train", help="sub-folder of DATA with healthy training slices")
     p.add_argument("--val-split", default="val_normal", help="sub-folder of DATA with healthy validation slices")
     a = p.parse_args(argv)
     cfg = TrainConfig(seed=a.seed, minutes=a.minutes, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                      resume=a.resume)
+                      resume=a.resume, device=a.device)
     cmd = "python -m anomaly.train " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         card = train(a.method, a.data, a.out, cfg, command=cmd, train_split=a.train_split, val_split=a.val_split,

@@ -26,7 +26,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     resume: bool = False
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "cuda" or "auto" (CUDA when available); see resolve_device
     save_every_s: float = 120.0
     augment: bool = True
     data_dir: str | None = None  # the data-set root (set by anomaly.train; DDAD reads DIR/unlabeled)
@@ -39,13 +39,30 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def resolve_device(name: str | None) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; other names pass through."""
+    if name in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def device_label(device: str) -> str:
+    """A human description of where training ran, for model cards."""
+    import platform
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} GPU (torch {torch.__version__})"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
 def set_threads() -> None:
     n = int(os.environ.get("ANOMALY_THREADS", os.cpu_count() or 1))
     torch.set_num_threads(max(1, n))
 
 
-def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.random.Generator, augment: bool = True):
-    """Endless random mini-batches (B,1,S,S) images and masks, with light flips/shifts."""
+def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.random.Generator, augment: bool = True,
+            device: str = "cpu"):
+    """Endless random mini-batches (B,1,S,S) images and masks on ``device``, with light flips/gain."""
     n = len(images)
     while True:
         idx = rng.permutation(n)
@@ -59,14 +76,17 @@ def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.rand
                 m[flip] = m[flip][..., ::-1]
                 g = rng.uniform(0.9, 1.1, size=(len(b), 1, 1, 1)).astype(np.float32)
                 x = np.clip(x * g, 0, 1.5)
-            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m))
+            xt, mt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m))
+            yield (xt, mt) if device == "cpu" else (xt.to(device), mt.to(device))
 
 
 class TrainLoop:
     """A timed, resumable loop: ``for step in loop: ...; loop.log(loss=...)``.
 
     Saves ``state.safetensors`` (model + optimiser tensors flattened) in ``work_dir``
-    every ``save_every_s`` and at the end; with ``resume`` it continues from it.
+    every ``save_every_s`` and at the end; with ``resume`` it continues from it. Modules are
+    moved to ``cfg.device`` first (parameters keep their identity, so optimisers made
+    before stay valid), then the state is loaded onto them.
     """
 
     def __init__(self, cfg: TrainConfig, work_dir: Path, modules: dict[str, torch.nn.Module],
@@ -76,6 +96,8 @@ class TrainLoop:
         self.step = 0
         self.elapsed_before = 0.0
         self.history: list[dict] = []
+        for m in modules.values():
+            m.to(cfg.device)
         if cfg.resume:
             self._load()
         self.desc = desc
@@ -122,7 +144,7 @@ class TrainLoop:
                 for k, v in flat.items():
                     if k.startswith(f"{pre}{pid}."):
                         key = k[len(f"{pre}{pid}.") :]
-                        st[key] = v.reshape(()) if key == "step" else v
+                        st[key] = v.reshape(()) if key == "step" else v.to(self.cfg.device)
                 if st:
                     sd["state"][pid] = st
             o.load_state_dict(sd)

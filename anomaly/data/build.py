@@ -112,14 +112,18 @@ def plan(out: Path, seed: int = 0, subjects: int = 36, heldout: str = "colin27",
     else:
         healthy("train", subjects, normal_step=1)
         healthy("val_normal", max(3, subjects // 8), normal_step=2)
-        lesional("val_lesion", 5, 4, slices_per_lesion=5, max_normal=8)
-        healthy("val_lesion", 1, max_normal=20)
-        lesional("test", 11, 4, slices_per_lesion=5, max_normal=8)
-        healthy("test", 3, max_normal=20)
+        # evaluation splits: normal slices level-matched to the lesion slices (cohort._level_matched),
+        # most of them from the lesional subjects themselves (same anatomy and skull/stripped mix);
+        # one fully healthy subject per variant adds whole-brain normals
+        lm = dict(level_matched=True)
+        lesional("val_lesion", 5, 4, slices_per_lesion=5, max_normal=12, **lm)
+        healthy("val_lesion", len(MAIN_VARIANTS), max_normal=4, **lm)
+        lesional("test", 11, 4, slices_per_lesion=5, max_normal=12, **lm)
+        healthy("test", len(MAIN_VARIANTS), max_normal=5, **lm)
         lesional("unlabeled", 6, 4, slices_per_lesion=5, max_normal=15, label_column="truth", write_masks=False)
         healthy("unlabeled", 4, normal_step=1, label_column="truth", write_masks=False)
-        lesional("test_heldout", 7, 4, family="heldout", slices_per_lesion=5, max_normal=8)
-        healthy("test_heldout", 2, family="heldout", max_normal=20)
+        lesional("test_heldout", 7, 4, family="heldout", slices_per_lesion=5, max_normal=12, **lm)
+        healthy("test_heldout", 2, family="heldout", max_normal=6, **lm)
         n_vol_les, n_itk_les, itk_normals = 2, 18, None
     # train_loo / val_normal_loo: copies of train / val_normal pseudo-subjects of the kept
     # brains (done after the jobs) + fresh ones so each has as many subjects as its twin

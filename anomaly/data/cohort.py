@@ -122,6 +122,7 @@ class Job:
     spacing: float | None = None  # working grid (None: augment.WORK_SPACING; ITK keeps 2 mm)
     augment: bool = True  # False: the real volume as it is (domain-shift set)
     prefix: str | None = None  # file-name prefix (default: subject)
+    level_matched: bool = False  # normals at the lesion slices' levels, one per lesion slice (_level_matched)
 
 
 def _evenly(idx: list[int], k: int, rng: np.random.Generator | None = None) -> list[int]:
@@ -135,6 +136,41 @@ def _evenly(idx: list[int], k: int, rng: np.random.Generator | None = None) -> l
         pos = np.clip(pos + rng.uniform(-0.3, 0.3, k) * step, 0, len(idx) - 1)
     out = sorted({idx[int(round(p))] for p in pos})
     return out
+
+
+LEVEL_PRIOR = (0.55, 0.22)  # mean, sd of lesion-slice level, relative to the informative z range (measured)
+
+
+def _level_matched(free: list[int], k: int, rng: np.random.Generator, lesion_zs: list[int],
+                   zrange: tuple[int, int] | None) -> list[int]:
+    """``k`` of the ``free`` slice indices at the levels of the lesion slices.
+
+    Lesion centres are placed where a lesion fits inside the brain, so lesion slices sit at
+    mid levels; normal slices spread evenly over all levels would include more skull-base and
+    vertex slices, where every method's residual is higher, and an image-level AUROC would then
+    measure slice level instead of lesions. In a subject with lesions, each pick is the free
+    slice nearest to one of its lesion slices (taken in turn); in a subject without, slices are
+    drawn with a Gaussian prior over the relative level (LEVEL_PRIOR, measured on lesion slices).
+    """
+    if k <= 0 or not free:
+        return []
+    avail = sorted(set(int(z) for z in free))
+    if lesion_zs:
+        targets = [int(z) for z in lesion_zs]
+        rng.shuffle(targets)
+        out: list[int] = []
+        i = 0
+        while len(out) < k and avail:
+            t = targets[i % len(targets)]
+            i += 1
+            d = np.abs(np.asarray(avail) - t) + rng.random(len(avail)) * 0.5  # random tie-break
+            out.append(avail.pop(int(np.argmin(d))))
+        return sorted(out)
+    lo, hi = zrange if zrange else (min(avail), max(avail))
+    rel = (np.asarray(avail, float) - lo) / max(1, hi - lo)
+    w = np.exp(-0.5 * ((rel - LEVEL_PRIOR[0]) / LEVEL_PRIOR[1]) ** 2)
+    k = min(k, len(avail))
+    return sorted(int(z) for z in rng.choice(avail, size=k, replace=False, p=w / w.sum()))
 
 
 def _pseudo_subject(job: Job):
@@ -223,7 +259,11 @@ def run_job(job: Job) -> list[dict]:
 
     # ---- normal slices (same anatomy, no lesion)
     free = [int(z) for z in inf if z not in used]
-    if job.max_normal is not None:
+    if job.level_matched and job.max_normal is not None:
+        # a lesional subject gives as many normal slices as lesion slices (so the skull/stripped
+        # and anatomy mix of normals follows that of the lesions); a healthy one gives max_normal
+        zs = _level_matched(free, len(picks) if picks else job.max_normal, rng, [p[0] for p in picks], zrange)
+    elif job.max_normal is not None:
         zs = _evenly(free[:: max(1, job.normal_step)] if not job.lesions else free, job.max_normal, rng)
     else:
         off = int(rng.integers(max(1, job.normal_step)))

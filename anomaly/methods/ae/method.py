@@ -38,7 +38,8 @@ class ConvAE(AnomalyMethod):
         net = build_autoencoder()
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         loop = TrainLoop(cfg, out_dir / "work", {"net": net}, {"opt": opt}, desc="ae")
-        gen = batches(train.images, train.masks, cfg.batch_size, np.random.default_rng(cfg.seed + loop.step), cfg.augment)
+        gen = batches(train.images, train.masks, cfg.batch_size, np.random.default_rng(cfg.seed + loop.step), cfg.augment,
+                      cfg.device)
         net.train()
         for _ in loop:
             x, m = next(gen)

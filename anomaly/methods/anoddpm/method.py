@@ -112,7 +112,8 @@ class AnoDDPM(AnomalyMethod):
         ddpm = build_ddpm(diffusion)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         loop = TrainLoop(cfg, out_dir / "work", {"net": net, "ema": ema}, {"opt": opt}, desc="anoddpm")
-        gen = batches(train.images, train.masks, cfg.batch_size, np.random.default_rng(cfg.seed + loop.step), cfg.augment)
+        gen = batches(train.images, train.masks, cfg.batch_size, np.random.default_rng(cfg.seed + loop.step), cfg.augment,
+                      cfg.device)
         tg = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)
         t_max = int(diffusion["t_train_max"])
         kind = diffusion["train_noise"]
@@ -120,8 +121,8 @@ class AnoDDPM(AnomalyMethod):
         for step in loop:
             x, _ = next(gen)
             x0 = to_model(x)
-            noise = make_noise(kind, tuple(x0.shape), tg, **_noise_kw(diffusion, kind))
-            t = torch.randint(0, t_max, (x0.shape[0],), generator=tg)
+            noise = make_noise(kind, tuple(x0.shape), tg, **_noise_kw(diffusion, kind)).to(x0.device)
+            t = torch.randint(0, t_max, (x0.shape[0],), generator=tg).to(x0.device)
             pred = net(ddpm.add_noise(x0, noise, t), t)
             loss = F.mse_loss(pred, noise)
             opt.zero_grad()

@@ -76,13 +76,14 @@ class DenoisingAE(AnomalyMethod):
         net = build_unet()
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         loop = TrainLoop(cfg, out_dir / "work", {"net": net}, {"opt": opt}, desc="dae")
-        gen = batches(train.images, train.masks, cfg.batch_size, np.random.default_rng(cfg.seed + loop.step), cfg.augment)
+        gen = batches(train.images, train.masks, cfg.batch_size, np.random.default_rng(cfg.seed + loop.step), cfg.augment,
+                      cfg.device)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)  # noise stream, reproducible on resume
         net.train()
         for _ in loop:
             x, m = next(gen)
             mf = m.float()
-            noisy = x + coarse_noise(m, hp["noise_res"], hp["noise_std"], generator=g)
+            noisy = x + coarse_noise(m.cpu(), hp["noise_res"], hp["noise_std"], generator=g).to(x.device)
             out = net(noisy)
             if hp["loss"] == "l1":
                 loss = (torch.abs(out - x) * mf).sum() / mf.sum().clamp_min(1)

@@ -92,7 +92,7 @@ class DDAD(AnomalyMethod):
 
         def stream(j: int, images, masks, bs):
             rng = np.random.default_rng([cfg.seed, j, loop.step])
-            return batches(images, masks, bs, rng, cfg.augment)
+            return batches(images, masks, bs, rng, cfg.augment, cfg.device)
 
         gens = {}
         for j, n in enumerate(net.names("ndm")):

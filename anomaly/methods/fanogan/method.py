@@ -77,7 +77,7 @@ class FAnoGANMethod(AnomalyMethod):
         opt_g = torch.optim.Adam(G.parameters(), lr=GAN_LR, betas=GAN_BETAS)
         opt_d = torch.optim.Adam(D.parameters(), lr=GAN_LR, betas=GAN_BETAS)
         loop = TrainLoop(cfg_gan, work / "gan", {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d}, desc="fanogan gan")
-        gen = batches(train.images, train.masks, b, np.random.default_rng([cfg.seed, 0, loop.step]), cfg.augment)
+        gen = batches(train.images, train.masks, b, np.random.default_rng([cfg.seed, 0, loop.step]), cfg.augment, cfg.device)
         G.train(); D.train()
         for step in loop:
             tg = _torch_gen(cfg.seed, 0, step)
@@ -85,8 +85,8 @@ class FAnoGANMethod(AnomalyMethod):
                 real = net.to_internal(next(gen)[0])
                 n = len(real)
                 with torch.no_grad():
-                    fake = G(torch.rand(n, latent, generator=tg) * 2 - 1)
-                a = torch.rand(n, 1, 1, 1, generator=tg)
+                    fake = G(torch.rand(n, latent, generator=tg).to(real.device) * 2 - 1)
+                a = torch.rand(n, 1, 1, 1, generator=tg).to(real.device)
                 mix = (a * real + (1 - a) * fake).requires_grad_(True)
                 grad = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)[0]
                 gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
@@ -96,7 +96,7 @@ class FAnoGANMethod(AnomalyMethod):
                 loss_d.backward()
                 opt_d.step()
             D.requires_grad_(False)
-            loss_g = -D(G(torch.rand(b, latent, generator=tg) * 2 - 1)).mean()
+            loss_g = -D(G(torch.rand(b, latent, generator=tg).to(real.device) * 2 - 1)).mean()
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()
@@ -113,7 +113,7 @@ class FAnoGANMethod(AnomalyMethod):
                           max_steps=max(1, cfg.max_steps - gan_steps))
         opt_e = torch.optim.Adam(E.parameters(), lr=ENC_LR, betas=ENC_BETAS)
         eloop = TrainLoop(cfg_enc, work / "encoder", {"E": E}, {"opt_e": opt_e}, desc="fanogan encoder")
-        gen = batches(train.images, train.masks, b, np.random.default_rng([cfg.seed, 1, eloop.step]), cfg.augment)
+        gen = batches(train.images, train.masks, b, np.random.default_rng([cfg.seed, 1, eloop.step]), cfg.augment, cfg.device)
         E.train()
         for _ in eloop:
             x = net.to_internal(next(gen)[0])

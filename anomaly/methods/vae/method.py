@@ -65,7 +65,7 @@ class VAE(AnomalyMethod):
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         loop = TrainLoop(cfg, out_dir / "work", {"net": net}, {"opt": opt}, desc="vae")
         rng = np.random.default_rng(cfg.seed + loop.step)
-        gen = batches(train.images, train.masks, cfg.batch_size, rng, cfg.augment)
+        gen = batches(train.images, train.masks, cfg.batch_size, rng, cfg.augment, cfg.device)
         # the reparameterisation noise: seeded per (seed, start step) so runs and resumes are reproducible
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + loop.step)
         net.train()
@@ -74,7 +74,7 @@ class VAE(AnomalyMethod):
             mf = m.float()
             mu, logvar = net.encode_forward(x)
             std = torch.exp(0.5 * logvar)
-            z = mu + torch.randn(std.shape, generator=g) * std
+            z = mu + torch.randn(std.shape, generator=g).to(std.device) * std
             rec = net.decode_forward(z, use_sigmoid=False)
             recon = F.l1_loss(rec * mf, x * mf) + 0.1 * F.mse_loss(rec * mf, x * mf)
             kl = kl_divergence(mu, logvar).mean()
