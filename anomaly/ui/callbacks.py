@@ -77,6 +77,7 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
                 return k, a
     a = analyse(scan, methods, plane=plane, seed=seed, progress=progress)
     a._memo = memo
+    a.source_paths = paths  # for exports that must reference the source files (DICOM SEG)
     return _put(a), a
 
 
@@ -85,6 +86,7 @@ def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]
     if a.plane == plane:
         return key, a
     b = analyse(a.scan, list(a.results), plane=plane, progress=progress)
+    b.source_paths = getattr(a, "source_paths", None)
     return _put(b), b
 
 
