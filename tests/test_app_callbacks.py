@@ -128,6 +128,8 @@ def test_preview_scores_one_slice_with_the_same_numbers_as_the_full_analysis(met
 def test_upload_callback_shows_a_preview_then_the_whole_volume(methods_root, lesion_volume):
     from anomaly.ui.app import on_upload
 
+    with cb._LOCK:  # earlier tests analysed this volume: start from an empty cache
+        cb._CACHE.clear()
     outs = list(on_upload([str(lesion_volume)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
                           progress=lambda *a, **k: None))
     assert len(outs) == 2  # preview, then the full volume
