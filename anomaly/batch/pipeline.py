@@ -121,7 +121,7 @@ def run_batch(items: list[dict], methods: list[str], out: Path | str, *, address
                 ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / studies_per_part)))
                 ds = ds.map_batches(StudyScorer, fn_constructor_kwargs=kwargs, batch_size=studies_per_part,
                                     batch_format="pandas", compute=ActorPoolStrategy(size=size), num_cpus=1)
-                ds.write_parquet(str(out), min_rows_per_file=None)
+                ds.write_parquet(str(out), ray_remote_args={"num_cpus": 0})  # writing is light: no CPU slot held
     finally:
         if started:
             ray.shutdown()
