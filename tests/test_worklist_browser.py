@@ -57,10 +57,11 @@ def test_worklist_row_opens_study(worklist_app, browser):  # noqa: F811
     page.goto(worklist_app, wait_until="load")
     page.get_by_role("tab", name="Worklist").click()
     page.get_by_role("button", name="Open results").click()
-    page.wait_for_selector("#worklist-table >> text=sk-", timeout=60_000)
+    cells = page.locator("#worklist-table").get_by_text("sk-").filter(visible=True)
+    cells.first.wait_for(timeout=60_000)
     assert "2 studies" in page.inner_text("body")
     page.screenshot(path=str(ARTIFACTS / "worklist.png"), full_page=True)
-    page.locator("#worklist-table >> text=sk-").first.click()
+    cells.first.click()
     page.wait_for_selector("text=percentile vs healthy", timeout=180_000)
     page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.src.includes('.png') && i.naturalWidth > 800)",
                            timeout=120_000)

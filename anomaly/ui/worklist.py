@@ -258,7 +258,7 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             selected = gr.Textbox(label="Selected study", interactive=False)
             thumb = gr.Image(label="Top slice (stored thumbnail)", type="numpy", interactive=False)
             open_study_btn = gr.Button("Open in review")
-    thumbs = gr.Gallery(label="Top slices of the first studies", columns=8, height="auto")
+    thumbs = gr.Gallery(label="Top slices of the first studies", columns=8, height=240, object_fit="contain")
 
     filters = [folder, method, min_pct, ood_only, status]
     open_btn.click(on_open_folder, [folder, method], [method, table, thumbs, info], api_name="worklist_open_folder")
