@@ -55,7 +55,7 @@ def test_open_folder_ranks_by_score(results):
     assert scores == sorted(scores, reverse=True) and len(scores) == 4
     assert table.iloc[-1]["result"].startswith("failed:")  # the corrupt file, last
     assert "source" not in table and not table.astype(str).apply(lambda c: c.str.contains("/")).any().any()
-    assert len(gallery) == 4 and gallery[0][0].shape == (96, 96, 3)
+    assert len(gallery) == 4 and gallery[0][0].shape == (64, 64, 3)  # the ranking method's own
     assert "5 studies" in info
     zt = wl.worklist_rows(wl.load_results(results), "zscore", review={})
     zs = zt["score"].dropna().tolist()
@@ -89,7 +89,8 @@ def test_thumbnail_and_open_study_at_top_slice(results):
     df = wl.load_results(results)
     row = df[(df["kind"] == "nifti") & (df["status"] == "ok")].iloc[0]
     key = row["study_key"]
-    assert wl.thumbnail(df, key, "ae").shape == (96, 96, 3)
+    assert wl.thumbnail(df, key, "ae").shape == (64, 64, 3)
+    assert wl.thumbnail(df, key).shape == (96, 96, 3)
     files = wl.open_study(str(results), key)
     k, a = cb.load_and_analyse(files, METHODS)
     assert a.study_key == key and a.most_anomalous_slice() == row["top_slice"]

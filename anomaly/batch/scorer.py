@@ -23,7 +23,8 @@ from anomaly.errors import AnomalyError
 from anomaly.keys import SALT_ENV, study_key
 from anomaly.io.loader import files_hash
 
-THUMB = 96  # thumbnail side (pixels)
+THUMB = 96  # study thumbnail side (pixels)
+METHOD_THUMB = 64  # per-method thumbnails: 9 methods x 10,000 studies stay a few hundred MB
 PER_METHOD = {
     "score": pa.float64(),  # volume score (max over scored slices)
     "percentile": pa.float64(),  # its percentile vs healthy validation slices (NaN if uncalibrated)
@@ -102,7 +103,7 @@ def _fill(row: dict, a) -> None:
                     col(m, "top_slice"): t, col(m, "top_score"): float(r.scores[t]),
                     col(m, "curve"): [float(x) for x in r.scores], col(m, "pct_curve"): [float(x) for x in pct],
                     col(m, "checkpoint_hash"): r.checkpoint_hash, col(m, "ms_per_slice"): float(r.ms_per_slice),
-                    col(m, "thumbnail"): thumbnail_png(a, t, _cal_slice(a, m, t))})
+                    col(m, "thumbnail"): thumbnail_png(a, t, _cal_slice(a, m, t), METHOD_THUMB)})
         maps.append(_cal_slice(a, m, top))
     row["thumbnail"] = thumbnail_png(a, top, np.max(maps, axis=0) if maps else np.zeros_like(a.display_u8(top), float))
 
