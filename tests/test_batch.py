@@ -35,6 +35,7 @@ def make_cohort(out: Path, n_volumes: int = 1, n_slices: int = 12, extras: bool 
         shutil.copytree(ROOT / "assets" / "dicom" / "brain_pd_series", out / "dicom" / "series1")
         (out / "broken.nii.gz").write_bytes(b"\x1f\x8b" + bytes(range(256)) * 8)
         (out / "notes.txt").write_text("not a study")
+        (out / "LICENSE").write_text("plain text without a suffix: not a study either")
     return out
 
 
@@ -150,3 +151,15 @@ def test_local_ray_run_parity_and_resume(ray_local, cohort, items, tiny_checkpoi
     s2 = run_batch(items, METHODS, out, workers=1, checkpoint_root=tiny_checkpoints, progress=False)
     assert (s2.ok, s2.failed, s2.skipped) == (0, 0, len(items))
     assert sorted(out.glob("*.parquet")) == parts
+
+
+def test_cli_reports_a_bad_input_without_a_traceback(tmp_path, tiny_checkpoints, capsys):
+    from anomaly.batch.__main__ import main, resolve
+
+    assert main(["--input", str(tmp_path / "missing"), "--out", str(tmp_path / "out"),
+                 "--checkpoints", str(tiny_checkpoints)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert set(resolve("all", tiny_checkpoints)) == set(METHODS)
+    if (ROOT / "checkpoints" / "anoddpm" / "card.json").exists():  # on-demand methods only when asked
+        assert "anoddpm" not in resolve("all", ROOT / "checkpoints")
+        assert "anoddpm" in resolve("all", ROOT / "checkpoints", include_on_demand=True)

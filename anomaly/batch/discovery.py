@@ -31,8 +31,11 @@ def item_files(it: dict) -> list[Path]:
 
 
 def _looks_like_image(path: Path) -> bool:
+    """Named like an image, or without a suffix (as DICOM files often are) and not plain text."""
+    from anomaly.io.loader import _looks_like_text
+
     low = path.name.lower()
-    return low.endswith(IMAGE_SUFFIXES) or "." not in low
+    return low.endswith(IMAGE_SUFFIXES) or ("." not in low and not _looks_like_text(path))
 
 
 def _dicom_groups(folder: Path, files: list[Path]) -> list[dict]:
