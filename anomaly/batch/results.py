@@ -20,10 +20,10 @@ def part_files(out: Path | str) -> list[Path]:
     return sorted(p for p in out.glob("*.parquet") if p.is_file()) if out.is_dir() else []
 
 
-def read_part(path: Path) -> pd.DataFrame | None:
+def read_part(path: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
     """One part as a DataFrame, None if it is unreadable (truncated by a kill)."""
     try:
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(path, columns=columns).to_pandas()
     except Exception:  # noqa: BLE001 - a partial file from a killed run
         log.warning("skipping unreadable results part %s", path.name)
         return None
