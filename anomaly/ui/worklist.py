@@ -9,6 +9,7 @@ and file names may hold patient names).
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import threading
@@ -271,20 +272,20 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
     outs = [*review_outputs, *([tabs] if tabs is not None else [])]
 
     def _open(folder_v, key, *review_values, progress=gr.Progress()):
+        """Open a study; passes on every update of the review view's callback (a generator or not)."""
+        if not key:  # a click outside the data
+            yield tuple(gr.update() for _ in outs)
+            return
         try:
             files = open_study(folder_v, key)
         except AnomalyError as e:
             raise gr.Error(str(e)) from None
         res = open_view(files, None, *review_values, progress=progress)
-        return (*res, gr.update(selected=review_tab_id)) if tabs is not None else res
-
-    def _open_clicked(folder_v, key, *review_values, progress=gr.Progress()):
-        if not key:  # a click outside the data
-            return tuple(gr.update() for _ in outs)
-        return _open(folder_v, key, *review_values, progress=progress)
+        for step in (res if inspect.isgenerator(res) else [res]):
+            yield (*step, gr.update(selected=review_tab_id)) if tabs is not None else step
 
     sel = table.select(on_select, [folder, table, method], [selected, thumb], api_visibility="private")
-    sel.then(_open_clicked, [folder, selected, *review_inputs], outs, api_visibility="private")
+    sel.then(_open, [folder, selected, *review_inputs], outs, api_visibility="private")
     open_study_btn.click(_open, [folder, selected, *review_inputs], outs, api_name="worklist_open_study")
     gr.api(worklist_api, api_name="worklist")
     return {"folder": folder, "method": method, "table": table, "selected": selected, "thumb": thumb,
