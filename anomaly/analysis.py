@@ -34,6 +34,11 @@ class Analysis:
     ood: OODVerdict
     seconds: float
     _full_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    scored: np.ndarray | None = None  # slice indices scored so far (None: all; a preview scores a few)
+
+    @property
+    def partial(self) -> bool:
+        return self.scored is not None
 
     @property
     def n_slices(self) -> int:
@@ -142,11 +147,34 @@ class Analysis:
         return compose_grid(rows, cfg, plane, aspect=r / c if c else 1.0, scale_note=note)
 
 
+def _embed(r: MethodResult, idx: np.ndarray, n: int) -> MethodResult:
+    """A result on the slices ``idx`` placed in an ``n``-slice result (others unscored: valid False)."""
+    def full(a):
+        if a is None:
+            return None
+        out = np.zeros((n, *a.shape[1:]), a.dtype)
+        out[idx] = a
+        return out
+
+    valid = np.zeros(n, bool)
+    valid[idx] = r.valid
+    return MethodResult(r.method, full(r.pseudo_healthy), full(r.anomaly_map), full(np.asarray(r.scores, np.float64)),
+                        valid, r.ms_per_slice, r.checkpoint_hash, r.calibration,
+                        {k: full(v) for k, v in r.extra_maps.items()})
+
+
 def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0, checkpoint_root=None,
-            progress=None) -> Analysis:
-    """Run ``methods`` over every slice of ``scan`` in ``plane`` through the one scoring path."""
+            progress=None, only=None) -> Analysis:
+    """Run ``methods`` over every slice of ``scan`` in ``plane`` through the one scoring path.
+
+    With ``only`` (slice indices) just those slices are scored, the rest stay unscored
+    (``valid`` False): the app's first view of a volume, shown while the rest is scored.
+    """
     t0 = time.perf_counter()
-    prepared = preprocess_scan(scan, plane)
+    prepared_all = preprocess_scan(scan, plane)
+    n_all = len(prepared_all)
+    idx = None if only is None else np.unique(np.clip(np.asarray(only, int), 0, n_all - 1))
+    prepared = prepared_all if idx is None else prepared_all.subset(idx)
     results = {}
     # members of a consensus first, so that the consensus reuses their results
     order = sorted(methods, key=lambda n: n == "consensus")
@@ -162,6 +190,10 @@ def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0,
         else:
             results[name] = run_method(m, prepared, seed=seed)
     results = {n: results[n] for n in methods}
+    if idx is not None:
+        results = {n: _embed(r, idx, n_all) for n, r in results.items()}
+        prepared = prepared_all
     key = study_key(scan.study_uid or scan.content_hash or str(hash(scan.voxels.tobytes())))
-    v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, prepared.valid)
-    return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0)
+    scored_valid = prepared.valid if idx is None else np.isin(np.arange(n_all), idx) & prepared.valid
+    v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, scored_valid)
+    return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0, scored=idx)

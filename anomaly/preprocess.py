@@ -46,6 +46,12 @@ class PreparedSlices:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, idx) -> "PreparedSlices":
+        """The slices ``idx`` (same geometry)."""
+        idx = np.asarray(idx, int)
+        return PreparedSlices(self.images[idx], self.masks[idx], self.boxes[idx], self.original_shape,
+                              self.original_masks[idx], self.valid[idx])
+
     def to_model(self, arrays: np.ndarray, threshold: float | None = 0.5) -> np.ndarray:
         """Original-grid arrays (N, H, W) (e.g. lesion masks) -> model space (N, S, S).
 

@@ -108,3 +108,36 @@ def test_bad_inputs_give_typed_errors(methods_root, tmp_path):
         cb.load_and_analyse(str(empty), ["zscore"])
     with pytest.raises(AnomalyError):
         cb.render_view("no-such-key", 0)
+
+
+def test_preview_scores_one_slice_with_the_same_numbers_as_the_full_analysis(methods_root, lesion_volume):
+    loaded = cb.load_upload([str(lesion_volume)])
+    mid = cb.preview_slice(loaded[0], "axial")
+    kp, p = cb.load_and_analyse(None, ["zscore", "ae"], "axial", loaded=loaded, only=[mid])
+    kf, f = cb.load_and_analyse(None, ["zscore", "ae"], "axial", loaded=loaded)
+    assert p.partial and not f.partial and p.n_slices == f.n_slices
+    for m in ("zscore", "ae"):
+        assert p.results[m].valid.sum() == 1 and p.results[m].valid[mid]
+        assert p.results[m].scores[mid] == pytest.approx(f.results[m].scores[mid], rel=1e-5)
+        assert np.allclose(p.results[m].anomaly_map[mid], f.results[m].anomaly_map[mid], atol=1e-6)
+    grid, table, _ = cb.render_view(kp, mid, "auto", 0.5, 1.0, "both", None)
+    assert isinstance(grid, Image.Image) and [r["method"] for r in table] == ["zscore", "ae"]
+    assert cb.cached_analysis(loaded[0], ["zscore", "ae"], "axial") == (kf, f)
+
+
+def test_upload_callback_shows_a_preview_then_the_whole_volume(methods_root, lesion_volume):
+    from anomaly.ui.app import on_upload
+
+    outs = list(on_upload([str(lesion_volume)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                          progress=lambda *a, **k: None))
+    assert len(outs) == 2  # preview, then the full volume
+    first, last = outs
+    assert first[1]["value"] == 55 // 2 and first[1]["interactive"] is False
+    assert "scored first" in first[2]["value"]
+    assert last[1]["interactive"] is True and last[1]["value"] == cb.get_analysis(last[0]).most_anomalous_slice()
+    with pytest.raises(AnomalyError):
+        cb.get_analysis(first[0])  # the preview was dropped once the full analysis was cached
+    # the same scan again: served from the cache, no preview
+    again = list(on_upload([str(lesion_volume)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                           progress=lambda *a, **k: None))
+    assert len(again) == 1 and again[0][0] == last[0]

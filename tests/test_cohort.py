@@ -184,3 +184,19 @@ def test_volumes_have_3d_lesions(builds):
             assert not (a / "masks" / r["file"]).exists()
     samples = list(iter_samples(a))
     assert sum(s.label == 1 for s in samples) > 1
+
+
+def test_level_matched_normals_sit_at_the_lesion_levels():
+    import numpy as np
+
+    from anomaly.data.cohort import _level_matched
+
+    rng = np.random.default_rng(0)
+    free = [z for z in range(10, 100) if not 40 <= z <= 60]  # the lesion's extent + guard band is taken
+    picks = _level_matched(free, 6, rng, [45, 50, 55], (10, 99))
+    assert len(picks) == 6 and len(set(picks)) == 6 and set(picks) <= set(free)
+    assert all(35 <= z <= 65 for z in picks)  # the nearest free levels, above and below the lesion
+    # a healthy subject: the level prior keeps the draws away from the extremes
+    draws = [z for s in range(20) for z in _level_matched(list(range(10, 100)), 5, np.random.default_rng(s), [], (10, 99))]
+    assert 40 <= np.mean(draws) <= 70 and np.mean([z < 20 or z > 90 for z in draws]) < 0.1
+    assert _level_matched([], 3, rng, [50], (10, 99)) == [] and _level_matched(free, 0, rng, [50], None) == []

@@ -5,6 +5,7 @@
     export-json --out FILE [--study KEY]       flags with masks (re-importable)
     import-json FILE                           import, skipping flags whose id is already stored
     export-nifti STUDY_KEY --out FILE.nii.gz   a study's flagged regions as a NIfTI label map
+    export-seg STUDY_KEY --dicom DIR --out FILE.dcm   confirmed findings as DICOM SEG on the source series
     fp-rates --out FILE                        per-method false positives per reviewed scan
     add-user NAME [--users-file F]             reads the password from stdin (prompted on a terminal)
     check                                      schema version, integrity check and counts
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--binary", action="store_true", help="1 for every region instead of label codes")
     s.add_argument("--lesions-only", action="store_true", help="only confirmed findings and missed lesions")
+    s = sub.add_parser("export-seg", parents=[common], help="a study's confirmed findings as DICOM SEG")
+    s.add_argument("study")
+    s.add_argument("--dicom", type=Path, required=True, help="folder of the study's source DICOM series")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--with-missed", action="store_true", help="also the missed lesions (a segment each)")
     s = sub.add_parser("fp-rates", parents=[common], help="per-method false positives per reviewed scan (CSV)")
     s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("add-user", parents=[common], help="add an annotator (password from stdin)")
@@ -96,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export-nifti":
             labels = ex.LESION_LABELS if args.lesions_only else ex.LABELS
             print(ex.export_nifti(store, args.study, args.out, labels, args.binary))
+        elif args.cmd == "export-seg":
+            src = sorted(p for p in args.dicom.rglob("*") if p.is_file()) if args.dicom.is_dir() else [args.dicom]
+            labels = ex.LESION_LABELS if args.with_missed else ("confirmed_finding",)
+            print(ex.export_dicom_seg(store, args.study, src, args.out, labels))
         elif args.cmd == "fp-rates":
             print(ex.export_fp_rates(store, args.out))
         elif args.cmd == "check":

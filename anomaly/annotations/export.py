@@ -298,12 +298,12 @@ def fp_summary(store: Store, study_key: str | None = None) -> list[dict]:
 # ----------------------------------------------------------------------------- DICOM SEG
 
 
-def export_dicom_seg(*args, **kwargs):  # pragma: no cover - documented as not available
-    """DICOM SEG of confirmed findings (``highdicom``) is not implemented: the scan keeps no link to
-    its source DICOM files, which a SEG must reference. Use ``export_nifti`` instead."""
-    raise AnnotationError("DICOM SEG export is not available in this version: use the NIfTI export "
-                          "(python -m anomaly.annotations export-nifti STUDY_KEY --out FILE.nii.gz)")
+def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=("confirmed_finding",)) -> Path:
+    """A study's confirmed findings as DICOM SEG on its source series: see ``anomaly.annotations.seg``."""
+    from anomaly.annotations.seg import export_dicom_seg as _export
+
+    return _export(store, study_key, dicom_files, path, labels)
 
 
 __all__ = ["export_csv", "export_json", "export_json_dict", "import_json", "export_nifti", "volume_mask",
-           "export_dataset", "fp_rates", "export_fp_rates", "fp_summary", "flag_row", "LABEL_CODES", "decode_mask"]
+           "export_dataset", "export_dicom_seg", "fp_rates", "export_fp_rates", "fp_summary", "flag_row", "LABEL_CODES", "decode_mask"]

@@ -8,6 +8,7 @@ the analysis with ``get_analysis(key)``. Nothing here reads or returns a patient
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -328,6 +329,20 @@ def queue_step(current: str | None, step: int, method: str | None = None, status
 
 
 # ----------------------------------------------------------------------------- summaries
+
+
+def export_seg(key, out_dir=None) -> Path:
+    """The loaded DICOM scan's confirmed findings as a DICOM SEG file (``anomaly.annotations.seg``)."""
+    import tempfile
+
+    from anomaly.annotations.seg import export_dicom_seg
+
+    a = _analysis(key)
+    paths = getattr(a, "source_paths", None)
+    if a.scan.source != "dicom" or not paths:
+        raise AnnotationError("DICOM SEG export needs a scan loaded from DICOM files (use the NIfTI export otherwise)")
+    out = Path(out_dir or tempfile.mkdtemp(prefix="anomaly-seg-")) / f"{a.study_key}_seg.dcm"
+    return export_dicom_seg(get_store(), a.study_key, paths, out)
 
 
 def fp_summary(study_key: str | None = None) -> list[dict]:

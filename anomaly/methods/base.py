@@ -86,6 +86,35 @@ _LOCK = threading.Lock()
 _DISCOVERED = False
 
 
+class ReconstructionMethod(AnomalyMethod):
+    """A method whose network maps an image to its pseudo-healthy reconstruction (AE, DAE, ...).
+
+    Subclasses set ``default_arch`` and ``build_net(arch) -> nn.Module`` (a staticmethod);
+    the residual is ``|x - net(x)|`` and the pseudo-healthy image ``net(x)`` inside the brain.
+    """
+
+    default_arch: dict = {}
+
+    @staticmethod
+    def build_net(arch: dict):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self) -> None:
+        from anomaly.checkpoints import load_weights
+
+        self.net = type(self).build_net(self.card.get("architecture", self.default_arch))
+        self.net.load_state_dict(load_weights(self.checkpoint_dir))
+        self.net.eval()
+
+    def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
+        import torch
+
+        x = np.ascontiguousarray(images, np.float32)
+        with torch.no_grad():
+            rec = self.net(torch.from_numpy(x)[:, None])[:, 0].numpy() * np.asarray(masks, np.float32)
+        return MethodOutput(pseudo_healthy=rec, residual=np.abs(x - rec))
+
+
 def register(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
     """Class decorator: add a method to the registry under its lower-case ``name``."""
     if not cls.name or cls.name != cls.name.lower():

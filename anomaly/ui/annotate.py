@@ -257,6 +257,14 @@ def on_summary(scope, case_key):
     return _df(rows, cols), svc.fp_figure(rows)
 
 
+def on_export_seg(key):
+    """API ``export_seg``: the loaded DICOM scan's confirmed findings as a DICOM SEG file."""
+    try:
+        return str(svc.export_seg(key))
+    except AnomalyError as e:
+        _err(e)
+
+
 def on_load(token, key, method_filter, status_filter, n_buttons: int):
     return _access_outputs(token, n_buttons) + [on_queue(method_filter, status_filter)]
 
@@ -341,6 +349,12 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
             fp_df = gr.Dataframe(label="False positives by reason", interactive=False)
             fp_plot = gr.Plot(label="False positives per method")
             summary_btn = gr.Button("Refresh summary")
+        with gr.Accordion("Export", open=False):
+            gr.Markdown("Confirmed findings of the loaded DICOM scan as a DICOM SEG on its source series "
+                        "(patient name and ID replaced by the study key). CSV/JSON/NIfTI exports: "
+                        "`python -m anomaly.annotations --help`.")
+            seg_btn = gr.Button("DICOM SEG of confirmed findings")
+            seg_file = gr.File(label="DICOM SEG", interactive=False)
 
     buttons = [add_btn, reviewed_btn, save_btn, remove_btn, undo_btn, status_btn]
     nb = len(buttons)
@@ -403,6 +417,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     next_btn.click(lambda k, m, s: on_step(k, m, s, 1), [case_key, qmethod, qstatus], [*case_out, queue_df],
                    api_name="next_case")
     summary_btn.click(on_summary, [scope, case_key], summary_out, api_name="fp_summary")
+    seg_btn.click(on_export_seg, [key_state], [seg_file], api_name="export_seg")
     scope.change(on_summary, [scope, case_key], summary_out, api_visibility="private")
 
 

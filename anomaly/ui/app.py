@@ -62,24 +62,39 @@ def _fail(e: Exception):
     raise gr.Error(str(e), duration=None) from None
 
 
+def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: str = ""):
+    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
+    banner_text = "\n\n".join(t for t in (note, "" if a.ood.in_distribution else a.ood.banner) if t)
+    banner = gr.update(value=banner_text, visible=bool(banner_text))
+    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
+            banner, cb.scan_summary(a), cb.score_curve_figure(a, idx), grid, _df(table),
+            _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
+
+
 def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, progress=gr.Progress()):
-    """Load + analyse, then render the most anomalous slice."""
+    """Load; show the middle slice's overlays first (a volume), score the whole volume, then jump to
+    its most anomalous slice (a generator: two updates for a volume, one for a 2D image)."""
     try:
-        key, a = cb.load_and_analyse(files, methods or None, plane, series or None,
+        loaded = cb.load_upload(files, series or None)
+        scan, preview_key = loaded[0], None
+        if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
+            mid = cb.preview_slice(scan, plane)
+            preview_key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
+                                                 only=[mid])
+            yield _view_outputs(preview_key, a, mid, preset, opacity, threshold, mode, methods,
+                                note=f"*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
+        key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                      progress=lambda p, desc="": progress(p, desc=desc))
+        cb.forget(preview_key)
     except MultipleSeriesError as e:
         choices = [(v, k) for k, v in e.series.items()]
         gr.Warning("This upload holds several series: choose one and press Analyse.")
-        return (None, gr.update(), gr.update(value=f"**{e}**", visible=True), "", None, None, None, None, None,
-                gr.update(choices=choices, visible=True, value=None))
+        yield (None, gr.update(), gr.update(value=f"**{e}**", visible=True), "", None, None, None, None, None,
+               gr.update(choices=choices, visible=True, value=None))
+        return
     except AnomalyError as e:
         _fail(e)
-    idx = a.most_anomalous_slice()
-    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
-    banner = gr.update(value=a.ood.banner, visible=not a.ood.in_distribution)
-    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1),
-            banner, cb.scan_summary(a), cb.score_curve_figure(a, idx), grid, _df(table),
-            _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
+    yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods)
 
 
 def on_view(key, index, preset, opacity, threshold, mode, methods):

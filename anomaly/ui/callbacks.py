@@ -17,6 +17,7 @@ from anomaly.analysis import Analysis, analyse
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig
+from anomaly.scan import plane_size
 
 MAX_CACHED = 6
 _CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
@@ -30,6 +31,12 @@ def _put(a: Analysis) -> str:
         while len(_CACHE) > MAX_CACHED:
             _CACHE.popitem(last=False)
     return key
+
+
+def forget(key: str | None) -> None:
+    """Drop a cached analysis (a preview, once the full one is cached)."""
+    with _LOCK:
+        _CACHE.pop(key or "", None)
 
 
 def get_analysis(key: str | None) -> Analysis:
@@ -59,24 +66,52 @@ def _paths(files) -> list[Path]:
     return out
 
 
-def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axial", series_uid: str | None = None,
-                     seed: int = 0, progress=None) -> tuple[str, Analysis]:
-    """Load a scan (one or several files, a folder, a zip) and analyse it; returns (key, analysis)."""
+def load_upload(files, series_uid: str | None = None):
+    """(scan, paths) of an upload: one or several files, a folder or a zip (typed errors)."""
     from anomaly.io import load_scan
 
     paths = _paths(files)
-    scan = load_scan(paths if len(paths) > 1 else paths[0], series_uid=series_uid or None)
-    methods = [m for m in (methods or default_methods())]
-    if not methods:
-        raise AnomalyError("no trained method available: train one with `python -m anomaly.train ae --data DIR`")
-    memo = (scan.content_hash, tuple(methods), plane, seed, series_uid or "")
-    with _LOCK:  # the same file again (e.g. a clicked example): reuse its analysis, lazily cached
+    return load_scan(paths if len(paths) > 1 else paths[0], series_uid=series_uid or None), paths
+
+
+def preview_slice(scan, plane: str = "axial") -> int:
+    """The slice a volume's first view shows: the middle one."""
+    return plane_size(scan, plane) // 2
+
+
+def cached_analysis(scan, methods: list[str] | None, plane: str = "axial", series_uid: str | None = None,
+                    seed: int = 0) -> tuple[str, Analysis] | None:
+    """The full analysis of the same scan content, methods and plane if one is cached (e.g. a clicked example)."""
+    memo = (scan.content_hash, tuple(methods or default_methods()), plane, seed, series_uid or "")
+    with _LOCK:
         for k, a in _CACHE.items():
             if getattr(a, "_memo", None) == memo and scan.content_hash:
                 _CACHE.move_to_end(k)
                 return k, a
+    return None
+
+
+def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axial", series_uid: str | None = None,
+                     seed: int = 0, progress=None, loaded=None, only=None) -> tuple[str, Analysis]:
+    """Load a scan (one or several files, a folder, a zip) and analyse it; returns (key, analysis).
+
+    ``loaded`` = (scan, paths) from ``load_upload`` skips loading; ``only`` scores just those
+    slices (a preview, not cached for reuse)."""
+    scan, paths = loaded if loaded is not None else load_upload(files, series_uid)
+    methods = [m for m in (methods or default_methods())]
+    if not methods:
+        raise AnomalyError("no trained method available: train one with `python -m anomaly.train ae --data DIR`")
+    if only is not None:
+        a = analyse(scan, methods, plane=plane, seed=seed, progress=progress, only=only)
+        a.source_paths = paths
+        return _put(a), a
+    hit = cached_analysis(scan, methods, plane, series_uid, seed)
+    if hit is not None:
+        return hit
+    memo = (scan.content_hash, tuple(methods), plane, seed, series_uid or "")
     a = analyse(scan, methods, plane=plane, seed=seed, progress=progress)
     a._memo = memo
+    a.source_paths = paths  # for exports that must reference the source files (DICOM SEG)
     return _put(a), a
 
 
@@ -85,6 +120,7 @@ def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]
     if a.plane == plane:
         return key, a
     b = analyse(a.scan, list(a.results), plane=plane, progress=progress)
+    b.source_paths = getattr(a, "source_paths", None)
     return _put(b), b
 
 
@@ -120,7 +156,7 @@ def score_curve_figure(a: Analysis, index: int | None = None):
     for name, r in a.results.items():
         y = r.percentiles if r.calibration else r.scores / max(r.scores.max(), 1e-8) * 100
         y = np.where(r.valid, y, np.nan)
-        ax.plot(xs, y, label=name, lw=1.4)
+        ax.plot(xs, y, label=name, lw=1.4, marker="o" if a.partial else None, ms=4)
     ax.axhline(95, color="grey", lw=0.8, ls="--")
     if index is not None:
         ax.axvline(index, color="red", lw=1)

@@ -7,28 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from anomaly.methods.ae.model import DEFAULT_ARCH, build_autoencoder
-from anomaly.methods.base import AnomalyMethod, MethodOutput, register
+from anomaly.methods.base import ReconstructionMethod, register
 
 
 @register
-class ConvAE(AnomalyMethod):
+class ConvAE(ReconstructionMethod):
     name = "ae"
     title = "Convolutional autoencoder"
     paper = "Baur et al., Autoencoders for unsupervised anomaly segmentation in brain MR images: a comparative study, MedIA 2021"
     citation = "Baur C, Denner S, Wiestler B, Navab N, Albarqouni S. Autoencoders for unsupervised anomaly segmentation in brain MR images: A comparative study. Medical Image Analysis 69 (2021) 101952."
 
-    def load(self) -> None:
-        from anomaly.checkpoints import load_weights
-
-        self.net = build_autoencoder(self.card.get("architecture", DEFAULT_ARCH))
-        self.net.load_state_dict(load_weights(self.checkpoint_dir))
-        self.net.eval()
-
-    @torch.no_grad()
-    def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
-        rec = self.net(x)[:, 0].numpy() * np.asarray(masks, np.float32)
-        return MethodOutput(pseudo_healthy=rec, residual=np.abs(images - rec))
+    default_arch = DEFAULT_ARCH
+    build_net = staticmethod(build_autoencoder)
 
     @classmethod
     def fit(cls, train, val, out_dir, cfg):

@@ -18,9 +18,8 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from anomaly.methods.base import AnomalyMethod, MethodOutput, register
+from anomaly.methods.base import ReconstructionMethod, register
 from anomaly.methods.dae.model import DEFAULT_ARCH, build_unet
 from anomaly.methods.dae.noise import coarse_noise
 
@@ -46,7 +45,7 @@ def hparams() -> dict:
 
 
 @register
-class DenoisingAE(AnomalyMethod):
+class DenoisingAE(ReconstructionMethod):
     name = "dae"
     title = "Denoising autoencoder (coarse noise)"
     paper = "Kascenas et al., The role of noise in denoising models for anomaly detection in medical images, MedIA 2023"
@@ -54,18 +53,8 @@ class DenoisingAE(AnomalyMethod):
                 "Pugeault N, Tsaftaris SA, O'Neil AQ. The role of noise in denoising models for anomaly detection "
                 "in medical images. Medical Image Analysis 90 (2023) 102963.")
 
-    def load(self) -> None:
-        from anomaly.checkpoints import load_weights
-
-        self.net = build_unet(self.card.get("architecture", DEFAULT_ARCH))
-        self.net.load_state_dict(load_weights(self.checkpoint_dir))
-        self.net.eval()
-
-    @torch.no_grad()
-    def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
-        x = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
-        rec = self.net(x)[:, 0].numpy() * np.asarray(masks, np.float32)
-        return MethodOutput(pseudo_healthy=rec, residual=np.abs(np.asarray(images, np.float32) - rec))
+    default_arch = DEFAULT_ARCH
+    build_net = staticmethod(build_unet)
 
     @classmethod
     def fit(cls, train, val, out_dir, cfg):

@@ -1,0 +1,119 @@
+"""DICOM SEG export of confirmed findings on the real 20-file DICOM brain series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from anomaly.annotations.export import export_dicom_seg
+from anomaly.annotations.seg import display_to_stored
+from anomaly.annotations.store import AnnotationError, Store
+from anomaly.io import load_scan
+from anomaly.keys import study_key
+
+SERIES = Path(__file__).resolve().parents[1] / "assets" / "dicom" / "brain_pd_series"
+
+
+@pytest.fixture(scope="module")
+def series():
+    files = sorted(SERIES.glob("*.dcm"))
+    scan = load_scan(files)
+    return files, scan, study_key(scan.study_uid)
+
+
+def _box_mask(h, w, r0, r1, c0, c1):
+    m = np.zeros((h, w), bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+def test_display_to_stored_inverts_the_loader_transform():
+    a = np.arange(12).reshape(3, 4)
+    for t in ({}, {"flip_rows": True}, {"flip_cols": True}, {"transposed": True},
+              {"transposed": True, "flip_rows": True, "flip_cols": True}):
+        fwd = a.T if t.get("transposed") else a  # the loader's order: transpose, flip rows, flip cols
+        fwd = fwd[::-1] if t.get("flip_rows") else fwd
+        fwd = fwd[:, ::-1] if t.get("flip_cols") else fwd
+        assert np.array_equal(display_to_stored(fwd, t), a)
+
+
+def test_seg_references_the_source_and_puts_the_region_on_the_right_frame(tmp_path, series):
+    files, scan, key = series
+    s, h, w = scan.shape
+    store = Store(tmp_path / "a.sqlite")
+    z = s // 2
+    m = _box_mask(h, w, h // 3, h // 3 + 12, w // 4, w // 4 + 20)  # off-centre, asymmetric: catches flips
+    store.add_flag(study_key=key, plane="axial", slice_index=z, shape=(h, w), n_slices=s, method="dae",
+                   label="confirmed_finding", reviewer="alice", mask=m, checkpoint_hash="0123456789abcdef",
+                   threshold=1.0, series="brain")
+    store.add_flag(study_key=key, plane="axial", slice_index=z + 1, shape=(h, w), n_slices=s, method="ae",
+                   label="false_positive", reason="noise", reviewer="bob", mask=_box_mask(h, w, 5, 9, 5, 9))
+    out = export_dicom_seg(store, key, files, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(str(out))
+    assert seg.Modality == "SEG" and seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert str(seg.PatientName) == key and seg.PatientID == key  # no patient identity from the source
+    src = {str(pydicom.dcmread(str(f)).SOPInstanceUID): f for f in files}
+    assert seg.StudyInstanceUID == scan.study_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(str(files[0])).SeriesInstanceUID
+    # one segment (the false positive is not exported), with provenance
+    assert len(seg.SegmentSequence) == 1
+    algo = seg.SegmentSequence[0].SegmentAlgorithmName
+    assert algo == "dae"
+    assert "confirmed finding" in seg.SegmentSequence[0].SegmentLabel
+    # the one frame references the source image of display slice z, and its pixels are the box
+    assert int(seg.NumberOfFrames) == 1
+    fg = seg.PerFrameFunctionalGroupsSequence[0]
+    ref_uid = fg.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+    assert ref_uid == scan.meta["SOPInstanceUIDs"][z]
+    frame = seg.pixel_array.astype(bool)
+    expect = display_to_stored(m, scan.meta["display_transform"])
+    assert frame.shape == expect.shape and np.array_equal(frame, expect)
+    # re-loading the source image of that frame: the region lies inside its pixel grid
+    ds = pydicom.dcmread(str(src[ref_uid]))
+    assert (int(ds.Rows), int(ds.Columns)) == frame.shape
+
+
+def test_seg_refuses_other_study_and_empty(tmp_path, series):
+    files, scan, key = series
+    store = Store(tmp_path / "b.sqlite")
+    with pytest.raises(AnnotationError, match="no flags"):
+        export_dicom_seg(store, key, files, tmp_path / "x.dcm")
+    with pytest.raises(AnnotationError, match="not the study"):
+        export_dicom_seg(store, "sk-00000000000000000000", files, tmp_path / "x.dcm")
+    with pytest.raises(AnnotationError, match="no DICOM files"):
+        export_dicom_seg(store, key, [], tmp_path / "x.dcm")
+
+
+def test_cli_export_seg(tmp_path, series):
+    from anomaly.annotations.__main__ import main
+
+    files, scan, key = series
+    s, h, w = scan.shape
+    db = tmp_path / "c.sqlite"
+    Store(db).add_flag(study_key=key, plane="axial", slice_index=3, shape=(h, w), n_slices=s, method="zscore",
+                       label="confirmed_finding", reviewer="alice", mask=_box_mask(h, w, 10, 20, 10, 30))
+    out = tmp_path / "cli.dcm"
+    assert main(["export-seg", key, "--db", str(db), "--dicom", str(SERIES), "--out", str(out)]) == 0
+    assert pydicom.dcmread(str(out)).Modality == "SEG"
+
+
+def test_app_callback_exports_seg_of_the_loaded_dicom_scan(tmp_path, monkeypatch, series):
+    """The UI path: load the DICOM series through the app's callback, flag, export (no Gradio UI needed)."""
+    from anomaly.annotations import service as svc
+    from anomaly.ui import callbacks as cb
+    from anomaly.ui.annotate import on_export_seg
+
+    monkeypatch.setenv("ANOMALY_ANNOTATIONS_DB", str(tmp_path / "ui.sqlite"))
+    monkeypatch.setattr(svc, "_STORES", {})
+    files, scan, key = series
+    k, a = cb.load_and_analyse([str(f) for f in files], methods=["zscore"])
+    s, h, w = a.scan.shape
+    svc.get_store().add_flag(study_key=a.study_key, plane="axial", slice_index=2, shape=(h, w), n_slices=s,
+                             method="zscore", label="confirmed_finding", reviewer="alice",
+                             mask=_box_mask(h, w, 10, 20, 10, 30))
+    out = on_export_seg(k)
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "SEG" and str(ds.PatientName) == a.study_key
