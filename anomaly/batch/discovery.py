@@ -38,7 +38,7 @@ def _looks_like_image(path: Path) -> bool:
     return low.endswith(IMAGE_SUFFIXES) or ("." not in low and not _looks_like_text(path))
 
 
-def _dicom_groups(folder: Path, files: list[Path]) -> list[dict]:
+def dicom_groups(folder: Path, files: list[Path]) -> list[dict]:
     """One item per SeriesInstanceUID among the DICOM ``files`` of one folder (headers only)."""
     from anomaly.io import dicom as dcm
 
@@ -88,7 +88,7 @@ def discover_folder(root: Path) -> list[dict]:
             elif _looks_like_image(p):
                 items.append(item(p, [p], "unknown"))
         if dicom:
-            items.extend(_dicom_groups(folder_p, dicom))
+            items.extend(dicom_groups(folder_p, dicom))
     return sorted(items, key=lambda it: it["source"])
 
 

@@ -157,13 +157,13 @@ def gallery(df: pd.DataFrame, table: pd.DataFrame, method: str | None, n: int = 
 def study_files(df: pd.DataFrame, study_key: str) -> list[str]:
     """The files of a study, from its source path; a DICOM series is re-found among its folder's files
     by its SeriesInstanceUID grouping (exactly the files that were scored)."""
-    from anomaly.batch.discovery import _dicom_groups, item_files
+    from anomaly.batch.discovery import dicom_groups, item_files
 
     src = str(_row(df, study_key)["source"])
     folder = Path(src.rsplit("#series", 1)[0])
     if folder.is_dir():
         files = sorted(p for p in folder.iterdir() if p.is_file())
-        for it in _dicom_groups(folder, files):
+        for it in dicom_groups(folder, files):
             if it["source"] == src:
                 return [str(p) for p in item_files(it)]
         raise AnomalyError(f"study {study_key}: its DICOM series is no longer in its folder")
