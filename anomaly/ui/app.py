@@ -12,6 +12,7 @@ import pandas as pd
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.ui import callbacks as cb
 from anomaly.ui.annotate import annotation_panel
+from anomaly.ui.worklist import build_worklist
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
@@ -160,60 +161,64 @@ def build_app() -> gr.Blocks:
                     "reconstructions, residual maps and calibrated scores, method by method.")
         gr.Markdown(NOTICE)
         banner = gr.Markdown(visible=False, elem_classes=["banner"])
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                files = gr.File(label="Scan: DICOM file(s) or .zip, NIfTI, PNG/JPG/TIFF", file_count="multiple",
-                                type="filepath")
-                series = gr.Dropdown(label="Series", choices=[], visible=False)
-                analyse_btn = gr.Button("Analyse", variant="primary")
-                methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
-                plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
-                preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset")
-                opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
-                mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
-                if _examples():
-                    gr.Examples(_examples(), inputs=[files], label="Examples (synthetic lesions are marked 'synthetic')")
-            with gr.Column(scale=3):
-                summary = gr.Markdown()
-                slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
-                curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method")
-                grid = gr.Image(label="input | pseudo-healthy | residual map | overlay  (colours calibrated against healthy: 1.0 = threshold)",
-                                type="pil", format="png", interactive=False)
-                table = gr.Dataframe(label="Scores at this slice", interactive=False)
-                findings = gr.Dataframe(label="Findings: connected regions above threshold in 3D (click to jump)",
-                                        interactive=False)
-                with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
-                    od_choices = cb.on_demand_methods()
-                    od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,
-                                            label="Slow method (runs on this slice only, seeded)")
-                    od_btn = gr.Button("Run on this slice", interactive=bool(od_choices))
-                    od_grid = gr.Image(label="on-demand result (calibrated against healthy)", type="pil", format="png",
-                                       interactive=False)
-                    od_json = gr.JSON(label="score")
-                compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
-                with gr.Accordion("How to read this", open=False):
-                    gr.Markdown(HOW_TO_READ)
-                with gr.Accordion("Methods and citations", open=False):
-                    gr.Markdown(cb.citations_markdown())
+        with gr.Tabs(elem_id="main-tabs") as tabs:
+            with gr.Tab("Review", id="review"):
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=300):
+                        files = gr.File(label="Scan: DICOM file(s) or .zip, NIfTI, PNG/JPG/TIFF", file_count="multiple",
+                                        type="filepath")
+                        series = gr.Dropdown(label="Series", choices=[], visible=False)
+                        analyse_btn = gr.Button("Analyse", variant="primary")
+                        methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
+                        plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
+                        preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset")
+                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                        threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
+                        mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
+                        if _examples():
+                            gr.Examples(_examples(), inputs=[files], label="Examples (synthetic lesions are marked 'synthetic')")
+                    with gr.Column(scale=3):
+                        summary = gr.Markdown()
+                        slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
+                        curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method")
+                        grid = gr.Image(label="input | pseudo-healthy | residual map | overlay  (colours calibrated against healthy: 1.0 = threshold)",
+                                        type="pil", format="png", interactive=False)
+                        table = gr.Dataframe(label="Scores at this slice", interactive=False)
+                        findings = gr.Dataframe(label="Findings: connected regions above threshold in 3D (click to jump)",
+                                                interactive=False)
+                        with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
+                            od_choices = cb.on_demand_methods()
+                            od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,
+                                                    label="Slow method (runs on this slice only, seeded)")
+                            od_btn = gr.Button("Run on this slice", interactive=bool(od_choices))
+                            od_grid = gr.Image(label="on-demand result (calibrated against healthy)", type="pil", format="png",
+                                               interactive=False)
+                            od_json = gr.JSON(label="score")
+                        compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
+                        with gr.Accordion("How to read this", open=False):
+                            gr.Markdown(HOW_TO_READ)
+                        with gr.Accordion("Methods and citations", open=False):
+                            gr.Markdown(cb.citations_markdown())
 
-        view_inputs = [key, slider, preset, opacity, threshold, mode, methods]
-        upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
-        up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode]
-        analyse_btn.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
-        files.upload(on_upload, up_inputs, upload_outputs, api_visibility="private")
-        slider.release(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice")
-        for c in (preset, opacity, mode, methods):
-            c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
-        threshold.release(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
-        plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods],
-                     [key, slider, curve, grid, table, findings, compare], api_name="change_plane")
-        findings.select(on_finding, [findings], [slider], api_visibility="private").then(
-            on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
-        od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
-                     api_name="run_on_demand")
-        gr.api(analyze_api, api_name="analyze")
-        annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
+                view_inputs = [key, slider, preset, opacity, threshold, mode, methods]
+                upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
+                up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode]
+                analyse_btn.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
+                files.upload(on_upload, up_inputs, upload_outputs, api_visibility="private")
+                slider.release(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice")
+                for c in (preset, opacity, mode, methods):
+                    c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+                threshold.release(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
+                plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods],
+                             [key, slider, curve, grid, table, findings, compare], api_name="change_plane")
+                findings.select(on_finding, [findings], [slider], api_visibility="private").then(
+                    on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+                od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
+                             api_name="run_on_demand")
+                gr.api(analyze_api, api_name="analyze")
+                annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
+            with gr.Tab("Worklist", id="worklist"):
+                build_worklist(on_upload, up_inputs[2:], upload_outputs, tabs=tabs, review_tab_id="review")
     return demo
 
 

@@ -1,0 +1,292 @@
+"""The Worklist tab: a batch-results folder (``python -m anomaly.batch``) as a ranked list of studies.
+
+Plain functions (tested without the UI) read the results, rank and filter them and join the
+review status from the annotation store; ``build_worklist`` lays out the tab and wires its events.
+A row opens its study in the review view: the scan is loaded from its path, analysed by the app
+and shown at its most anomalous slice. The page shows study keys, never source paths (folder
+and file names may hold patient names).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from anomaly.errors import AnomalyError
+
+RESULTS_ENV = "ANOMALY_RESULTS"
+ANY = "(any)"
+STUDY = "(study: all methods)"
+GALLERY_SIZE = 24
+_CACHE: "OrderedDict[tuple, pd.DataFrame]" = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def default_results_dir() -> str:
+    return os.environ.get(RESULTS_ENV, "runs/batch")
+
+
+def load_results(folder: str | Path) -> pd.DataFrame:
+    """Every study of a results folder (cached until a part is added or changed)."""
+    from anomaly.batch.results import part_files, read_results
+
+    folder = Path(str(folder or "").strip() or default_results_dir())
+    parts = part_files(folder)
+    if not parts:
+        raise AnomalyError(f"no batch results in '{folder.name or folder}': run `python -m anomaly.batch "
+                           "--input COHORT --out FOLDER` first")
+    memo = (str(folder.resolve()), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in parts))
+    with _LOCK:
+        if memo in _CACHE:
+            _CACHE.move_to_end(memo)
+            return _CACHE[memo]
+    df = read_results(folder)
+    with _LOCK:
+        _CACHE[memo] = df
+        while len(_CACHE) > 4:
+            _CACHE.popitem(last=False)
+    return df
+
+
+def methods_of(df: pd.DataFrame) -> list[str]:
+    """Methods with scores in the results; ``consensus`` first when present."""
+    from anomaly.batch.results import result_methods
+
+    ms = result_methods(df)
+    return sorted(ms, key=lambda m: (m != "consensus", m))
+
+
+def review_info() -> dict[str, dict]:
+    """Study key -> review status and flag counts from the annotation store."""
+    from anomaly.annotations import service as svc
+
+    try:
+        cases = svc.get_store().list_cases()
+    except Exception:  # noqa: BLE001 - no store (read-only deployment without a database): no counts
+        return {}
+    return {c.study_key: {"status": c.status, "flags": c.n_flags, "false positives": c.n_false_positives}
+            for c in cases}
+
+
+def _num(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def worklist_rows(df: pd.DataFrame, method: str | None = None, min_percentile: float = 0.0, ood_only: bool = False,
+                  status: str = ANY, review: dict[str, dict] | None = None) -> pd.DataFrame:
+    """The ranked, filtered table: highest ``method`` volume score first, failed studies last."""
+    methods = methods_of(df)
+    method = method if method in methods else (methods[0] if methods else None)
+    review = review_info() if review is None else review
+    out = []
+    for _, r in df.iterrows():
+        rv = review.get(r["study_key"], {"status": "not started", "flags": 0, "false positives": 0})
+        ok = r["status"] == "ok"
+        score = _num(r.get(f"{method}__score")) if method and ok else float("nan")
+        pct = _num(r.get(f"{method}__percentile")) if method and ok else float("nan")
+        top = r.get(f"{method}__top_slice") if method and ok else None
+        out.append({
+            "study": r["study_key"],
+            "score": round(score, 5) if np.isfinite(score) else None,
+            "percentile": round(pct, 1) if np.isfinite(pct) else None,
+            "top slice": int(top) if top is not None and np.isfinite(_num(top)) else None,
+            "top-slice score": round(_num(r.get(f"{method}__top_score")), 5) if method and ok else None,
+            "OOD": ("yes: " + str(r.get("ood_reasons") or "")) if ok and bool(r.get("ood")) else ("no" if ok else ""),
+            "review": rv["status"], "flags": rv["flags"], "false positives": rv["false positives"],
+            "modality": r.get("modality") if ok else "",
+            "slices": int(r["n_slices"]) if ok and np.isfinite(_num(r.get("n_slices"))) else None,
+            "result": "ok" if ok else f"failed: {r.get('error_type')}: {r.get('error')}",
+            "_sort": score if np.isfinite(score) else -np.inf,
+        })
+    t = pd.DataFrame(out, columns=["study", "score", "percentile", "top slice", "top-slice score", "OOD", "review",
+                                   "flags", "false positives", "modality", "slices", "result", "_sort"])
+    if min_percentile and float(min_percentile) > 0:
+        t = t[t["percentile"].fillna(-1) >= float(min_percentile)]
+    if ood_only:
+        t = t[t["OOD"].str.startswith("yes")]
+    if status and status != ANY:
+        t = t[t["review"] == status]
+    t = t.sort_values(["_sort", "study"], ascending=[False, True], kind="stable").drop(columns="_sort")
+    t.insert(0, "rank", range(1, len(t) + 1))
+    return t.reset_index(drop=True)
+
+
+def _row(df: pd.DataFrame, study_key: str) -> pd.Series:
+    hit = df[df["study_key"] == study_key]
+    if not len(hit):
+        raise AnomalyError(f"study {study_key} is not in these results")
+    return hit.iloc[-1]
+
+
+def thumbnail(df: pd.DataFrame, study_key: str, method: str | None = None) -> np.ndarray | None:
+    """The stored top-slice thumbnail (RGB) of a study: the method's own, else the study's."""
+    from PIL import Image
+
+    r = _row(df, study_key)
+    data = r.get(f"{method}__thumbnail") if method else None
+    if data is None or (isinstance(data, float) and np.isnan(data)):
+        data = r.get("thumbnail")
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        return None
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def gallery(df: pd.DataFrame, table: pd.DataFrame, method: str | None, n: int = GALLERY_SIZE) -> list[tuple]:
+    """(thumbnail, caption) of the first ``n`` studies of the table."""
+    items = []
+    for _, t in table.head(n).iterrows():
+        img = thumbnail(df, t["study"], method)
+        if img is not None:
+            pct = "" if t["percentile"] is None or pd.isna(t["percentile"]) else f", {t['percentile']:.0f}th pct"
+            items.append((img, f"{t['rank']}. {t['study']}{pct}"))
+    return items
+
+
+def study_files(df: pd.DataFrame, study_key: str) -> list[str]:
+    """The files of a study, from its source path; a DICOM series is re-found among its folder's files
+    by its SeriesInstanceUID grouping (exactly the files that were scored)."""
+    from anomaly.batch.discovery import dicom_groups, item_files
+
+    src = str(_row(df, study_key)["source"])
+    folder = Path(src.rsplit("#series", 1)[0])
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        for it in dicom_groups(folder, files):
+            if it["source"] == src:
+                return [str(p) for p in item_files(it)]
+        raise AnomalyError(f"study {study_key}: its DICOM series is no longer in its folder")
+    if not folder.exists():
+        raise AnomalyError(f"study {study_key}: its scan is no longer where it was scored")
+    return [str(folder)]
+
+
+def summary(df: pd.DataFrame, table: pd.DataFrame, method: str | None) -> str:
+    n_ok = int((df["status"] == "ok").sum())
+    return (f"**{len(df)} studies** in the results ({n_ok} scored, {len(df) - n_ok} failed); "
+            f"{len(table)} shown, ranked by **{method or 'n/a'}** volume score (percentile vs healthy). "
+            "Click a row to open the study in the Review tab at its most anomalous slice.")
+
+
+# ----------------------------------------------------------------------------- gradio
+
+
+def on_open_folder(folder, method):
+    """Load a results folder: method choices, table, gallery, summary."""
+    try:
+        df = load_results(folder)
+    except AnomalyError as e:
+        raise gr.Error(str(e)) from None
+    ms = methods_of(df)
+    method = method if method in ms else (ms[0] if ms else None)
+    table = worklist_rows(df, method)
+    return (gr.update(choices=ms, value=method), table, gallery(df, table, method), summary(df, table, method))
+
+
+def on_filter(folder, method, min_percentile, ood_only, status):
+    try:
+        df = load_results(folder)
+    except AnomalyError as e:
+        raise gr.Error(str(e)) from None
+    table = worklist_rows(df, method, min_percentile or 0, bool(ood_only), status or ANY)
+    return table, gallery(df, table, method), summary(df, table, method)
+
+
+def on_select(folder, table: pd.DataFrame, method, evt: gr.SelectData):
+    """A clicked row: its study key and stored thumbnail."""
+    try:
+        if getattr(evt, "row_value", None):
+            key = str(evt.row_value[list(table.columns).index("study")])
+        else:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
+            key = str(table.iloc[row]["study"])
+        return key, thumbnail(load_results(folder), key, method)
+    except Exception:  # noqa: BLE001 - a click outside the data
+        return None, None
+
+
+def worklist_api(folder: str, method: str = "", min_percentile: float = 0.0, ood_only: bool = False,
+                 status: str = ANY) -> str:
+    """API: the ranked, filtered worklist of a results folder as JSON rows."""
+    try:
+        rows = worklist_rows(load_results(folder), method or None, min_percentile, ood_only, status)
+    except AnomalyError as e:
+        raise gr.Error(str(e)) from None
+    return rows.to_json(orient="records")
+
+
+def open_study(folder, study_key: str) -> list[str]:
+    """The files to load for ``study_key`` (for the review view's loader)."""
+    if not study_key:
+        raise AnomalyError("pick a study in the worklist first")
+    return study_files(load_results(folder), study_key)
+
+
+def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=None, review_tab_id: str = "review"):
+    """Lay out the Worklist tab in the current Blocks context and wire its events.
+
+    ``open_view(files, series, *review_inputs)`` is the review view's upload callback (it returns
+    ``review_outputs``); ``tabs`` (a ``gr.Tabs``) is switched to ``review_tab_id`` after opening."""
+    from anomaly.annotations.store import STATUSES
+
+    gr.Markdown("Studies scored by `python -m anomaly.batch`, ranked by volume score. Thumbnails are the "
+                "stored top slices (no rescoring); opening a study analyses it in the Review tab.")
+    with gr.Row():
+        folder = gr.Textbox(default_results_dir(), label="Results folder", scale=4)
+        open_btn = gr.Button("Open results", variant="primary", scale=1)
+    with gr.Row():
+        method = gr.Dropdown([], label="Rank by method", allow_custom_value=True)
+        min_pct = gr.Slider(0, 100, value=0, step=1, label="Minimum percentile vs healthy")
+        ood_only = gr.Checkbox(False, label="Out-of-distribution only")
+        status = gr.Dropdown([ANY, *STATUSES], value=ANY, label="Review status")
+    info = gr.Markdown()
+    with gr.Row():
+        with gr.Column(scale=3):
+            table = gr.Dataframe(label="Worklist (click a row to open the study)", interactive=False,
+                                 elem_id="worklist-table")
+        with gr.Column(scale=1, min_width=220):
+            selected = gr.Textbox(label="Selected study", interactive=False)
+            thumb = gr.Image(label="Top slice (stored thumbnail)", type="numpy", interactive=False)
+            open_study_btn = gr.Button("Open in review")
+    thumbs = gr.Gallery(label="Top slices of the first studies", columns=8, height=240, object_fit="contain")
+
+    filters = [folder, method, min_pct, ood_only, status]
+    open_btn.click(on_open_folder, [folder, method], [method, table, thumbs, info], api_name="worklist_open_folder")
+    folder.submit(on_open_folder, [folder, method], [method, table, thumbs, info], api_visibility="private")
+    flt = [method, min_pct, ood_only, status]
+    for c in flt:
+        (c.release if c is min_pct else c.change)(on_filter, filters, [table, thumbs, info],
+                                                   api_visibility="private")
+
+    outs = [*review_outputs, *([tabs] if tabs is not None else [])]
+
+    def _open(folder_v, key, *review_values, progress=gr.Progress()):
+        """Open a study; passes on every update of the review view's callback (a generator or not)."""
+        if not key:  # a click outside the data
+            yield tuple(gr.update() for _ in outs)
+            return
+        try:
+            files = open_study(folder_v, key)
+        except AnomalyError as e:
+            raise gr.Error(str(e)) from None
+        res = open_view(files, None, *review_values, progress=progress)
+        for step in (res if inspect.isgenerator(res) else [res]):
+            yield (*step, gr.update(selected=review_tab_id)) if tabs is not None else step
+
+    sel = table.select(on_select, [folder, table, method], [selected, thumb], api_visibility="private")
+    sel.then(_open, [folder, selected, *review_inputs], outs, api_visibility="private")
+    open_study_btn.click(_open, [folder, selected, *review_inputs], outs, api_name="worklist_open_study")
+    gr.api(worklist_api, api_name="worklist")
+    return {"folder": folder, "method": method, "table": table, "selected": selected, "thumb": thumb,
+            "gallery": thumbs, "info": info}

@@ -1,0 +1,165 @@
+"""Batch scoring (anomaly.batch): discovery, the scoring callable without Ray, a local Ray run
+on a tiny mixed cohort (NIfTI, PNG, DICOM series, a corrupt file), parity with the app's
+in-process analysis, and resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly.batch import discover, read_results
+from anomaly.batch.scorer import StudyScorer, col, rows_table, score_study, study_hash
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["zscore", "ae", "consensus"]
+
+
+def make_cohort(out: Path, n_volumes: int = 1, n_slices: int = 12, extras: bool = True) -> Path:
+    """NIfTI sub-volumes of the MNI template (+ a PNG slice, a DICOM series, a corrupt file, a note)."""
+    from anomaly.data.folder import read_image, write_image
+
+    v = read_image(ROOT / "assets" / "templates" / "mni152_2009a_t1_1mm.nii.gz")[::2, ::2, ::2]
+    rng = np.random.default_rng(1)
+    for i in range(n_volumes):
+        start = 25 + 3 * i
+        write_image(out / "nifti", f"vol{i:02d}", v[start : start + n_slices] * rng.uniform(0.9, 1.1),
+                    spacing=(2.0, 2.0, 2.0))
+    if extras:
+        (out / "slices").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png", out / "slices" / "a.png")
+        shutil.copytree(ROOT / "assets" / "dicom" / "brain_pd_series", out / "dicom" / "series1")
+        (out / "broken.nii.gz").write_bytes(b"\x1f\x8b" + bytes(range(256)) * 8)
+        (out / "notes.txt").write_text("not a study")
+        (out / "LICENSE").write_text("plain text without a suffix: not a study either")
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return make_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+@pytest.fixture(scope="module")
+def items(cohort) -> list[dict]:
+    return discover(cohort)
+
+
+@pytest.fixture(scope="module")
+def plain_rows(items, tiny_checkpoints) -> pd.DataFrame:
+    """The scoring callable on a plain batch, no Ray."""
+    return StudyScorer(METHODS, str(tiny_checkpoints))(pd.DataFrame(items)).to_pandas()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def expected(path, files, root: Path):
+    """The in-process analysis of the app (load_scan + analyse)."""
+    from anomaly.analysis import analyse
+    from anomaly.io import load_scan
+
+    return analyse(load_scan(files if len(files) > 1 else files[0]), METHODS, checkpoint_root=root)
+
+
+def assert_parity(df: pd.DataFrame, items: list[dict], root: Path) -> None:
+    from anomaly.batch.discovery import item_files
+
+    for it in items:
+        row = df[df["source"] == it["source"]]
+        assert len(row) == 1
+        row = row.iloc[0]
+        if row["status"] != "ok":
+            continue
+        a = expected(it["source"], item_files(it), root)
+        assert row["study_key"] == a.study_key
+        assert row["top_slice"] == a.most_anomalous_slice()
+        assert bool(row["ood"]) == (not a.ood.in_distribution)
+        for m, r in a.results.items():
+            assert row[col(m, "score")] == pytest.approx(r.volume_score, rel=1e-6, abs=1e-9)
+            np.testing.assert_allclose(np.asarray(row[col(m, "curve")]), r.scores, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(np.asarray(row[col(m, "pct_curve")], float), r.percentiles, rtol=1e-6, atol=1e-6)
+            assert row[col(m, "top_slice")] == r.most_anomalous_slice
+            assert row[col(m, "checkpoint_hash")] == r.checkpoint_hash
+
+
+def test_discovery_finds_each_study_once(cohort, items):
+    kinds = sorted(it["kind"] for it in items)
+    assert kinds == ["dicom", "nifti", "png", "unknown"]  # notes.txt is not a study
+    dicom = next(it for it in items if it["kind"] == "dicom")
+    assert dicom["source"].endswith("series1")
+    manifest = cohort / "manifest.csv"
+    manifest.write_text("path\nslices/a.png\ndicom/series1\n")
+    m = discover(manifest)
+    assert [it["kind"] for it in m] == ["png", "dicom"]
+    assert study_hash(m[1]) == study_hash(dicom)
+
+
+def test_scorer_on_a_plain_batch(plain_rows, items, tiny_checkpoints):
+    df = plain_rows
+    assert len(df) == len(items)
+    bad = df[df["source"].str.endswith("broken.nii.gz")].iloc[0]
+    assert bad["status"] == "failed" and bad["error_type"] in ("CorruptFileError", "UnsupportedFileError")
+    assert bad["study_key"].startswith("sk-")
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 3
+    for _, r in ok.iterrows():
+        assert r["thumbnail"][:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(r[col("ae", "curve")]) == r["n_slices"] == r["shape"][0]
+        assert np.isfinite(r[col("consensus", "score")])
+    # no patient identifier: the DICOM row carries the salted key, not a UID or name
+    text = " ".join(str(v) for v in df.drop(columns=[c for c in df if "thumbnail" in c]).to_numpy().ravel())
+    assert "1.2.840" not in text and "^" not in text
+    assert_parity(df, items, tiny_checkpoints)
+
+
+def test_scorer_skips_done_studies(items, plain_rows, tiny_checkpoints):
+    done = set(plain_rows["content_hash"])
+    t = StudyScorer(["zscore"], str(tiny_checkpoints), done=done)(pd.DataFrame(items))
+    assert t.num_rows == 0
+
+
+def test_failure_is_a_row_not_an_exception(tmp_path, tiny_checkpoints):
+    from anomaly.batch.discovery import item
+
+    row = score_study(item(tmp_path / "gone.nii.gz", [tmp_path / "gone.nii.gz"], "nifti"), ["zscore"], tiny_checkpoints)
+    assert row["status"] == "failed" and str(tmp_path) not in row["error"]
+    assert rows_table([row], ["zscore"]).num_rows == 1
+
+
+def test_local_ray_run_parity_and_resume(ray_local, cohort, items, tiny_checkpoints, tmp_path):
+    from anomaly.batch.pipeline import run_batch
+
+    out = tmp_path / "results"
+    s = run_batch(items, METHODS, out, workers=2, checkpoint_root=tiny_checkpoints, progress=False)
+    assert (s.ok, s.failed) == (3, 1)
+    df = read_results(out)
+    assert len(df) == len(items) and df["content_hash"].is_unique
+    assert (df["status"] == "failed").sum() == 1
+    assert_parity(df, items, tiny_checkpoints)
+    parts = sorted(out.glob("*.parquet"))
+    assert len(parts) == len(items)  # one part per study: a killed run keeps what it finished
+    s2 = run_batch(items, METHODS, out, workers=1, checkpoint_root=tiny_checkpoints, progress=False)
+    assert (s2.ok, s2.failed, s2.skipped) == (0, 0, len(items))
+    assert sorted(out.glob("*.parquet")) == parts
+
+
+def test_cli_reports_a_bad_input_without_a_traceback(tmp_path, tiny_checkpoints, capsys):
+    from anomaly.batch.__main__ import main, resolve
+
+    assert main(["--input", str(tmp_path / "missing"), "--out", str(tmp_path / "out"),
+                 "--checkpoints", str(tiny_checkpoints)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert set(resolve("all", tiny_checkpoints)) == set(METHODS)
+    if (ROOT / "checkpoints" / "anoddpm" / "card.json").exists():  # on-demand methods only when asked
+        assert "anoddpm" not in resolve("all", ROOT / "checkpoints")
+        assert "anoddpm" in resolve("all", ROOT / "checkpoints", include_on_demand=True)

@@ -1,0 +1,120 @@
+"""The Worklist tab's callbacks as plain functions: open a results folder, rank, filter, join the
+review status, show stored thumbnails, open a study in the review view at its top slice."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from anomaly.batch import discover
+from anomaly.batch.scorer import StudyScorer
+from anomaly.ui import worklist as wl
+from tests.test_batch import METHODS, make_cohort
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def mp():
+    m = pytest.MonkeyPatch()
+    yield m
+    m.undo()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, tiny_checkpoints, mp):
+    """A results folder written by the batch scorer (one part per study), and a fresh annotation store."""
+    import anomaly.methods.base as base
+
+    tmp = tmp_path_factory.mktemp("worklist")
+    mp.setenv("ANOMALY_DATA_DIR", str(tmp / "data"))
+    mp.setenv("ANOMALY_ANNOTATIONS_DB", str(tmp / "data" / "ann.sqlite"))
+    mp.delenv("ANOMALY_READ_ONLY", raising=False)
+    mp.delenv("SPACE_ID", raising=False)
+    mp.setattr(base, "CHECKPOINT_ROOT", tiny_checkpoints)
+    base.clear_cache()
+    cohort = make_cohort(tmp / "cohort", n_volumes=2)
+    table = StudyScorer(METHODS, str(tiny_checkpoints))(pd.DataFrame(discover(cohort)))
+    out = tmp / "results"
+    out.mkdir()
+    for i in range(table.num_rows):
+        pq.write_table(table.slice(i, 1), out / f"part-{i:03d}.parquet")
+    yield out
+    base.clear_cache()
+
+
+def test_open_folder_ranks_by_score(results):
+    upd, table, gallery, info = wl.on_open_folder(str(results), None)
+    assert upd["value"] == "consensus" and upd["choices"][0] == "consensus"
+    assert len(table) == 5 and list(table["rank"]) == [1, 2, 3, 4, 5]
+    scores = table["score"].dropna().tolist()
+    assert scores == sorted(scores, reverse=True) and len(scores) == 4
+    assert table.iloc[-1]["result"].startswith("failed:")  # the corrupt file, last
+    assert "source" not in table and not table.astype(str).apply(lambda c: c.str.contains("/")).any().any()
+    assert len(gallery) == 4 and gallery[0][0].shape == (64, 64, 3)  # the ranking method's own
+    assert "5 studies" in info
+    zt = wl.worklist_rows(wl.load_results(results), "zscore", review={})
+    zs = zt["score"].dropna().tolist()
+    assert zs == sorted(zs, reverse=True)
+
+
+def test_filters_and_review_status(results):
+    from anomaly.annotations import service as svc
+
+    df = wl.load_results(results)
+    table = wl.worklist_rows(df, "consensus")
+    top = table.iloc[0]["study"]
+    store = svc.get_store()
+    store.ensure_case(top)
+    store.set_case_status(top, "in review", reviewer="alice")
+    t, _, _ = wl.on_filter(str(results), "consensus", 0, False, "in review")
+    assert list(t["study"]) == [top] and t.iloc[0]["review"] == "in review"
+    t, _, _ = wl.on_filter(str(results), "consensus", 0, True, wl.ANY)
+    assert len(t) >= 1 and t["OOD"].str.startswith("yes").all()  # the PD-weighted DICOM series
+    p = float(table["percentile"].dropna().median())
+    t, _, _ = wl.on_filter(str(results), "consensus", p, False, wl.ANY)
+    assert 1 <= len(t) < len(table) and (t["percentile"] >= p).all()
+    rows = json.loads(wl.worklist_api(str(results), "ae"))
+    assert len(rows) == 5 and rows[0]["rank"] == 1
+
+
+def test_thumbnail_and_open_study_at_top_slice(results):
+    from anomaly.ui import callbacks as cb
+    from anomaly.ui.app import on_upload
+
+    df = wl.load_results(results)
+    row = df[(df["kind"] == "nifti") & (df["status"] == "ok")].iloc[0]
+    key = row["study_key"]
+    assert wl.thumbnail(df, key, "ae").shape == (64, 64, 3)
+    assert wl.thumbnail(df, key).shape == (96, 96, 3)
+    files = wl.open_study(str(results), key)
+    k, a = cb.load_and_analyse(files, METHODS)
+    assert a.study_key == key and a.most_anomalous_slice() == row["top_slice"]
+    np.testing.assert_allclose(a.results["ae"].scores, row["ae__curve"], rtol=1e-6)
+    out = on_upload(files, None, "axial", METHODS, "auto", 0.5, 1.0, "both")
+    if inspect.isgenerator(out):  # a progressive upload callback: its last update is the full view
+        out = list(out)[-1]
+    assert out[1]["value"] == row["top_slice"]
+    dicom = df[df["kind"] == "dicom"].iloc[0]
+    assert len(wl.open_study(str(results), dicom["study_key"])) == 20
+    with pytest.raises(Exception):
+        wl.open_study(str(results), "")
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="no batch results"):
+        wl.on_open_folder(str(tmp_path / "nothing"), None)
+
+
+def test_app_has_a_worklist_tab_with_named_events():
+    from anomaly.ui.app import build_app
+
+    names = {d.get("api_name") for d in build_app().config["dependencies"]}
+    assert {"worklist_open_folder", "worklist_open_study", "worklist", "analyse_view"} <= names

@@ -1,0 +1,68 @@
+"""Headless Chromium: the Worklist tab lists batch results; clicking a row opens the study in Review."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import _free_port
+from tests.test_batch import METHODS, make_cohort
+from tests.test_browser import ARTIFACTS, browser  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(500)]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def worklist_app(tiny_checkpoints, tmp_path_factory):
+    from anomaly.batch import discover
+    from anomaly.batch.scorer import StudyScorer
+
+    tmp = tmp_path_factory.mktemp("wlapp")
+    cohort = make_cohort(tmp / "cohort", n_volumes=2, extras=False)
+    table = StudyScorer(METHODS, str(tiny_checkpoints))(pd.DataFrame(discover(cohort)))
+    (tmp / "results").mkdir()
+    pq.write_table(table, tmp / "results" / "part-0.parquet")
+    port = _free_port()
+    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(tmp / "data"),
+               ANOMALY_RESULTS=str(tmp / "results"))
+    log = open(tmp / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except Exception:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app exited: {(tmp / 'app.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_worklist_row_opens_study(worklist_app, browser):  # noqa: F811
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(worklist_app, wait_until="load")
+    page.get_by_role("tab", name="Worklist").click()
+    page.get_by_role("button", name="Open results").click()
+    cells = page.locator("#worklist-table").get_by_text("sk-").filter(visible=True)
+    cells.first.wait_for(timeout=60_000)
+    assert "2 studies" in page.inner_text("body")
+    page.screenshot(path=str(ARTIFACTS / "worklist.png"), full_page=True)
+    cells.first.click()
+    page.wait_for_selector("text=percentile vs healthy", timeout=180_000)
+    page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.src.includes('.png') && i.naturalWidth > 800)",
+                           timeout=120_000)
+    page.screenshot(path=str(ARTIFACTS / "worklist_opened.png"), full_page=True)
