@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -71,27 +72,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_app(tiny_checkpoints, data_dir: Path, argv: list[str] | None = None, **env_extra):
+    """Start the app in a subprocess on a free port (tiny checkpoints, its own data dir) and yield
+    its URL; the log goes to ``data_dir/app.log``. ``argv`` replaces ``["app.py"]``."""
+    port = _free_port()
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(data_dir), **env_extra)
+    env.pop("SPACE_ID", None)
+    log_path = data_dir / "app.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, *(argv or ["app.py"])], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"app exited: {log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("app did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 @pytest.fixture(scope="session")
 def live_app(tiny_checkpoints, tmp_path_factory):
-    port = _free_port()
-    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(tmp_path_factory.mktemp("appdata")))
-    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app exited: {Path(log.name).read_text()[-3000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("app did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(tiny_checkpoints, tmp_path_factory.mktemp("appdata")) as url:
+        yield url
 
 

@@ -8,15 +8,13 @@ itself), a temporary annotation database and one annotator account.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import running_app
 
 pytestmark = pytest.mark.timeout(600)  # the first live test also trains the tiny checkpoints
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,42 +56,15 @@ def test_panel_builds_with_api_names(tmp_path, monkeypatch):
     assert sum(getattr(b, "elem_id", None) == PANEL_ID for b in demo.blocks.values()) == 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def annot_app(tiny_checkpoints, tmp_path_factory):
     from anomaly.annotations.auth import hash_password
 
     data = tmp_path_factory.mktemp("annotdata")
-    port = _free_port()
-    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(data),
-               ANOMALY_ANNOTATIONS_DB=str(data / "ann.sqlite"), ANOMALY_READ_ONLY="0", PYTHONPATH=str(ROOT),
-               ANOMALY_USERS="alice:" + hash_password("s3cret", 1000) + ",bob:" + hash_password("hunter2", 1000))
-    env.pop("SPACE_ID", None)
-    log = open(data / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app exited: {(data / 'app.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("app did not start")
-    yield {"url": url, "db": data / "ann.sqlite"}
-    proc.terminate()
-    proc.wait(timeout=20)
+    users = "alice:" + hash_password("s3cret", 1000) + ",bob:" + hash_password("hunter2", 1000)
+    with running_app(tiny_checkpoints, data, ["-c", LAUNCHER], ANOMALY_ANNOTATIONS_DB=str(data / "ann.sqlite"),
+                     ANOMALY_READ_ONLY="0", PYTHONPATH=str(ROOT), ANOMALY_USERS=users) as url:
+        yield {"url": url, "db": data / "ann.sqlite"}
 
 
 @pytest.mark.slow

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import _free_port
+from tests.conftest import running_app
 from tests.test_batch import METHODS, make_cohort
 from tests.test_browser import ARTIFACTS, browser  # noqa: F401 - the fixture
 
@@ -31,24 +26,8 @@ def worklist_app(tiny_checkpoints, tmp_path_factory):
     table = StudyScorer(METHODS, str(tiny_checkpoints))(pd.DataFrame(discover(cohort)))
     (tmp / "results").mkdir()
     pq.write_table(table, tmp / "results" / "part-0.parquet")
-    port = _free_port()
-    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(tmp / "data"),
-               ANOMALY_RESULTS=str(tmp / "results"))
-    log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app exited: {(tmp / 'app.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app(tiny_checkpoints, tmp / "data", ANOMALY_RESULTS=str(tmp / "results")) as url:
+        yield url
 
 
 def test_worklist_row_opens_study(worklist_app, browser):  # noqa: F811
