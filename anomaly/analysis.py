@@ -19,7 +19,7 @@ from anomaly.methods.base import get_method
 from anomaly.ood import OODVerdict, verdict
 from anomaly.preprocess import PreparedSlices, preprocess_scan
 from anomaly.render import GridRow, RenderConfig, compose_grid
-from anomaly.scan import Scan, plane_size
+from anomaly.scan import Scan
 from anomaly.scoring import MethodResult, run_method
 from anomaly.windowing import apply_window, window_for
 
@@ -163,6 +163,26 @@ def _embed(r: MethodResult, idx: np.ndarray, n: int) -> MethodResult:
                         {k: full(v) for k, v in r.extra_maps.items()})
 
 
+def score_prepared(prepared: PreparedSlices, methods: list[str], seed: int = 0, checkpoint_root=None,
+                   progress=None) -> dict[str, MethodResult]:
+    """Every method on ``prepared`` through ``run_method``; a consensus reuses its members' results
+    when they are among ``methods`` (as the app does). ``progress(i, name)`` before each method."""
+    results: dict[str, MethodResult] = {}
+    order = sorted(methods, key=lambda n: n == "consensus")  # members first
+    for i, name in enumerate(order):
+        m = get_method(name, None if checkpoint_root is None else checkpoint_root / name)
+        if progress is not None:
+            progress(i, name)
+        members = getattr(m, "members", None)
+        if name == "consensus" and members and all(x in results for x in members):
+            from anomaly.methods.consensus import from_member_results
+
+            results[name] = from_member_results(m, prepared, results)
+        else:
+            results[name] = run_method(m, prepared, seed=seed)
+    return {n: results[n] for n in methods}
+
+
 def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0, checkpoint_root=None,
             progress=None, only=None) -> Analysis:
     """Run ``methods`` over every slice of ``scan`` in ``plane`` through the one scoring path.
@@ -175,21 +195,9 @@ def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0,
     n_all = len(prepared_all)
     idx = None if only is None else np.unique(np.clip(np.asarray(only, int), 0, n_all - 1))
     prepared = prepared_all if idx is None else prepared_all.subset(idx)
-    results = {}
-    # members of a consensus first, so that the consensus reuses their results
-    order = sorted(methods, key=lambda n: n == "consensus")
-    for i, name in enumerate(order):
-        m = get_method(name, None if checkpoint_root is None else checkpoint_root / name)
-        if progress is not None:
-            progress((i, len(methods)), desc=f"{name}: {plane_size(scan, plane)} slices")
-        members = getattr(m, "members", None)
-        if name == "consensus" and members and all(x in results for x in members):
-            from anomaly.methods.consensus import from_member_results
-
-            results[name] = from_member_results(m, prepared, results)
-        else:
-            results[name] = run_method(m, prepared, seed=seed)
-    results = {n: results[n] for n in methods}
+    results = score_prepared(prepared, methods, seed, checkpoint_root,
+                             None if progress is None else
+                             (lambda i, name: progress((i, len(methods)), desc=f"{name}: {len(prepared)} slices")))
     if idx is not None:
         results = {n: _embed(r, idx, n_all) for n, r in results.items()}
         prepared = prepared_all
