@@ -53,6 +53,14 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("tinyds"))
 
 
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    """A MonkeyPatch undone at the end of the test module (for module-scoped fixtures)."""
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tiny_dataset, tmp_path_factory) -> Path:
     """zscore and a few-step AE trained on the tiny data set."""

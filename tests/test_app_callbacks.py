@@ -27,13 +27,6 @@ def methods_root(tiny_checkpoints, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
 def lesion_volume(tmp_path_factory):
     """A real MNI152 sub-volume at 2 mm with a dark synthetic blob on a few slices."""
     from anomaly.data.folder import read_image, write_image

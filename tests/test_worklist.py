@@ -20,16 +20,11 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def mp():
-    m = pytest.MonkeyPatch()
-    yield m
-    m.undo()
-
-
-@pytest.fixture(scope="module")
-def results(tmp_path_factory, tiny_checkpoints, mp):
+def results(tmp_path_factory, tiny_checkpoints, monkeypatch_module):
     """A results folder written by the batch scorer (one part per study), and a fresh annotation store."""
     import anomaly.methods.base as base
+
+    mp = monkeypatch_module
 
     tmp = tmp_path_factory.mktemp("worklist")
     mp.setenv("ANOMALY_DATA_DIR", str(tmp / "data"))
