@@ -113,3 +113,22 @@ def test_app_has_a_worklist_tab_with_named_events():
 
     names = {d.get("api_name") for d in build_app().config["dependencies"]}
     assert {"worklist_open_folder", "worklist_open_study", "worklist", "analyse_view"} <= names
+
+
+def test_opening_a_study_shows_its_stored_top_slice_first(results):
+    from anomaly.ui import callbacks as cb
+    from anomaly.ui.app import on_upload
+
+    df = wl.load_results(results)
+    row = df[(df["kind"] == "nifti") & (df["status"] == "ok")].iloc[0]
+    key = row["study_key"]
+    top = wl.stored_top_slice(df, key)
+    assert top == row["top_slice"]
+    with cb._LOCK:
+        cb._CACHE.clear()
+    outs = list(on_upload(wl.open_study(str(results), key), None, "axial", METHODS, "auto", 0.5, 1.0, "both",
+                          progress=lambda *a, **k: None, first_slice=top))
+    assert len(outs) == 2 and outs[0][1]["value"] == top  # the stored top slice is scored and shown first
+    final = cb.get_analysis(outs[-1][0])
+    assert final.study_key == key and outs[-1][1]["value"] == top
+    np.testing.assert_allclose(final.results["ae"].scores[top], row["ae__curve"][top], rtol=1e-6)

@@ -71,14 +71,18 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: 
             _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
 
 
-def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, progress=gr.Progress()):
+def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, progress=gr.Progress(),
+              first_slice: int | None = None):
     """Load; show the middle slice's overlays first (a volume), score the whole volume, then jump to
-    its most anomalous slice (a generator: two updates for a volume, one for a 2D image)."""
+    its most anomalous slice (a generator: two updates for a volume, one for a 2D image).
+    ``first_slice`` (an axial index, e.g. a batch result's stored top slice) replaces the middle one."""
     try:
         loaded = cb.load_upload(files, series or None)
         scan, preview_key = loaded[0], None
         if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
             mid = cb.preview_slice(scan, plane)
+            if first_slice is not None and plane == "axial" and 0 <= int(first_slice) < scan.n_slices_in(plane):
+                mid = int(first_slice)
             preview_key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                                  only=[mid])
             yield _view_outputs(preview_key, a, mid, preset, opacity, threshold, mode, methods,

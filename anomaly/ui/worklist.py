@@ -226,6 +226,13 @@ def worklist_api(folder: str, method: str = "", min_percentile: float = 0.0, ood
     return rows.to_json(orient="records")
 
 
+def stored_top_slice(df: pd.DataFrame, study_key: str) -> int | None:
+    """The study's most anomalous (axial) slice as the batch stored it: the review view scores and
+    shows it first, before the rest of the volume."""
+    v = _row(df, study_key).get("top_slice")
+    return None if v is None or pd.isna(v) else int(v)
+
+
 def open_study(folder, study_key: str) -> list[str]:
     """The files to load for ``study_key`` (for the review view's loader)."""
     if not study_key:
@@ -241,7 +248,8 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
     from anomaly.annotations.store import STATUSES
 
     gr.Markdown("Studies scored by `python -m anomaly.batch`, ranked by volume score. Thumbnails are the "
-                "stored top slices (no rescoring); opening a study analyses it in the Review tab.")
+                "stored top slices (no rescoring); opening a study shows its stored top slice first, then "
+                "re-analyses the whole volume in the Review tab (maps are not stored).")
     with gr.Row():
         folder = gr.Textbox(default_results_dir(), label="Results folder", scale=4)
         open_btn = gr.Button("Open results", variant="primary", scale=1)
@@ -278,9 +286,10 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             return
         try:
             files = open_study(folder_v, key)
+            top = stored_top_slice(load_results(folder_v), key)
         except AnomalyError as e:
             raise gr.Error(str(e)) from None
-        res = open_view(files, None, *review_values, progress=progress)
+        res = open_view(files, None, *review_values, progress=progress, first_slice=top)
         for step in (res if inspect.isgenerator(res) else [res]):
             yield (*step, gr.update(selected=review_tab_id)) if tabs is not None else step
 
