@@ -3,12 +3,14 @@
     export-dataset --out DIR [--only-done]     reviewed slices in the data-set format (+ fp_rates.csv)
     export-csv --out FILE [--study KEY]        one row per flag, with provenance
     export-json --out FILE [--study KEY]       flags with masks (re-importable)
+    export --format csv|json --out FILE        the same two, one command
     import-json FILE                           import, skipping flags whose id is already stored
     export-nifti STUDY_KEY --out FILE.nii.gz   a study's flagged regions as a NIfTI label map
     export-seg STUDY_KEY --dicom DIR --out FILE.dcm   confirmed findings as DICOM SEG on the source series
     fp-rates --out FILE                        per-method false positives per reviewed scan
     add-user NAME [--users-file F]             reads the password from stdin (prompted on a terminal)
     check                                      schema version, integrity check and counts
+    selftest [--writers 8] [--flags 200] [--kill]   write through a real app, SIGKILL it, count what survived
 
 Every command takes ``--db PATH`` (default ``$ANOMALY_ANNOTATIONS_DB`` or data/annotations.sqlite).
 """
@@ -39,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", type=Path, required=True)
         s.add_argument("--study", default=None, help="only this study key")
         s.add_argument("--include-deleted", action="store_true", default=name == "export-json")
+    s = sub.add_parser("export", parents=[common], help="flags as CSV or JSON, without starting the app")
+    s.add_argument("--format", choices=("csv", "json"), required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--study", default=None, help="only this study key")
+    s.add_argument("--include-deleted", action="store_true", default=None)
+    s = sub.add_parser("selftest", parents=[common], help="concurrent writers through a real app, killed mid-write")
+    s.add_argument("--writers", type=int, default=8)
+    s.add_argument("--flags", type=int, default=200, help="flags per writer")
+    s.add_argument("--kill", action="store_true", help="SIGKILL the app mid-write, then restart it")
     s = sub.add_parser("import-json", parents=[common], help="import flags exported as JSON (no duplicates)")
     s.add_argument("file", type=Path)
     s.add_argument("--reviewer", default="import")
@@ -82,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             path = auth.add_user(args.name, pw, args.users_file, args.iterations or auth.DEFAULT_ITERATIONS)
             print(f"added annotator {args.name!r} to {path}")
             return 0
+        if args.cmd == "selftest":
+            from anomaly.annotations.config import default_db_path
+            from anomaly.annotations.selftest import run_selftest
+
+            return run_selftest(args.db or default_db_path(), args.writers, args.flags, args.kill)
         from anomaly.annotations import export as ex
         from anomaly.annotations.store import Store
 
@@ -92,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{info['n_cases']} case(s) to {args.out}; false-positive rates in {args.out / info['fp_rates']}")
             if info["flags_without_stored_slice"]:
                 print(f"note: {info['flags_without_stored_slice']} flag(s) have no stored slice and are not in the data set")
+        elif args.cmd == "export":
+            deleted = args.include_deleted if args.include_deleted is not None else args.format == "json"
+            fn = ex.export_csv if args.format == "csv" else ex.export_json
+            print(fn(store, args.out, args.study, deleted))
         elif args.cmd == "export-csv":
             print(ex.export_csv(store, args.out, args.study, args.include_deleted))
         elif args.cmd == "export-json":
