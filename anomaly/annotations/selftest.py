@@ -4,8 +4,8 @@ Starts the app (``anomaly.ui.app.launch``) on a free local port with the given d
 ``writers`` concurrent ``gradio_client`` clients (a throw-away annotator, hashed password in the
 app's environment only), loads the bundled example volume in each client's session, and has each
 add ``flags`` flags through the ``/add_flag`` endpoint with a unique note. A flag is
-*acknowledged* when its request returned. With ``kill`` the app gets SIGKILL once about half of
-the flags are acknowledged, mid-stream; the writers stop at the first failed request; the app is
+*acknowledged* when its request returned. With ``kill`` the app gets SIGKILL once every writer is
+writing and about half of the flags are acknowledged, mid-stream; the writers stop at the first failed request; the app is
 then restarted on the same database. Every note is then looked up in the database:
 
     acknowledged N / found N / lost N / duplicated N / integrity ok
@@ -63,17 +63,22 @@ def _start_app(db: Path, port: int, users: str, log_path: Path) -> subprocess.Po
 
 
 def _writer(url: str, password: str, wid: int, n: int, prefix: str, acked: list, stop: threading.Event,
-            errors: list) -> None:
+            errors: list, ready: list) -> None:
     from gradio_client import Client, handle_file
 
-    try:
-        c = Client(url, verbose=False)
-        token = c.predict(USER, password, api_name="/login")[0]
-        c.predict([handle_file(str(EXAMPLE))], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
-                  api_name="/analyse_view")
-    except Exception as e:  # noqa: BLE001 - reported in the summary
-        errors.append(f"writer {wid} could not start: {e}")
-        return
+    for attempt in range(3):  # a start-up request cut under load is retried with a fresh session
+        try:
+            c = Client(url, verbose=False)
+            token = c.predict(USER, password, api_name="/login")[0]
+            c.predict([handle_file(str(EXAMPLE))], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                      api_name="/analyse_view")
+            break
+        except Exception as e:  # noqa: BLE001 - reported in the summary
+            if attempt == 2:
+                errors.append(f"writer {wid} could not start: {e}")
+                return
+            time.sleep(1.0)
+    ready.append(wid)
     for i in range(n):
         if stop.is_set():
             return
@@ -104,9 +109,10 @@ def run_selftest(db: Path, writers: int = 8, flags: int = 200, kill: bool = True
     app = _start_app(db, port, users, log_path)
     acked: list[str] = []
     errors: list[str] = []
+    ready: list[int] = []
     stop = threading.Event()
-    threads = [threading.Thread(target=_writer, args=(url, password, w, flags, prefix, acked, stop, errors), daemon=True)
-               for w in range(writers)]
+    threads = [threading.Thread(target=_writer, args=(url, password, w, flags, prefix, acked, stop, errors, ready),
+                                daemon=True) for w in range(writers)]
     killed = False
     dropped: list[str] = []
     hook = threading.excepthook
@@ -125,7 +131,8 @@ def run_selftest(db: Path, writers: int = 8, flags: int = 200, kill: bool = True
             t.start()
         target = writers * flags // 2
         while any(t.is_alive() for t in threads):
-            if kill and not killed and len(acked) >= target:
+            all_writing = len(ready) + len(errors) >= writers  # the kill lands while every writer writes
+            if kill and not killed and all_writing and len(acked) >= target:
                 os.killpg(app.pid, signal.SIGKILL)  # mid-write: the writers are still sending
                 app.wait(timeout=30)
                 killed = True
