@@ -102,31 +102,26 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         if not old.get("checkpoint_hash"):
             raise DatasetError(f"--calibrate-only: no trained checkpoint in {out}")
         card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
-        extra = {}
+        write_card(out, card)
     else:
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
-        card = None
-    card = card or {
-        "method": cls.name,
-        "title": cls.title,
-        "paper": cls.paper,
-        "citation": cls.citation,
-        "input_size": [MODEL_SIZE, MODEL_SIZE],
-        "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
-        "training_data": f"{data} ({train_split} / {val_split})",
-        "n_train_slices": len(train_set),
-        "n_val_normal_slices": len(val_set),
-        "command": command or f"python -m anomaly.train {cls.name} --data {data}",
-        "seed": cfg.seed,
-        "config": {k: v for k, v in vars(cfg).items()},
-        "trained_on": device_label(cfg.device),
-        "project_version": __version__,
-        **extra,
-    }
-    if not calibrate_only:
-        card = save_checkpoint(out, tensors, card)
-    else:
-        write_card(out, card)
+        card = save_checkpoint(out, tensors, {
+            "method": cls.name,
+            "title": cls.title,
+            "paper": cls.paper,
+            "citation": cls.citation,
+            "input_size": [MODEL_SIZE, MODEL_SIZE],
+            "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
+            "training_data": f"{data} ({train_split} / {val_split})",
+            "n_train_slices": len(train_set),
+            "n_val_normal_slices": len(val_set),
+            "command": command or f"python -m anomaly.train {cls.name} --data {data}",
+            "seed": cfg.seed,
+            "config": {k: v for k, v in vars(cfg).items()},
+            "trained_on": device_label(cfg.device),
+            "project_version": __version__,
+            **extra,
+        })
     if getattr(cls, "on_demand", False):
         card["calibration_subset"] = f"{len(val_set)} healthy validation slices (random, seed {cfg.seed})"
     clear_cache()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -74,38 +71,17 @@ def tiny_checkpoints(tiny_dataset, tmp_path_factory) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_app(tiny_checkpoints, data_dir: Path, argv: list[str] | None = None, **env_extra):
     """Start the app in a subprocess on a free port (tiny checkpoints, its own data dir) and yield
     its URL; the log goes to ``data_dir/app.log``. ``argv`` replaces ``["app.py"]``."""
-    port = _free_port()
+    from anomaly.ui.process import start_app
+
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, ANOMALY_CHECKPOINTS=str(tiny_checkpoints), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", ANOMALY_DATA_DIR=str(data_dir), **env_extra)
-    env.pop("SPACE_ID", None)
-    log_path = data_dir / "app.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, *(argv or ["app.py"])], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url = start_app(dict(ANOMALY_CHECKPOINTS=str(tiny_checkpoints), ANOMALY_DATA_DIR=str(data_dir), **env_extra),
+                          data_dir / "app.log", argv or ["app.py"])
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except Exception:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"app exited: {log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("app did not start")
         yield url
     finally:
         proc.terminate()
@@ -113,7 +89,6 @@ def running_app(tiny_checkpoints, data_dir: Path, argv: list[str] | None = None,
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")

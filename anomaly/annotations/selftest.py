@@ -21,45 +21,22 @@ import io
 import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
+
+from anomaly.ui.process import free_port, start_app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "assets" / "examples" / "healthy_t1.nii.gz"
 USER = "selftest"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_app(db: Path, port: int, users: str, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, ANOMALY_ANNOTATIONS_DB=str(db), GRADIO_SERVER_PORT=str(port), ANOMALY_USERS=users,
-               ANOMALY_READ_ONLY="0", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONPATH=str(Path(__file__).resolve().parents[2]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("SPACE_ID", None)
-    log = open(log_path, "a")
-    p = subprocess.Popen([sys.executable, "-c", "from anomaly.ui.app import launch; launch()"], env=env,
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return p
-        except Exception:  # noqa: BLE001 - not up yet
-            if p.poll() is not None:
-                raise RuntimeError(f"the app exited while starting; see {log_path}")
-            time.sleep(0.5)
-    p.kill()
-    raise RuntimeError(f"the app did not start; see {log_path}")
+    env = dict(ANOMALY_ANNOTATIONS_DB=str(db), ANOMALY_USERS=users, ANOMALY_READ_ONLY="0")
+    return start_app(env, log_path, port=port, timeout_s=300, new_session=True)[0]
 
 
 def _writer(url: str, password: str, wid: int, n: int, prefix: str, acked: list, stop: threading.Event,
@@ -104,7 +81,7 @@ def run_selftest(db: Path, writers: int = 8, flags: int = 200, kill: bool = True
     users = f"{USER}:" + hash_password(password, 1000)
     prefix = "selftest-" + secrets.token_hex(4)
     log_path = Path(tempfile.gettempdir()) / f"anomaly-selftest-{os.getpid()}.log"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     app = _start_app(db, port, users, log_path)
     acked: list[str] = []

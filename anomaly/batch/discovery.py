@@ -42,7 +42,7 @@ def dicom_groups(folder: Path, files: list[Path]) -> list[dict]:
     """One item per SeriesInstanceUID among the DICOM ``files`` of one folder (headers only)."""
     from anomaly.io import dicom as dcm
 
-    groups: dict[str, list[Path]] = {}
+    headers = []
     out = []
     for f in files:
         try:
@@ -51,7 +51,8 @@ def dicom_groups(folder: Path, files: list[Path]) -> list[dict]:
             out.append(item(f, [f], "dicom"))
             continue
         if h is not None:
-            groups.setdefault(h.series_uid, []).append(f)
+            headers.append(h)
+    groups = {uid: [h.path for h in hs] for uid, hs in dcm.group_series(headers).items()}  # the loader's grouping
     for i, (_, paths) in enumerate(sorted(groups.items(), key=lambda kv: str(min(kv[1])))):
         src = folder if len(groups) == 1 else f"{folder}#series{i + 1}"
         out.append(item(src, paths, "dicom"))

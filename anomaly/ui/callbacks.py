@@ -79,10 +79,15 @@ def preview_slice(scan, plane: str = "axial") -> int:
     return plane_size(scan, plane) // 2
 
 
+def _memo(scan, methods: list[str] | None, plane: str, seed: int, series_uid: str | None) -> tuple:
+    """What makes two full analyses the same: scan content, methods, plane, seed, series."""
+    return (scan.content_hash, tuple(methods or default_methods()), plane, seed, series_uid or "")
+
+
 def cached_analysis(scan, methods: list[str] | None, plane: str = "axial", series_uid: str | None = None,
                     seed: int = 0) -> tuple[str, Analysis] | None:
     """The full analysis of the same scan content, methods and plane if one is cached (e.g. a clicked example)."""
-    memo = (scan.content_hash, tuple(methods or default_methods()), plane, seed, series_uid or "")
+    memo = _memo(scan, methods, plane, seed, series_uid)
     with _LOCK:
         for k, a in _CACHE.items():
             if getattr(a, "_memo", None) == memo and scan.content_hash:
@@ -108,7 +113,7 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
     hit = cached_analysis(scan, methods, plane, series_uid, seed)
     if hit is not None:
         return hit
-    memo = (scan.content_hash, tuple(methods), plane, seed, series_uid or "")
+    memo = _memo(scan, methods, plane, seed, series_uid)
     a = analyse(scan, methods, plane=plane, seed=seed, progress=progress)
     a._memo = memo
     a.source_paths = paths  # for exports that must reference the source files (DICOM SEG)
