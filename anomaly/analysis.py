@@ -35,6 +35,7 @@ class Analysis:
     seconds: float
     _full_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     scored: np.ndarray | None = None  # slice indices scored so far (None: all; a preview scores a few)
+    origin: str = ""  # where the results come from when not scored here (e.g. stored batch results)
 
     @property
     def partial(self) -> bool:

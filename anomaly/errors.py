@@ -53,3 +53,8 @@ class CheckpointError(AnomalyError):
 
 class UnknownMethodError(AnomalyError):
     """No method is registered under that name."""
+
+
+class StaleResultsError(AnomalyError):
+    """Stored batch results do not fit the scan or the checkpoints any more (changed file, retrained
+    model, missing maps): the study must be scored again."""

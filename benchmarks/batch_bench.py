@@ -62,13 +62,15 @@ def main(argv=None) -> int:
     print(f"{len(items)} studies from {cohort}; methods: {', '.join(methods)}; 1 torch thread per worker")
 
     t0 = time.perf_counter()
-    scorer = StudyScorer(methods, root)
+    scorer = StudyScorer(methods, root, maps_out=str(tmp / "inproc"))  # maps stored, as the Ray runs do
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     table = scorer(pd.DataFrame(items))
     t_in = time.perf_counter() - t0
     slices = sum(table.column("n_slices").to_pylist()[i] or 0 for i in range(table.num_rows))
     rows = [("in-process (1 worker, checkpoints loaded once)", 1, t_in, t_in)]
+    mb = sum(p.stat().st_size for p in (tmp / "inproc" / "maps").glob("*.npz")) / 1e6
+    print(f"stored maps: {mb:.1f} MB in all, {1000 * mb / max(slices, 1):.0f} KB/slice")
     print(f"checkpoint loading {t_load:.1f} s (not counted); {slices} slices scored; "
           f"{1000 * t_in / max(slices, 1):.1f} ms/slice, {t_in / max(len(items), 1):.2f} s/study in-process")
     for w in [int(x) for x in a.workers.split(",") if x.strip()]:

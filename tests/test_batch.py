@@ -148,6 +148,9 @@ def test_local_ray_run_parity_and_resume(ray_local, cohort, items, tiny_checkpoi
     assert_parity(df, items, tiny_checkpoints)
     parts = sorted(out.glob("*.parquet"))
     assert len(parts) == len(items)  # one part per study: a killed run keeps what it finished
+    ok = df[df["status"] == "ok"]
+    assert sorted(p.name for p in (out / "maps").glob("*.npz")) == sorted(f"{h}.npz" for h in ok["content_hash"])
+    assert (ok["maps"] == "maps/" + ok["content_hash"] + ".npz").all() and (ok["maps_bytes"] > 0).all()
     s2 = run_batch(items, METHODS, out, workers=1, checkpoint_root=tiny_checkpoints, progress=False)
     assert (s2.ok, s2.failed, s2.skipped) == (0, 0, len(items))
     assert sorted(out.glob("*.parquet")) == parts
@@ -163,3 +166,47 @@ def test_cli_reports_a_bad_input_without_a_traceback(tmp_path, tiny_checkpoints,
     if (ROOT / "checkpoints" / "anoddpm" / "card.json").exists():  # on-demand methods only when asked
         assert "anoddpm" not in resolve("all", ROOT / "checkpoints")
         assert "anoddpm" in resolve("all", ROOT / "checkpoints", include_on_demand=True)
+
+
+def test_stored_maps_rebuild_the_apps_analysis(tmp_path, cohort, items, tiny_checkpoints, monkeypatch):
+    """Maps stored by the scorer give back the app's analysis without running a model: same scores,
+    top slice, verdict; maps within the 1/32 quantisation step; refused once the file changes."""
+    import anomaly.scoring as scoring
+    from anomaly.batch.discovery import item_files
+    from anomaly.data.folder import read_image, write_image
+    from anomaly.render import RenderConfig
+    from anomaly.batch.maps import STEP, maps_path, stored_analysis
+    from anomaly.errors import StaleResultsError
+    from anomaly.io import load_scan
+
+    it = next(i for i in items if i["kind"] == "nifti")
+    row = score_study(it, METHODS, tiny_checkpoints, out=tmp_path)
+    assert row["status"] == "ok" and (tmp_path / row["maps"]).is_file()
+    live = expected(it["source"], item_files(it), tiny_checkpoints)
+    scan = load_scan(item_files(it)[0])
+    import anomaly.analysis as analysis
+
+    monkeypatch.setattr(scoring, "run_method", lambda *a, **k: pytest.fail("a model ran"))
+    monkeypatch.setattr(analysis, "score_prepared", lambda *a, **k: pytest.fail("a model ran"))
+    a = stored_analysis(scan, maps_path(tmp_path, row["content_hash"]), row["content_hash"], tiny_checkpoints)
+    assert a.origin and a.study_key == live.study_key == row["study_key"]
+    assert a.most_anomalous_slice() == live.most_anomalous_slice() == row["top_slice"]
+    assert a.ood.in_distribution == live.ood.in_distribution
+    for m, r in live.results.items():
+        s = a.results[m]
+        np.testing.assert_array_equal(s.scores, r.scores)
+        np.testing.assert_array_equal(s.valid, r.valid)
+        assert s.checkpoint_hash == r.checkpoint_hash
+        cap = 255 / STEP
+        np.testing.assert_allclose(s.calibrated_map, np.minimum(r.calibrated_map, cap), atol=0.5 / STEP + 1e-5)
+        if r.pseudo_healthy is not None:
+            np.testing.assert_allclose(s.pseudo_healthy, np.clip(r.pseudo_healthy, 0, 1.2), atol=1.2 / 255)
+    i = a.most_anomalous_slice()
+    assert [t["score"] for t in a.score_table(i)] == [t["score"] for t in live.score_table(i)]
+    assert a.render(i, RenderConfig()).size == live.render(i, RenderConfig()).size
+    changed = write_image(tmp_path, "changed", read_image(item_files(it)[0]) * 1.01, spacing=(2.0, 2.0, 2.0))
+    with pytest.raises(StaleResultsError, match="changed"):
+        stored_analysis(load_scan(changed), maps_path(tmp_path, row["content_hash"]), row["content_hash"],
+                        tiny_checkpoints)
+    with pytest.raises(StaleResultsError, match="no stored maps"):
+        stored_analysis(scan, maps_path(tmp_path, "0" * 64), None, tiny_checkpoints)

@@ -34,9 +34,9 @@ def results(tmp_path_factory, tiny_checkpoints, monkeypatch_module):
     mp.setattr(base, "CHECKPOINT_ROOT", tiny_checkpoints)
     base.clear_cache()
     cohort = make_cohort(tmp / "cohort", n_volumes=2)
-    table = StudyScorer(METHODS, str(tiny_checkpoints))(pd.DataFrame(discover(cohort)))
     out = tmp / "results"
     out.mkdir()
+    table = StudyScorer(METHODS, str(tiny_checkpoints), maps_out=str(out))(pd.DataFrame(discover(cohort)))
     for i in range(table.num_rows):
         pq.write_table(table.slice(i, 1), out / f"part-{i:03d}.parquet")
     yield out
@@ -132,3 +132,39 @@ def test_opening_a_study_shows_its_stored_top_slice_first(results):
     final = cb.get_analysis(outs[-1][0])
     assert final.study_key == key and outs[-1][1]["value"] == top
     np.testing.assert_allclose(final.results["ae"].scores[top], row["ae__curve"][top], rtol=1e-6)
+
+
+def test_opening_a_study_uses_its_stored_maps_without_rescoring(results, monkeypatch):
+    """The worklist's open: stored maps and scores at the stored top slice, no model run; a study
+    whose maps are gone is scored again (stored top slice first)."""
+    import anomaly.analysis as analysis
+    from anomaly.ui import callbacks as cb
+    from anomaly.ui.app import on_upload
+
+    df = wl.load_results(results)
+    row = df[(df["kind"] == "nifti") & (df["status"] == "ok")].iloc[0]
+    key = row["study_key"]
+    stored = wl.stored_maps(str(results), df, key)
+    assert stored[0].is_file() and stored[1] == row["content_hash"]
+    with cb._LOCK:
+        cb._CACHE.clear()
+    with monkeypatch.context() as mp:
+        mp.setattr(analysis, "score_prepared", lambda *a, **k: pytest.fail("a model ran"))
+        outs = list(on_upload(wl.open_study(str(results), key), None, "axial", METHODS, "auto", 0.5, 1.0, "both",
+                              progress=lambda *a, **k: None, first_slice=int(row["top_slice"]), stored=stored))
+        assert len(outs) == 1 and outs[0][1]["value"] == row["top_slice"]
+        assert "Stored batch results" in outs[0][2]["value"] and "not rescored" in outs[0][3]
+        a = cb.get_analysis(outs[0][0])
+        for m in METHODS:
+            np.testing.assert_array_equal(a.results[m].scores, row[f"{m}__curve"])
+        grid, table, _ = cb.render_view(outs[0][0], int(row["top_slice"]))
+        assert grid.size[0] > 0 and [t["method"] for t in table] == METHODS
+        # pressing Analyse with the same methods reuses it
+        assert cb.cached_analysis(a.scan, METHODS)[0] == outs[0][0]
+    gone = (results / "elsewhere", row["content_hash"])
+    with cb._LOCK:
+        cb._CACHE.clear()
+    outs = list(on_upload(wl.open_study(str(results), key), None, "axial", METHODS, "auto", 0.5, 1.0, "both",
+                          progress=lambda *a, **k: None, first_slice=int(row["top_slice"]), stored=gone))
+    assert len(outs) == 2 and "not used" in outs[0][2]["value"]
+    np.testing.assert_array_equal(cb.get_analysis(outs[-1][0]).results["ae"].scores, row["ae__curve"])

@@ -1,4 +1,5 @@
-"""Headless Chromium: the Worklist tab lists batch results; clicking a row opens the study in Review."""
+"""Headless Chromium: the Worklist tab lists batch results; clicking a row opens the study in Review
+with its stored maps."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def worklist_app(tiny_checkpoints, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("wlapp")
     cohort = make_cohort(tmp / "cohort", n_volumes=2, extras=False)
-    table = StudyScorer(METHODS, str(tiny_checkpoints))(pd.DataFrame(discover(cohort)))
     (tmp / "results").mkdir()
+    table = StudyScorer(METHODS, str(tiny_checkpoints), maps_out=str(tmp / "results"))(pd.DataFrame(discover(cohort)))
     pq.write_table(table, tmp / "results" / "part-0.parquet")
     with running_app(tiny_checkpoints, tmp / "data", ANOMALY_RESULTS=str(tmp / "results")) as url:
         yield url
@@ -42,6 +43,7 @@ def test_worklist_row_opens_study(worklist_app, browser):  # noqa: F811
     page.screenshot(path=str(ARTIFACTS / "worklist.png"), full_page=True)
     cells.first.click()
     page.wait_for_selector("text=percentile vs healthy", timeout=180_000)
+    page.get_by_text("not rescored").first.wait_for(timeout=60_000)  # the stored maps, no model run
     page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.src.includes('.png') && i.naturalWidth > 800)",
                            timeout=120_000)
     page.screenshot(path=str(ARTIFACTS / "worklist_opened.png"), full_page=True)

@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per actor")
     p.add_argument("--include-on-demand", action="store_true", help="with --methods all, also run slow methods (anoddpm)")
     p.add_argument("--retry-failed", action="store_true", help="score again the studies that failed before")
+    p.add_argument("--no-maps", action="store_true",
+                   help="do not store maps (~30 KB per slice); the worklist then re-scores a study it opens")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     from anomaly.batch.discovery import discover
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
         print(f"{len(items)} studies found; methods: {', '.join(methods)}", file=sys.stderr)
         s = run_batch(items, methods, a.out, address=a.address, workers=a.workers, checkpoint_root=a.checkpoints,
                       plane=a.plane, studies_per_part=a.studies_per_part, threads=a.threads,
-                      retry_failed=a.retry_failed, progress=not a.no_progress)
+                      retry_failed=a.retry_failed, progress=not a.no_progress,
+                      store_maps=not a.no_maps)
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -100,8 +100,9 @@ class _Progress:
 def run_batch(items: list[dict], methods: list[str], out: Path | str, *, address: str | None = None,
               workers: int | None = None, checkpoint_root: Path | None = None, plane: str = "axial",
               studies_per_part: int = 1, threads: int = 1, retry_failed: bool = False,
-              progress: bool = True) -> RunSummary:
-    """Score ``items`` with ``methods`` into Parquet parts under ``out``; studies already there are skipped."""
+              progress: bool = True, store_maps: bool = True) -> RunSummary:
+    """Score ``items`` with ``methods`` into Parquet parts under ``out`` (and their maps under ``out/maps``
+    unless ``store_maps`` is False); studies already there are skipped."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -115,7 +116,8 @@ def run_batch(items: list[dict], methods: list[str], out: Path | str, *, address
         n_cpus = int(ray.cluster_resources().get("CPU", 1))
         size = max(1, min(workers or n_cpus, n_cpus, len(items) or 1))
         kwargs = dict(methods=list(methods), checkpoint_root=str(Path(checkpoint_root).resolve()) if checkpoint_root else None,
-                      plane=plane, salt=study_salt(), done=frozenset(done), threads=threads)
+                      plane=plane, salt=study_salt(), done=frozenset(done), threads=threads,
+                      maps_out=str(out) if store_maps else None)
         with _Progress(out, len(items), progress) as bar:
             if items:
                 ds = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / studies_per_part)))

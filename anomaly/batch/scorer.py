@@ -43,6 +43,7 @@ COMMON = [
     ("plane", pa.string()), ("n_slices", pa.int32()), ("methods", pa.list_(pa.string())),
     ("ood", pa.bool_()), ("ood_reasons", pa.string()),
     ("top_slice", pa.int32()), ("thumbnail", pa.binary()),
+    ("maps", pa.string()), ("maps_bytes", pa.int64()),  # stored maps (``anomaly.batch.maps``), relative path
     ("seconds_load", pa.float64()), ("seconds_analyse", pa.float64()), ("seconds_total", pa.float64()),
     ("finished_at", pa.string()), ("host", pa.string()),
 ]
@@ -109,8 +110,11 @@ def _fill(row: dict, a) -> None:
 
 
 def score_study(it: dict, methods: list[str], checkpoint_root: Path | None = None, plane: str = "axial",
-                content_hash: str | None = None) -> dict:
-    """The result row of one study; a failure is a row with ``status='failed'``, never an exception."""
+                content_hash: str | None = None, out: Path | str | None = None) -> dict:
+    """The result row of one study; a failure is a row with ``status='failed'``, never an exception.
+
+    With ``out`` (the results folder) the study's maps are stored there (``anomaly.batch.maps``)
+    so that the worklist opens it without scoring it again."""
     from anomaly.analysis import analyse
     from anomaly.io import load_scan
 
@@ -128,6 +132,11 @@ def score_study(it: dict, methods: list[str], checkpoint_root: Path | None = Non
         a = analyse(scan, methods, plane=plane, checkpoint_root=checkpoint_root)
         t_an = time.perf_counter() - t0 - t_load
         _fill(row, a)
+        if out is not None:
+            from anomaly.batch.maps import MAPS_DIR, maps_path, save_maps
+
+            row["maps_bytes"] = save_maps(a, maps_path(out, h))
+            row["maps"] = f"{MAPS_DIR}/{h}.npz"
         row.update(status="ok")
     except AnomalyError as e:
         row.update(error_type=type(e).__name__, error=str(e))
@@ -151,10 +160,12 @@ def rows_table(rows: list[dict], methods: list[str]) -> pa.Table:
 class StudyScorer:
     """Ray Data callable: loads the checkpoints once per actor, then scores batches of items.
 
-    Studies whose content hash is in ``done`` give no row (resume)."""
+    Studies whose content hash is in ``done`` give no row (resume); with ``maps_out`` (the results
+    folder) each study's maps are stored there."""
 
     def __init__(self, methods: list[str], checkpoint_root: str | None = None, plane: str = "axial",
-                 salt: str | None = None, done: frozenset[str] | set[str] = frozenset(), threads: int = 1):
+                 salt: str | None = None, done: frozenset[str] | set[str] = frozenset(), threads: int = 1,
+                 maps_out: str | None = None):
         import torch
 
         from anomaly.methods.base import get_method
@@ -166,6 +177,7 @@ class StudyScorer:
         self.root = Path(checkpoint_root) if checkpoint_root else None
         self.plane = plane
         self.done = frozenset(done)
+        self.maps_out = maps_out  # results folder to store maps in (None: no maps)
         for m in self.methods:  # load every checkpoint once, here
             get_method(m, None if self.root is None else self.root / m)
 
@@ -180,5 +192,5 @@ class StudyScorer:
                 h = None
             if h is not None and h in self.done:
                 continue
-            rows.append(score_study(it, self.methods, self.root, self.plane, content_hash=h))
+            rows.append(score_study(it, self.methods, self.root, self.plane, content_hash=h, out=self.maps_out))
         return rows_table(rows, self.methods)

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from anomaly.errors import AnomalyError, MultipleSeriesError
+from anomaly.errors import AnomalyError, MultipleSeriesError, StaleResultsError
 from anomaly.ui import callbacks as cb
 from anomaly.ui.annotate import annotation_panel
 from anomaly.ui.worklist import build_worklist
@@ -38,7 +38,7 @@ HOW_TO_READ = """
   Other images still get maps, under a banner that says the scores are not calibrated for them.
 """
 
-CSS = ".banner {background:#5a1d1d; padding:8px; border-radius:6px}"
+CSS = ".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important}"
 
 
 def _examples() -> list[list[str]]:
@@ -72,13 +72,26 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: 
 
 
 def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, progress=gr.Progress(),
-              first_slice: int | None = None):
+              first_slice: int | None = None, stored: tuple | None = None):
     """Load; show the middle slice's overlays first (a volume), score the whole volume, then jump to
     its most anomalous slice (a generator: two updates for a volume, one for a 2D image).
-    ``first_slice`` (an axial index, e.g. a batch result's stored top slice) replaces the middle one."""
+    ``first_slice`` (an axial index, e.g. a batch result's stored top slice) replaces the middle one.
+    ``stored`` = (maps file, content hash) of a batch result: its stored maps are shown at once, with
+    no model run, unless the scan or a checkpoint changed since (then it is scored as usual)."""
+    note = ""
     try:
         loaded = cb.load_upload(files, series or None)
         scan, preview_key = loaded[0], None
+        if stored is not None and plane == "axial":
+            try:
+                key, a = cb.open_stored(loaded, *stored)
+            except StaleResultsError as e:
+                note = f"*Stored batch results not used: {e}; scoring again.* "
+            else:
+                yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods,
+                                    note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
+                                         "Press Analyse to score the scan again.*")
+                return
         if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
             mid = cb.preview_slice(scan, plane)
             if first_slice is not None and plane == "axial" and 0 <= int(first_slice) < scan.n_slices_in(plane):
@@ -86,7 +99,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
             preview_key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                                  only=[mid])
             yield _view_outputs(preview_key, a, mid, preset, opacity, threshold, mode, methods,
-                                note=f"*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
+                                note=f"{note}*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
         key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                      progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)

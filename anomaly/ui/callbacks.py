@@ -120,6 +120,18 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
     return _put(a), a
 
 
+def open_stored(loaded, maps_file, content_hash: str | None = None) -> tuple[str, Analysis]:
+    """A scan's analysis rebuilt from a batch run's stored maps (no model runs), cached like a
+    full analysis of its methods; ``StaleResultsError`` when the scan or a checkpoint changed."""
+    from anomaly.batch.maps import stored_analysis
+
+    scan, paths = loaded
+    a = stored_analysis(scan, maps_file, content_hash)
+    a._memo = _memo(scan, list(a.results), a.plane, 0, None)
+    a.source_paths = paths
+    return _put(a), a
+
+
 def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]:
     a = get_analysis(key)
     if a.plane == plane:
@@ -177,7 +189,7 @@ def score_curve_figure(a: Analysis, index: int | None = None):
 def scan_summary(a: Analysis) -> str:
     s = a.scan
     lines = [f"**Scan**: {s.description or repr(s)}  ", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slices; "
-             f"scored in {a.seconds:.2f} s"]
+             + (f"loaded from {a.origin} in {a.seconds:.2f} s" if a.origin else f"scored in {a.seconds:.2f} s")]
     if s.notes:
         lines.append("Notes: " + "; ".join(s.notes))
     if not s.known_frame:

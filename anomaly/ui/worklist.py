@@ -2,8 +2,9 @@
 
 Plain functions (tested without the UI) read the results, rank and filter them and join the
 review status from the annotation store; ``build_worklist`` lays out the tab and wires its events.
-A row opens its study in the review view: the scan is loaded from its path, analysed by the app
-and shown at its most anomalous slice. The page shows study keys, never source paths (folder
+A row opens its study in the review view at its most anomalous slice: the scan is loaded from its
+path and shown with the batch run's stored maps and scores (no model runs) when the file and the
+checkpoints are unchanged, else analysed again. The page shows study keys, never source paths (folder
 and file names may hold patient names).
 """
 
@@ -233,6 +234,15 @@ def stored_top_slice(df: pd.DataFrame, study_key: str) -> int | None:
     return None if v is None or pd.isna(v) else int(v)
 
 
+def stored_maps(folder, df: pd.DataFrame, study_key: str) -> tuple[Path, str]:
+    """(maps file, content hash) of a study: what the review view needs to show its stored results
+    without scoring it again (it checks that the scan and the checkpoints are unchanged)."""
+    from anomaly.batch.maps import maps_path
+
+    h = str(_row(df, study_key)["content_hash"])
+    return maps_path(Path(str(folder or "").strip() or default_results_dir()), h), h
+
+
 def open_study(folder, study_key: str) -> list[str]:
     """The files to load for ``study_key`` (for the review view's loader)."""
     if not study_key:
@@ -248,8 +258,9 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
     from anomaly.annotations.store import STATUSES
 
     gr.Markdown("Studies scored by `python -m anomaly.batch`, ranked by volume score. Thumbnails are the "
-                "stored top slices (no rescoring); opening a study shows its stored top slice first, then "
-                "re-analyses the whole volume in the Review tab (maps are not stored).")
+                "stored top slices. Opening a study shows it in the Review tab at its most anomalous slice with "
+                "the stored maps and scores (no rescoring) when its file and the checkpoints are unchanged; "
+                "otherwise it is scored again, its stored top slice first.")
     with gr.Row():
         folder = gr.Textbox(default_results_dir(), label="Results folder", scale=4)
         open_btn = gr.Button("Open results", variant="primary", scale=1)
@@ -286,10 +297,12 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             return
         try:
             files = open_study(folder_v, key)
-            top = stored_top_slice(load_results(folder_v), key)
+            df = load_results(folder_v)
+            top = stored_top_slice(df, key)
+            stored = stored_maps(folder_v, df, key)
         except AnomalyError as e:
             raise gr.Error(str(e)) from None
-        res = open_view(files, None, *review_values, progress=progress, first_slice=top)
+        res = open_view(files, None, *review_values, progress=progress, first_slice=top, stored=stored)
         for step in (res if inspect.isgenerator(res) else [res]):
             yield (*step, gr.update(selected=review_tab_id)) if tabs is not None else step
 
