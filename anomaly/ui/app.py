@@ -90,7 +90,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
             else:
                 yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods,
                                     note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
-                                         "Press Analyse to score the scan again.*")
+                                         "Another plane or set of methods is scored afresh.*")
                 return
         if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
             mid = cb.preview_slice(scan, plane)
