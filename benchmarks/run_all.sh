@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the README's benchmark tables (after `make data` and the trainings in the cards).
 #   main test:            data/cohort/test, every single-pass method (+ diffusion on a stated subset)
-#   held-out anatomy:     data/cohort/test_heldout with models trained on train_loo (checkpoints/loo)
+#   held-out anatomy:     data/cohort/test_heldout with models trained on train_loo (benchmarks/train_loo.sh)
 #   domain shift:         data/cohort/test_domain_shift (the real ITK subject), main models
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +12,11 @@ $PY -m anomaly.evaluate --data data/cohort/test --methods "$SINGLE" --out "$OUT/
 if [ -f checkpoints/anoddpm/card.json ]; then
   $PY -m anomaly.evaluate --data data/cohort/test --methods anoddpm --max-slices 60 --seed 0 --out "$OUT/test_anoddpm_subset60" --no-progress
 fi
-LOO=$($PY -c "from pathlib import Path; from anomaly.methods.base import available_methods; print(','.join(available_methods(Path('checkpoints/loo'))))")
+# held-out anatomy: the full leave-Colin27-out set of benchmarks/train_loo.sh (runs/loo) when it exists,
+# else the committed zscore + feature refits (checkpoints/loo); on-demand methods left out
+LOO_ROOT=${LOO_ROOT:-$( [ -d runs/loo ] && echo runs/loo || echo checkpoints/loo )}
+LOO=$($PY -c "from pathlib import Path; from anomaly.methods.base import available_methods, method_class; print(','.join(m for m in available_methods(Path('$LOO_ROOT')) if not method_class(m).on_demand))")
 if [ -n "$LOO" ]; then
-  $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "$LOO" --checkpoints checkpoints/loo --out "$OUT/heldout" --no-progress
+  $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "$LOO" --checkpoints "$LOO_ROOT" --out "$OUT/heldout" --no-progress
 fi
 $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods "$SINGLE" --out "$OUT/domain_shift" --no-progress
