@@ -184,6 +184,11 @@ def score_prepared(prepared: PreparedSlices, methods: list[str], seed: int = 0, 
     return {n: results[n] for n in methods}
 
 
+def scan_study_key(scan: Scan) -> str:
+    """The salted study key of a scan: from its StudyInstanceUID, else from its content."""
+    return study_key(scan.study_uid or scan.content_hash or str(hash(scan.voxels.tobytes())))
+
+
 def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0, checkpoint_root=None,
             progress=None, only=None) -> Analysis:
     """Run ``methods`` over every slice of ``scan`` in ``plane`` through the one scoring path.
@@ -202,7 +207,7 @@ def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0,
     if idx is not None:
         results = {n: _embed(r, idx, n_all) for n, r in results.items()}
         prepared = prepared_all
-    key = study_key(scan.study_uid or scan.content_hash or str(hash(scan.voxels.tobytes())))
+    key = scan_study_key(scan)
     scored_valid = prepared.valid if idx is None else np.isin(np.arange(n_all), idx) & prepared.valid
     v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, scored_valid)
     return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0, scored=idx)

@@ -210,3 +210,13 @@ def test_stored_maps_rebuild_the_apps_analysis(tmp_path, cohort, items, tiny_che
                         tiny_checkpoints)
     with pytest.raises(StaleResultsError, match="no stored maps"):
         stored_analysis(scan, maps_path(tmp_path, "0" * 64), None, tiny_checkpoints)
+    # a damaged or foreign maps file is refused with a clear message, never a traceback
+    good = maps_path(tmp_path, row["content_hash"])
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(StaleResultsError, match="unreadable|incomplete"):
+        stored_analysis(scan, bad, row["content_hash"], tiny_checkpoints)
+    with np.load(good) as z:
+        np.savez(bad, meta=z["meta"])  # the right header, no maps
+    with pytest.raises(StaleResultsError, match="incomplete"):
+        stored_analysis(scan, bad, row["content_hash"], tiny_checkpoints)

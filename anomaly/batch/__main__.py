@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--include-on-demand", action="store_true", help="with --methods all, also run slow methods (anoddpm)")
     p.add_argument("--retry-failed", action="store_true", help="score again the studies that failed before")
     p.add_argument("--no-maps", action="store_true",
-                   help="do not store maps (~30 KB per slice); the worklist then re-scores a study it opens")
+                   help="do not store maps (~60-70 KB per slice); the worklist then re-scores a study it opens")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     from anomaly.batch.discovery import discover

@@ -9,7 +9,8 @@ from pathlib import Path
 torch.set_num_threads(1)
 from anomaly.data.prepared import load_prepared
 from anomaly.methods.base import get_method
-from anomaly.scoring import postprocess_residual, image_score_from_map
+from anomaly.scoring import run_method
+from anomaly.train import _as_prepared
 from anomaly import metrics
 vl = load_prepared(Path("data/cohort/val_lesion"))
 lab = pd.read_csv("data/cohort/val_lesion/labels.csv").set_index("file")
@@ -17,8 +18,8 @@ skull = np.array([int(lab.loc[n.split(":")[0] + ".png", "skull"]) for n in vl.na
 print("skull slices", skull.sum(), "of", len(skull), flush=True)
 for name in sys.argv[1:]:
     m = get_method(name)
-    mv = np.concatenate([postprocess_residual(m.predict(vl.images[i:i+32], vl.masks[i:i+32], seed=0).residual, vl.masks[i:i+32]) for i in range(0, len(vl), 32)])
-    sc = image_score_from_map(mv, vl.masks)
+    r = run_method(m, _as_prepared(vl), seed=0)  # the one scoring path
+    mv, sc = r.anomaly_map, r.scores
     for g, sel in (("all", skull >= 0), ("stripped", skull == 0), ("skull", skull == 1)):
         print(f"{name:8s} {g:8s} n={sel.sum():3d} imgAUROC {metrics.image_auroc(vl.labels[sel], sc[sel]):.3f} "
               f"pixAP {metrics.pixel_ap(vl.lesions[sel], mv[sel], vl.masks[sel]):.3f}", flush=True)

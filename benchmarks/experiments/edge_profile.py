@@ -12,11 +12,13 @@ torch.set_num_threads(1)
 from scipy import ndimage
 from anomaly.data.prepared import load_prepared
 from anomaly.methods.base import get_method
-from anomaly.scoring import postprocess_residual, image_score_from_map
+from anomaly.scoring import image_score_from_map, run_method
+from anomaly.train import _as_prepared
 from anomaly import metrics
 
-def maps_of(m, ps, bs=32):
-    return np.concatenate([postprocess_residual(m.predict(ps.images[i:i+bs], ps.masks[i:i+bs], seed=0).residual, ps.masks[i:i+bs]) for i in range(0, len(ps), bs)])
+def maps_of(m, ps):
+    """Post-processed maps of a prepared set through the one scoring path."""
+    return run_method(m, _as_prepared(ps), seed=0).anomaly_map
 
 def dist(masks):
     return np.stack([ndimage.distance_transform_edt(m) for m in masks])

@@ -11,16 +11,14 @@ from pathlib import Path
 torch.set_num_threads(1)
 from anomaly.data.prepared import load_prepared
 from anomaly.methods.base import get_method
-from anomaly.scoring import postprocess_residual, image_score_from_map
+from anomaly.scoring import image_score_from_map, run_method
+from anomaly.train import _as_prepared
 from anomaly import metrics
 from scipy import ndimage
 
-def maps_of(m, ps, bs=32):
-    out = []
-    for i in range(0, len(ps), bs):
-        o = m.predict(ps.images[i:i+bs], ps.masks[i:i+bs], seed=0)
-        out.append(postprocess_residual(o.residual, ps.masks[i:i+bs]))
-    return np.concatenate(out)
+def maps_of(m, ps):
+    """Post-processed maps of a prepared set through the one scoring path."""
+    return run_method(m, _as_prepared(ps), seed=0).anomaly_map
 
 rng = np.random.default_rng(0)
 tr = load_prepared(Path("data/cohort/train"))
