@@ -1,8 +1,8 @@
 """DDAD and f-AnoGAN: tiny trainings on the toy set through ``anomaly.train.train``.
 
 Output contract (shapes, extra maps, f-AnoGAN's own image score), determinism, save/load
-round trip, --resume, DDAD's unlabeled folder (and its absence), and DDAD localising the
-toy lesion after a short training.
+round trip, --resume, DDAD's unlabeled folder (and its absence), DDAD's ASR stage (synthetic
+anomalies, refined map as the residual) and DDAD localising the toy lesion after a short training.
 """
 
 from __future__ import annotations
@@ -56,8 +56,11 @@ def ddad_data(tiny_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(ddad_data, tmp_path_factory):
+def trained(ddad_data, tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("ddad_fanogan_ckpt")
+    # the ASR refiner needs ~200 steps to localise the toy lesion (2x the ensembles' 100 here;
+    # in real runs the wall-time split ASR_SHARE is what binds)
+    monkeypatch_module.setattr("anomaly.methods.ddad.method.ASR_STEP_SHARE", 2.0)
     train("ddad", ddad_data, root / "ddad", TrainConfig(seed=0, max_steps=DDAD_STEPS, batch_size=BATCH, lr=DDAD_LR))
     train("fanogan", ddad_data, root / "fanogan", TrainConfig(seed=0, max_steps=6, batch_size=BATCH))
     clear_cache()
@@ -80,14 +83,14 @@ def test_ddad_output_contract_and_card(trained, val_lesion):
     n, s = x.shape[0], x.shape[-1]
     assert out.pseudo_healthy.shape == out.residual.shape == (n, s, s)
     assert out.image_score is None
-    assert set(out.extra_maps) == {"intra_discrepancy", "inter_discrepancy", "reconstruction_residual"}
+    assert set(out.extra_maps) == {"intra_discrepancy", "inter_discrepancy", "reconstruction_residual", "asr_refined"}
     for v in [out.residual, *out.extra_maps.values()]:
         assert v.shape == (n, s, s) and v.dtype == np.float32 and np.isfinite(v).all() and v.min() >= 0
-    assert np.allclose(out.residual, out.extra_maps["inter_discrepancy"])  # default map = A_inter
+    assert np.allclose(out.residual, out.extra_maps["asr_refined"])  # default map = the ASR-refined one
     card = _card(trained / "ddad")
     assert card["train_steps"] == DDAD_STEPS and card["wall_time_s"] > 0
     assert card["n_unlabeled_slices"] > 0 and card["unlabeled_data"].endswith("unlabeled")
-    assert card["architecture"]["k"] == 3 and "not implemented" in card["asr"]
+    assert card["architecture"]["k"] == 3 and card["asr"]["steps"] == card["asr_steps"] >= 1
     assert card["config"]["data_dir"].endswith("ds")
     keys = set(m.net.state_dict())
     assert {p for p in ("ndm0.", "ndm2.", "udm0.", "udm2.") if any(q.startswith(p) for q in keys)} == {
@@ -153,3 +156,62 @@ def test_ddad_residual_higher_inside_the_lesion(trained, val_lesion):
     rest = val_lesion.masks[idx] & ~val_lesion.lesions[idx]
     inside, outside = out.residual[les].mean(), out.residual[rest].mean()
     assert inside > 1.5 * outside, (inside, outside)
+
+
+def test_asr_synthetic_anomalies_stay_in_the_brain_and_match_their_targets(val_lesion):
+    from anomaly.methods.ddad.asr import synthetic_anomalies
+
+    x, m = val_lesion.images[:8], val_lesion.masks[:8]
+    same, t0 = synthetic_anomalies(x, m, np.random.default_rng(0), p=0.0)
+    np.testing.assert_array_equal(same, x)
+    assert not t0.any()
+    xc, t = synthetic_anomalies(x, m, np.random.default_rng(1), p=1.0)
+    assert xc.shape == x.shape and xc.dtype == np.float32 and np.isfinite(xc).all()
+    assert t.any(axis=(1, 2)).sum() >= 6  # nearly every slice got a blob
+    assert not (t & ~m).any()  # targets inside the brain
+    np.testing.assert_array_equal(xc[~m], x[~m])  # nothing changes outside the brain
+    assert (np.abs(xc - x)[t] > 0.02).all()  # every target pixel changed
+    # the same rng seed gives the same corruption
+    xc2, t2 = synthetic_anomalies(x, m, np.random.default_rng(1), p=1.0)
+    np.testing.assert_array_equal(xc, xc2)
+    np.testing.assert_array_equal(t, t2)
+
+
+def test_ddad_asr_refined_map_is_the_residual(trained, val_lesion):
+    m = get_method("ddad", trained / "ddad")
+    card = _card(trained / "ddad")
+    assert m.refiner is not None and card["score"]["map"] == "asr"
+    assert card["asr_steps"] == 2 * DDAD_STEPS and "synthetic" in card["asr"]["what"]
+    assert any(k.startswith("asr.") for k in __import__("safetensors.torch", fromlist=["x"]).load_file(
+        str(trained / "ddad" / "model.safetensors")))
+    out = m.predict(val_lesion.images[:3], val_lesion.masks[:3], seed=0)
+    r = out.residual
+    assert r.min() >= 0 and r.max() <= 1 and not r[~val_lesion.masks[:3]].any()
+    np.testing.assert_array_equal(r, out.extra_maps["asr_refined"])
+
+
+def test_asr_cli_adds_a_refiner_to_an_existing_checkpoint_and_recalibrates(trained, ddad_data, tmp_path):
+    from anomaly.methods.ddad import asr
+
+    rc = asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--out", str(tmp_path / "x"),
+                   "--steps", "3", "--batch-size", "4", "--device", "cpu"])
+    assert rc == 0
+    card, before = _card(tmp_path / "x"), _card(trained / "ddad")
+    assert card["asr_steps"] == 3 and card["score"]["map"] == "asr" and card["asr_command"].startswith("python -m")
+    assert card["validation_before_asr"] == before["validation"] and "val_lesion_pixel_ap" in card["validation"]
+    assert card["calibration"]["pixel_threshold"] > 0 and card["checkpoint_hash"] != before["checkpoint_hash"]
+    clear_cache()
+    a = get_method("ddad", trained / "ddad").net.state_dict()
+    b = get_method("ddad", tmp_path / "x").net.state_dict()
+    assert all(torch_equal(a[k], b[k]) for k in a)  # the ensembles are left as they were
+    # refuses a checkpoint of another method
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "card.json").write_text(json.dumps({"method": "ae"}))
+    assert asr.main(["--checkpoint", str(tmp_path / "other"), "--data", str(ddad_data)]) == 2
+    clear_cache()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -1,26 +1,36 @@
-"""DDAD: dual-distribution discrepancy (Cai et al., MedIA 2023), AE ensembles, no ASR stage.
+"""DDAD: dual-distribution discrepancy with self-supervised refinement (Cai et al., MedIA 2023).
 
 Two ensembles of K autoencoders: the NDM learns the healthy distribution only (``train``),
 the UDM learns healthy + an unlabeled normal/lesion mixture (``DATA/unlabeled``, never the
 test set). Where they disagree (inter-discrepancy |mean NDM - mean UDM|) is what the UDM
-learned from the unlabeled anomalies and the NDM cannot reconstruct: the anomaly map.
+learned from the unlabeled anomalies and the NDM cannot reconstruct. The ASR stage
+(``asr.py``) refines the intra/inter-discrepancy and reconstruction maps into the residual;
+it is trained self-supervised on synthetic anomalies of healthy slices. Checkpoints without
+an ASR head fall back to ``DEFAULT_SCORE``'s map (A_inter).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from anomaly.methods.base import AnomalyMethod, MethodOutput, register
+from anomaly.methods.ddad.asr import ASR_PREFIX, build_refiner, fit_refiner, refiner_inputs
 from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
 
 # How the residual map is formed: "inter" = |mu_NDM - mu_UDM| (the paper's A_inter, default);
 # "inter_norm" = A_inter / (A_intra + eps): the inter-discrepancy normalised by the NDM's own
 # uncertainty (down-weights regions where healthy reconstructions already disagree).
 DEFAULT_SCORE = {"map": "inter", "eps": 0.02}
+# Share of the training budget (minutes and steps) given to the ASR stage after the ensembles
+# (0 = no ASR; the residual is then DEFAULT_SCORE's map).
+ASR_SHARE = 0.3
+ASR_STEP_SHARE = ASR_SHARE  # of cfg.max_steps (a step cap only binds in tests and --steps runs)
+ASR_LR = 1e-3
 UNLABELED_FRACTION = 0.5  # share of each UDM batch drawn from the unlabeled set (when present)
 LOSS = "mse"  # the paper's AE reconstruction loss, inside the brain mask
 
@@ -39,7 +49,7 @@ def _unlabeled(cfg):
 @register
 class DDAD(AnomalyMethod):
     name = "ddad"
-    title = "DDAD (dual-distribution discrepancy, AE ensembles)"
+    title = "DDAD (dual-distribution discrepancy, AE ensembles + ASR)"
     paper = ("Cai et al., Dual-distribution discrepancy with self-supervised refinement for anomaly "
              "detection in medical images, MedIA 2023")
     citation = ("Cai Y, Chen H, Yang X, Zhou Y, Cheng K-T. Dual-distribution discrepancy with "
@@ -49,9 +59,16 @@ class DDAD(AnomalyMethod):
     def load(self) -> None:
         from anomaly.checkpoints import load_weights
 
+        weights = load_weights(self.checkpoint_dir)
         self.net = DualEnsemble(self.card.get("architecture", DEFAULT_ARCH))
-        self.net.load_state_dict(load_weights(self.checkpoint_dir))
+        self.net.load_state_dict({k: v for k, v in weights.items() if not k.startswith(ASR_PREFIX)})
         self.net.eval()
+        self.refiner = None
+        asr = {k[len(ASR_PREFIX):]: v for k, v in weights.items() if k.startswith(ASR_PREFIX)}
+        if asr:
+            self.refiner = build_refiner(self.card.get("asr", {}).get("architecture"))
+            self.refiner.load_state_dict(asr)
+            self.refiner.eval()
         self.score = {**DEFAULT_SCORE, **self.card.get("score", {})}
 
     @torch.no_grad()
@@ -64,14 +81,20 @@ class DDAD(AnomalyMethod):
         intra = out["intra"][:, 0].numpy() * m
         inter = np.abs(mu_n - mu_u) * m
         rec = np.abs(np.asarray(images, np.float32) - mu_n) * m
-        if self.score["map"] == "inter_norm":
+        extra = {"intra_discrepancy": intra, "inter_discrepancy": inter, "reconstruction_residual": rec}
+        if self.refiner is not None:
+            refined = torch.sigmoid(self.refiner(refiner_inputs(x, out)))[:, 0].numpy() * m
+            extra["asr_refined"] = refined.astype(np.float32)
+        if self.score["map"] == "asr" and self.refiner is not None:
+            residual = extra["asr_refined"]
+        elif self.score["map"] == "inter_norm":
             residual = inter / (intra + float(self.score["eps"]))
         else:
             residual = inter
         return MethodOutput(
             pseudo_healthy=mu_n * m,
             residual=residual.astype(np.float32),
-            extra_maps={"intra_discrepancy": intra, "inter_discrepancy": inter, "reconstruction_residual": rec},
+            extra_maps=extra,
         )
 
     @classmethod
@@ -87,7 +110,8 @@ class DDAD(AnomalyMethod):
         unl = _unlabeled(cfg)
         if unl is None:
             print("ddad: no unlabeled/ folder next to train/: the UDM is trained on train alone", file=sys.stderr)
-        loop = TrainLoop(cfg, Path(out_dir) / "work", {"net": net}, {"opt": opt}, desc="ddad")
+        ens_cfg = replace(cfg, minutes=cfg.minutes * (1 - ASR_SHARE)) if ASR_SHARE else cfg
+        loop = TrainLoop(ens_cfg, Path(out_dir) / "work", {"net": net}, {"opt": opt}, desc="ddad")
         b = cfg.batch_size
 
         def stream(j: int, images, masks, bs):
@@ -124,6 +148,13 @@ class DDAD(AnomalyMethod):
                      ndm=float(np.mean([v for k, v in losses.items() if k.startswith("ndm")])),
                      udm=float(np.mean([v for k, v in losses.items() if k.startswith("udm")])))
         net.eval()
+        tensors = dict(net.state_dict())
+        asr_info: dict = {"asr": "not trained (ASR_SHARE = 0)"}
+        if ASR_SHARE:
+            asr_cfg = replace(cfg, minutes=cfg.minutes * ASR_SHARE, max_steps=max(1, round(cfg.max_steps * ASR_STEP_SHARE)),
+                              batch_size=min(cfg.batch_size, 16), lr=ASR_LR)
+            refiner, asr_info = fit_refiner(net, train, asr_cfg, Path(out_dir) / "work_asr")
+            tensors.update({ASR_PREFIX + k: v for k, v in refiner.state_dict().items()})
         last = loop.history[-1] if loop.history else {}
         card = {
             "architecture": arch,
@@ -141,8 +172,9 @@ class DDAD(AnomalyMethod):
             "udm_note": (None if unl is not None else
                          "no unlabeled/ folder: the UDM was trained on the healthy train set alone, so the "
                          "inter-discrepancy only reflects ensemble disagreement"),
-            "asr": "not implemented (the self-supervised refinement stage of the paper is omitted)",
-            "maps": {"residual": "inter-discrepancy |mean NDM - mean UDM| (A_inter)",
+            **asr_info,
+            "maps": {"residual": ("ASR-refined anomaly map (sigmoid of the refiner)" if ASR_SHARE else
+                                  "inter-discrepancy |mean NDM - mean UDM| (A_inter)"),
                      "pseudo_healthy": "mean NDM reconstruction x brain mask",
                      "intra_discrepancy": "std of the K NDM reconstructions",
                      "inter_discrepancy": "|mean NDM - mean UDM|",
@@ -153,4 +185,7 @@ class DDAD(AnomalyMethod):
             "final_loss_udm": last.get("udm"),
             "wall_time_s": loop.wall_time_s,
         }
-        return dict(net.state_dict()), card
+        if ASR_SHARE:
+            card["score"] = {**card["score"], "map": "asr"}
+            card["maps"]["asr_refined"] = "the refined map (= residual)"
+        return tensors, card

@@ -1,0 +1,227 @@
+"""DDAD's anomaly score refinement (ASR; Cai et al., MedIA 2023, section 3.4).
+
+The discrepancy maps of DDAD are coarse (64x64 ensembles) and also light up where healthy
+anatomy is hard to reconstruct. ASR is a small segmentation UNet that takes the image and the
+maps (intra-discrepancy, inter-discrepancy, reconstruction residual) and outputs a refined
+map. It is trained *self-supervised*: on healthy training slices with synthetic anomalies
+drawn by ``synthetic_anomalies`` (this module's own generator: random smooth-edged blobs
+filled with an intensity shift, a foreign patch of another slice, or a noise texture), and
+the frozen DDAD ensembles computing the maps on the corrupted image. No lesion data is used:
+the lesion generator of the cohort (``anomaly.data.lesions``) is neither imported nor copied.
+
+``python -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data DIR --minutes M``
+adds (or continues, with ``--resume``) an ASR stage on an existing DDAD checkpoint and
+re-calibrates it; ``python -m anomaly.train ddad`` trains it after the ensembles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import UNet
+from scipy.ndimage import binary_erosion, gaussian_filter
+
+ASR_ARCH = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
+MAP_GAIN = {"intra": 10.0, "inter": 10.0, "rec": 5.0}  # bring the maps to ~unit range for the UNet
+ASR_PREFIX = "asr."
+
+
+def build_refiner(arch: dict | None = None) -> torch.nn.Module:
+    """MONAI UNet: (image, intra, inter, reconstruction residual) -> anomaly logits."""
+    a = {**ASR_ARCH, **(arch or {})}
+    return UNet(spatial_dims=2, in_channels=4, out_channels=1, channels=tuple(a["channels"]),
+                strides=tuple(a["strides"]), num_res_units=int(a["num_res_units"]), norm="batch")
+
+
+def refiner_inputs(x: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N,1,S,S) image + DualEnsemble outputs -> (N,4,S,S) refiner input."""
+    rec = (x - maps["ndm_mean"]).abs()
+    inter = (maps["ndm_mean"] - maps["udm_mean"]).abs()
+    return torch.cat([x, maps["intra"] * MAP_GAIN["intra"], inter * MAP_GAIN["inter"], rec * MAP_GAIN["rec"]], 1)
+
+
+def _blob(shape: tuple[int, int], centre, radius: float, rng: np.random.Generator) -> np.ndarray:
+    """A random smooth-edged blob: an ellipse (random axes, rotation) with a noisy boundary."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    th = rng.uniform(0, np.pi)
+    a, b = radius, radius * rng.uniform(0.5, 1.0)
+    dy, dx = yy - centre[0], xx - centre[1]
+    u = (dx * np.cos(th) + dy * np.sin(th)) / a
+    v = (-dx * np.sin(th) + dy * np.cos(th)) / b
+    noise = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=max(1.5, radius / 3))
+    noise /= noise.std() + 1e-6
+    return np.sqrt(u * u + v * v) + 0.25 * noise < 1.0
+
+
+def synthetic_anomalies(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
+                        p: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Corrupt a batch (N,S,S) of healthy slices; returns (corrupted images, target masks).
+
+    Each slice gets, with probability ``p``, one or two blobs (radius 2-20 px) inside its brain
+    mask, each filled by one of: an intensity shift of +-0.1..0.6, a foreign patch of another
+    slice of the batch blended at 0.5..1, or a smooth noise texture around a random level.
+    The target is the blob where the image actually changed (|delta| > 0.02).
+    """
+    x = np.array(images, np.float32, copy=True)
+    target = np.zeros(x.shape, bool)
+    n, h, w = x.shape
+    for i in range(n):
+        if rng.random() >= p:
+            continue
+        inner = binary_erosion(masks[i], iterations=3)
+        pts = np.argwhere(inner)
+        if len(pts) == 0:
+            continue
+        for _ in range(1 + int(rng.random() < 0.3)):
+            c = pts[rng.integers(len(pts))]
+            r = float(np.exp(rng.uniform(np.log(2.0), np.log(20.0))))
+            shape = _blob((h, w), c, r, rng) & masks[i]
+            if shape.sum() < 4:
+                continue
+            soft = gaussian_filter(shape.astype(np.float32), sigma=rng.uniform(0.5, 2.0))
+            kind = rng.integers(3)
+            if kind == 0:  # intensity shift, darker or brighter
+                delta = rng.uniform(0.1, 0.6) * rng.choice([-1.0, 1.0])
+                new = x[i] + delta
+            elif kind == 1:  # foreign patch: another slice of the batch, shifted
+                j = int(rng.integers(n))
+                sh = rng.integers(-20, 21, size=2)
+                new = np.roll(images[j], tuple(int(s) for s in sh), axis=(0, 1)).astype(np.float32)
+                soft = soft * rng.uniform(0.5, 1.0)
+            else:  # texture around a random level
+                tex = gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), sigma=rng.uniform(0.7, 3))
+                tex /= tex.std() + 1e-6
+                new = rng.uniform(0.1, 1.3) + rng.uniform(0.03, 0.2) * tex
+            before = x[i].copy()
+            x[i] = np.clip((1 - soft) * x[i] + soft * new, 0.0, 1.5)
+            target[i] |= shape & (np.abs(x[i] - before) > 0.02)
+    x[~masks.astype(bool)] = images[~masks.astype(bool)]
+    return x, target
+
+
+def asr_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE (inside the brain) + soft Dice on the batch."""
+    m = mask.float()
+    bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * m).sum() / m.sum().clamp(min=1)
+    p = torch.sigmoid(logits) * m
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return bce + dice
+
+
+def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dict | None = None,
+                desc: str = "ddad-asr") -> tuple[torch.nn.Module, dict]:
+    """Train the refiner on ``train`` (healthy PreparedSet) with the frozen ``ensemble``."""
+    from anomaly.training import TrainLoop, batches, seed_everything
+
+    seed_everything(cfg.seed + 7)
+    net = build_refiner(arch)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ensemble.eval()
+    for prm in ensemble.parameters():
+        prm.requires_grad_(False)
+    loop = TrainLoop(cfg, Path(work_dir), {"asr": net}, {"opt": opt}, desc=desc)
+    rng = np.random.default_rng([cfg.seed, 7, loop.step])
+    gen = batches(train.images, train.masks, cfg.batch_size, rng, cfg.augment, "cpu")
+    net.train()
+    for _ in loop:
+        xb, mb = next(gen)
+        xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng)
+        x = torch.from_numpy(xc)[:, None].to(cfg.device)
+        m = mb.to(cfg.device)
+        t = torch.from_numpy(tgt.astype(np.float32))[:, None].to(cfg.device)
+        with torch.no_grad():
+            inp = refiner_inputs(x, ensemble(x))
+        loss = asr_loss(net(inp), t, m)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loop.log(loss=float(loss.item()))
+    net.eval()
+    last = loop.history[-1] if loop.history else {}
+    info = {
+        "asr_steps": loop.step,
+        "asr_final_loss": last.get("loss"),
+        "asr_wall_time_s": loop.wall_time_s,
+        "asr": {
+            "what": ("self-supervised refinement: MONAI UNet on (image, intra, inter, reconstruction residual) "
+                     "-> sigmoid anomaly map, trained on healthy train slices with synthetic anomalies "
+                     "(anomaly.methods.ddad.asr.synthetic_anomalies: blobs of intensity shift / foreign patch / "
+                     "noise texture; not the cohort's lesion generator), frozen DDAD ensembles"),
+            "architecture": {**ASR_ARCH, **(arch or {})},
+            "loss": "BCE inside the brain + soft Dice",
+            "map_gain": MAP_GAIN,
+            "steps": loop.step,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+        },
+    }
+    return net, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Add an ASR stage to an existing DDAD checkpoint, then re-calibrate and re-validate it."""
+    from dataclasses import replace
+
+    from anomaly.checkpoints import load_card, load_weights, save_checkpoint
+    from anomaly.methods.base import clear_cache
+    from anomaly.methods.ddad.model import DualEnsemble
+    from anomaly.train import load_training_data, train
+    from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
+
+    p = argparse.ArgumentParser(prog="python -m anomaly.methods.ddad.asr", description=main.__doc__)
+    p.add_argument("--checkpoint", type=Path, required=True, help="a trained DDAD checkpoint folder")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="write here (default: in place)")
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val_normal")
+    a = p.parse_args(argv)
+    set_threads()
+    out = a.out or a.checkpoint
+    card = load_card(a.checkpoint)
+    if card.get("method") != "ddad":
+        print(f"{a.checkpoint} is not a DDAD checkpoint", file=sys.stderr)
+        return 2
+    weights = load_weights(a.checkpoint)
+    ens = DualEnsemble(card.get("architecture"))
+    ens.load_state_dict({k: v for k, v in weights.items() if not k.startswith(ASR_PREFIX)})
+    cfg = TrainConfig(seed=a.seed, minutes=a.minutes, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                      resume=a.resume, device=resolve_device(a.device), data_dir=str(a.data))
+    ens.to(cfg.device)
+    train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
+    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr")
+    tensors = {k: v for k, v in ens.state_dict().items()}
+    tensors.update({ASR_PREFIX + k: v for k, v in net.state_dict().items()})
+    new = {k: v for k, v in card.items() if k not in ("calibration", "validation", "checkpoint_hash", "weights")}
+    new.update(info)
+    if card.get("validation"):
+        new["validation_before_asr"] = card["validation"]
+    new["score"] = {**card.get("score", {}), "map": "asr"}
+    new["maps"] = {**card.get("maps", {}), "residual": "ASR-refined anomaly map (sigmoid of the refiner)",
+                   "inter_discrepancy": "|mean NDM - mean UDM| (A_inter; the residual before ASR)"}
+    cmd = " ".join(["python -m anomaly.methods.ddad.asr", *(argv if argv is not None else sys.argv[1:])])
+    new["asr_command"] = cmd
+    new["asr_trained_on"] = device_label(cfg.device)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, tensors, new)
+    clear_cache()
+    card = train("ddad", a.data, out, replace(cfg, device="cpu"), train_split=a.train_split, val_split=a.val_split,
+                 calibrate_only=True)
+    print(f"ddad + ASR: {card['validation']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
