@@ -83,10 +83,10 @@ def test_ddad_output_contract_and_card(trained, val_lesion):
     n, s = x.shape[0], x.shape[-1]
     assert out.pseudo_healthy.shape == out.residual.shape == (n, s, s)
     assert out.image_score is None
-    assert set(out.extra_maps) == {"intra_discrepancy", "inter_discrepancy", "reconstruction_residual", "asr_refined"}
+    assert set(out.extra_maps) == {"intra_discrepancy", "inter_discrepancy", "reconstruction_residual"}
     for v in [out.residual, *out.extra_maps.values()]:
         assert v.shape == (n, s, s) and v.dtype == np.float32 and np.isfinite(v).all() and v.min() >= 0
-    assert np.allclose(out.residual, out.extra_maps["asr_refined"])  # default map = the ASR-refined one
+    assert out.residual.max() <= 1 and not np.allclose(out.residual, out.extra_maps["inter_discrepancy"])  # ASR map
     card = _card(trained / "ddad")
     assert card["train_steps"] == DDAD_STEPS and card["wall_time_s"] > 0
     assert card["n_unlabeled_slices"] > 0 and card["unlabeled_data"].endswith("unlabeled")
@@ -187,7 +187,14 @@ def test_ddad_asr_refined_map_is_the_residual(trained, val_lesion):
     out = m.predict(val_lesion.images[:3], val_lesion.masks[:3], seed=0)
     r = out.residual
     assert r.min() >= 0 and r.max() <= 1 and not r[~val_lesion.masks[:3]].any()
-    np.testing.assert_array_equal(r, out.extra_maps["asr_refined"])
+    # with the card's map set back to A_inter, the refined map is offered as an extra map instead
+    m.score = {**m.score, "map": "inter"}
+    try:
+        out2 = m.predict(val_lesion.images[:3], val_lesion.masks[:3], seed=0)
+    finally:
+        m.score = {**m.score, "map": "asr"}
+    np.testing.assert_array_equal(out2.extra_maps["asr_refined"], r)
+    np.testing.assert_array_equal(out2.residual, out2.extra_maps["inter_discrepancy"])
 
 
 def test_asr_cli_adds_a_refiner_to_an_existing_checkpoint_and_recalibrates(trained, ddad_data, tmp_path):

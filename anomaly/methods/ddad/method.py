@@ -11,6 +11,7 @@ an ASR head fall back to ``DEFAULT_SCORE``'s map (A_inter).
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -28,8 +29,17 @@ from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
 DEFAULT_SCORE = {"map": "inter", "eps": 0.02}
 # Share of the training budget (minutes and steps) given to the ASR stage after the ensembles
 # (0 = no ASR; the residual is then DEFAULT_SCORE's map).
+# ``ANOMALY_DDAD_ASR_SHARE`` overrides it (0: train the ensembles only, then add ASR later with
+# ``python -m anomaly.methods.ddad.asr``, as the shipped checkpoint was made).
 ASR_SHARE = 0.3
-ASR_STEP_SHARE = ASR_SHARE  # of cfg.max_steps (a step cap only binds in tests and --steps runs)
+ASR_STEP_SHARE: float | None = None  # of cfg.max_steps, default ASR_SHARE (a step cap binds in tests and --steps runs)
+
+
+def asr_share() -> float:
+    """Share of the training budget given to ASR (``ANOMALY_DDAD_ASR_SHARE`` or ``ASR_SHARE``)."""
+    return float(os.environ.get("ANOMALY_DDAD_ASR_SHARE", ASR_SHARE))
+
+
 ASR_LR = 1e-3
 UNLABELED_FRACTION = 0.5  # share of each UDM batch drawn from the unlabeled set (when present)
 LOSS = "mse"  # the paper's AE reconstruction loss, inside the brain mask
@@ -82,15 +92,17 @@ class DDAD(AnomalyMethod):
         inter = np.abs(mu_n - mu_u) * m
         rec = np.abs(np.asarray(images, np.float32) - mu_n) * m
         extra = {"intra_discrepancy": intra, "inter_discrepancy": inter, "reconstruction_residual": rec}
+        refined = None
         if self.refiner is not None:
-            refined = torch.sigmoid(self.refiner(refiner_inputs(x, out)))[:, 0].numpy() * m
-            extra["asr_refined"] = refined.astype(np.float32)
-        if self.score["map"] == "asr" and self.refiner is not None:
-            residual = extra["asr_refined"]
+            refined = (torch.sigmoid(self.refiner(refiner_inputs(x, out)))[:, 0].numpy() * m).astype(np.float32)
+        if self.score["map"] == "asr" and refined is not None:
+            residual = refined  # the refined map is the residual (not repeated as an extra map)
         elif self.score["map"] == "inter_norm":
             residual = inter / (intra + float(self.score["eps"]))
         else:
             residual = inter
+        if refined is not None and residual is not refined:
+            extra["asr_refined"] = refined
         return MethodOutput(
             pseudo_healthy=mu_n * m,
             residual=residual.astype(np.float32),
@@ -110,7 +122,9 @@ class DDAD(AnomalyMethod):
         unl = _unlabeled(cfg)
         if unl is None:
             print("ddad: no unlabeled/ folder next to train/: the UDM is trained on train alone", file=sys.stderr)
-        ens_cfg = replace(cfg, minutes=cfg.minutes * (1 - ASR_SHARE)) if ASR_SHARE else cfg
+        share = asr_share()
+        step_share = share if ASR_STEP_SHARE is None else ASR_STEP_SHARE
+        ens_cfg = replace(cfg, minutes=cfg.minutes * (1 - share)) if share else cfg
         loop = TrainLoop(ens_cfg, Path(out_dir) / "work", {"net": net}, {"opt": opt}, desc="ddad")
         b = cfg.batch_size
 
@@ -149,9 +163,9 @@ class DDAD(AnomalyMethod):
                      udm=float(np.mean([v for k, v in losses.items() if k.startswith("udm")])))
         net.eval()
         tensors = dict(net.state_dict())
-        asr_info: dict = {"asr": "not trained (ASR_SHARE = 0)"}
-        if ASR_SHARE:
-            asr_cfg = replace(cfg, minutes=cfg.minutes * ASR_SHARE, max_steps=max(1, round(cfg.max_steps * ASR_STEP_SHARE)),
+        asr_info: dict = {"asr": "not trained (ASR share 0): add it with python -m anomaly.methods.ddad.asr"}
+        if share:
+            asr_cfg = replace(cfg, minutes=cfg.minutes * share, max_steps=max(1, round(cfg.max_steps * step_share)),
                               batch_size=min(cfg.batch_size, 16), lr=ASR_LR)
             refiner, asr_info = fit_refiner(net, train, asr_cfg, Path(out_dir) / "work_asr")
             tensors.update({ASR_PREFIX + k: v for k, v in refiner.state_dict().items()})
@@ -173,7 +187,7 @@ class DDAD(AnomalyMethod):
                          "no unlabeled/ folder: the UDM was trained on the healthy train set alone, so the "
                          "inter-discrepancy only reflects ensemble disagreement"),
             **asr_info,
-            "maps": {"residual": ("ASR-refined anomaly map (sigmoid of the refiner)" if ASR_SHARE else
+            "maps": {"residual": ("ASR-refined anomaly map (sigmoid of the refiner)" if share else
                                   "inter-discrepancy |mean NDM - mean UDM| (A_inter)"),
                      "pseudo_healthy": "mean NDM reconstruction x brain mask",
                      "intra_discrepancy": "std of the K NDM reconstructions",
@@ -185,7 +199,7 @@ class DDAD(AnomalyMethod):
             "final_loss_udm": last.get("udm"),
             "wall_time_s": loop.wall_time_s,
         }
-        if ASR_SHARE:
+        if share:
             card["score"] = {**card["score"], "map": "asr"}
             card["maps"]["asr_refined"] = "the refined map (= residual)"
         return tensors, card
