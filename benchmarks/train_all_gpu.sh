@@ -29,9 +29,10 @@ for m in zscore ae vae ddad fanogan feature anoddpm; do
 done
 # CPU stages (this 2-core VM, session 4), chosen on val_lesion (README, "What these numbers say"):
 # the DAE at the paper's 16x16 noise (now the default), 16 min with 2 threads then resumed to the
-# 45-minute budget with 1 thread; DDAD's ASR head on the GPU ensembles, 20 min with 1 thread.
+# 45-minute budget with 1 thread; DDAD's ASR head on the GPU ensembles, 20 min then resumed to 40 min, 1 thread.
 ANOMALY_THREADS=2 $PY -m anomaly.train dae --data data/cohort --seed 0 --minutes 16 --out runs/dae16
 ANOMALY_THREADS=1 $PY -m anomaly.train dae --data data/cohort --seed 0 --minutes 45 --resume --out runs/dae16
 cp runs/dae16/model.safetensors runs/dae16/card.json checkpoints/dae/
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 20
+ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 40 --resume
 $PY -m anomaly.train consensus --data data/cohort

@@ -19,7 +19,7 @@ done
   $PY -m anomaly.train dae  $T --out "$LOO/dae"  --minutes 25 > "$LOO/dae.log" 2>&1
   ANOMALY_DDAD_ASR_SHARE=0 $PY -m anomaly.train ddad $T --out "$LOO/ddad" --minutes 25 > "$LOO/ddad.log" 2>&1
   $PY -m anomaly.methods.ddad.asr --checkpoint "$LOO/ddad" --data data/cohort --train-split train_loo \
-      --val-split val_normal_loo --minutes 20 > "$LOO/ddad_asr.log" 2>&1 ) &
+      --val-split val_normal_loo --minutes 40 > "$LOO/ddad_asr.log" 2>&1 ) &
 ( $PY -m anomaly.train vae     $T --out "$LOO/vae"     --minutes 20 > "$LOO/vae.log" 2>&1
   $PY -m anomaly.train fanogan $T --out "$LOO/fanogan" --minutes 25 > "$LOO/fanogan.log" 2>&1 ) &
 wait
