@@ -175,6 +175,9 @@ def test_asr_synthetic_anomalies_stay_in_the_brain_and_match_their_targets(val_l
     xc2, t2 = synthetic_anomalies(x, m, np.random.default_rng(1), p=1.0)
     np.testing.assert_array_equal(xc, xc2)
     np.testing.assert_array_equal(t, t2)
+    # subtle=1: every blob is a low-contrast shift (|delta| <= 0.12 each, two may overlap)
+    xs, ts = synthetic_anomalies(x, m, np.random.default_rng(3), p=1.0, subtle=1.0)
+    assert ts.any() and np.abs(xs - x).max() <= 0.24 + 1e-5 and (np.abs(xs - x)[ts] > 0.02).all()
 
 
 def test_ddad_asr_refined_map_is_the_residual(trained, val_lesion):

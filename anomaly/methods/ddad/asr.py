@@ -60,12 +60,13 @@ def _blob(shape: tuple[int, int], centre, radius: float, rng: np.random.Generato
 
 
 def synthetic_anomalies(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
-                        p: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+                        p: float = 0.8, subtle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Corrupt a batch (N,S,S) of healthy slices; returns (corrupted images, target masks).
 
     Each slice gets, with probability ``p``, one or two blobs (radius 2-20 px) inside its brain
     mask, each filled by one of: an intensity shift of +-0.1..0.6, a foreign patch of another
     slice of the batch blended at 0.5..1, or a smooth noise texture around a random level.
+    With ``subtle`` > 0, that share of the blobs is instead a low-contrast shift of +-0.04..0.12.
     The target is the blob where the image actually changed (|delta| > 0.02).
     """
     x = np.array(images, np.float32, copy=True)
@@ -85,8 +86,10 @@ def synthetic_anomalies(images: np.ndarray, masks: np.ndarray, rng: np.random.Ge
             if shape.sum() < 4:
                 continue
             soft = gaussian_filter(shape.astype(np.float32), sigma=rng.uniform(0.5, 2.0))
-            kind = rng.integers(3)
-            if kind == 0:  # intensity shift, darker or brighter
+            kind = 3 if (subtle > 0 and rng.random() < subtle) else rng.integers(3)
+            if kind == 3:  # low-contrast shift
+                new = x[i] + rng.uniform(0.04, 0.12) * rng.choice([-1.0, 1.0])
+            elif kind == 0:  # intensity shift, darker or brighter
                 delta = rng.uniform(0.1, 0.6) * rng.choice([-1.0, 1.0])
                 new = x[i] + delta
             elif kind == 1:  # foreign patch: another slice of the batch, shifted
@@ -115,7 +118,7 @@ def asr_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dict | None = None,
-                desc: str = "ddad-asr") -> tuple[torch.nn.Module, dict]:
+                desc: str = "ddad-asr", subtle: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """Train the refiner on ``train`` (healthy PreparedSet) with the frozen ``ensemble``."""
     from anomaly.training import TrainLoop, batches, seed_everything
 
@@ -131,7 +134,7 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
     net.train()
     for _ in loop:
         xb, mb = next(gen)
-        xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng)
+        xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng, subtle=subtle)
         x = torch.from_numpy(xc)[:, None].to(cfg.device)
         m = mb.to(cfg.device)
         t = torch.from_numpy(tgt.astype(np.float32))[:, None].to(cfg.device)
@@ -155,6 +158,7 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
                      "noise texture; not the cohort's lesion generator), frozen DDAD ensembles"),
             "architecture": {**ASR_ARCH, **(arch or {})},
             "loss": "BCE inside the brain + soft Dice",
+            "generator": {"p": 0.8, "subtle_share": subtle},
             "map_gain": MAP_GAIN,
             "steps": loop.step,
             "lr": cfg.lr,
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--subtle-share", type=float, default=0.0,
+                   help="share of low-contrast (+-0.04..0.12) synthetic anomalies")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val_normal")
     a = p.parse_args(argv)
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                       resume=a.resume, device=resolve_device(a.device), data_dir=str(a.data))
     ens.to(cfg.device)
     train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
-    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr")
+    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", subtle=a.subtle_share)
     tensors = {k: v for k, v in ens.state_dict().items()}
     tensors.update({ASR_PREFIX + k: v for k, v in net.state_dict().items()})
     new = {k: v for k, v in card.items() if k not in ("calibration", "validation", "checkpoint_hash", "weights")}
