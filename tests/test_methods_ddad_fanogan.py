@@ -218,6 +218,12 @@ def test_asr_cli_adds_a_refiner_to_an_existing_checkpoint_and_recalibrates(train
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "card.json").write_text(json.dumps({"method": "ae"}))
     assert asr.main(["--checkpoint", str(tmp_path / "other"), "--data", str(ddad_data)]) == 2
+    # a damaged weights file is refused with a message, not a traceback, and left as it was
+    bad = tmp_path / "bad"
+    shutil.copytree(trained / "ddad", bad)
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    assert asr.main(["--checkpoint", str(bad), "--data", str(ddad_data), "--steps", "1"]) == 2
+    assert (bad / "model.safetensors").read_bytes() == b"not safetensors"
     clear_cache()
 
 

@@ -126,8 +126,6 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
     net = build_refiner(arch)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     ensemble.eval()
-    for prm in ensemble.parameters():
-        prm.requires_grad_(False)
     loop = TrainLoop(cfg, Path(work_dir), {"asr": net}, {"opt": opt}, desc=desc)
     rng = np.random.default_rng([cfg.seed, 7, loop.step])
     gen = batches(train.images, train.masks, cfg.batch_size, rng, cfg.augment, "cpu")
@@ -168,15 +166,16 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
     return net, info
 
 
+def checkpoint_tensors(ensemble: torch.nn.Module, refiner: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """One state dict for a DDAD checkpoint: the ensembles' keys plus the refiner's under ``asr.``."""
+    tensors = dict(ensemble.state_dict())
+    tensors.update({ASR_PREFIX + k: v for k, v in refiner.state_dict().items()})
+    return tensors
+
+
 def main(argv: list[str] | None = None) -> int:
     """Add an ASR stage to an existing DDAD checkpoint, then re-calibrate and re-validate it."""
-    from dataclasses import replace
-
-    from anomaly.checkpoints import load_card, load_weights, save_checkpoint
-    from anomaly.methods.base import clear_cache
-    from anomaly.methods.ddad.model import DualEnsemble
-    from anomaly.train import load_training_data, train
-    from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
+    from anomaly.errors import AnomalyError
 
     p = argparse.ArgumentParser(prog="python -m anomaly.methods.ddad.asr", description=main.__doc__)
     p.add_argument("--checkpoint", type=Path, required=True, help="a trained DDAD checkpoint folder")
@@ -194,22 +193,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val_normal")
     a = p.parse_args(argv)
+    cmd = " ".join(["python -m anomaly.methods.ddad.asr", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        card = add_refiner(a, cmd)
+    except AnomalyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"ddad + ASR: {card['validation']}")
+    return 0
+
+
+def add_refiner(a: argparse.Namespace, command: str) -> dict:
+    """``main``'s work: train the refiner on the checkpoint's frozen ensembles, save, re-calibrate."""
+    from dataclasses import replace
+
+    from anomaly.checkpoints import load_card, save_checkpoint
+    from anomaly.errors import CheckpointError
+    from anomaly.methods.base import clear_cache, method_class
+    from anomaly.train import load_training_data, train
+    from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
+
     set_threads()
     out = a.out or a.checkpoint
     card = load_card(a.checkpoint)
     if card.get("method") != "ddad":
-        print(f"{a.checkpoint} is not a DDAD checkpoint", file=sys.stderr)
-        return 2
-    weights = load_weights(a.checkpoint)
-    ens = DualEnsemble(card.get("architecture"))
-    ens.load_state_dict({k: v for k, v in weights.items() if not k.startswith(ASR_PREFIX)})
+        raise CheckpointError(f"{a.checkpoint} is not a DDAD checkpoint")
+    ens = method_class("ddad")(a.checkpoint).net  # the checkpoint's ensembles (hash-checked), any ASR head dropped
     cfg = TrainConfig(seed=a.seed, minutes=a.minutes, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                       resume=a.resume, device=resolve_device(a.device), data_dir=str(a.data))
     ens.to(cfg.device)
     train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
     net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", subtle=a.subtle_share)
-    tensors = {k: v for k, v in ens.state_dict().items()}
-    tensors.update({ASR_PREFIX + k: v for k, v in net.state_dict().items()})
     new = {k: v for k, v in card.items() if k not in ("calibration", "validation", "checkpoint_hash", "weights")}
     new.update(info)
     if card.get("validation"):
@@ -217,16 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     new["score"] = {**card.get("score", {}), "map": "asr"}
     new["maps"] = {**card.get("maps", {}), "residual": "ASR-refined anomaly map (sigmoid of the refiner)",
                    "inter_discrepancy": "|mean NDM - mean UDM| (A_inter; the residual before ASR)"}
-    cmd = " ".join(["python -m anomaly.methods.ddad.asr", *(argv if argv is not None else sys.argv[1:])])
-    new["asr_command"] = cmd
+    new["asr_command"] = command
     new["asr_trained_on"] = device_label(cfg.device)
     Path(out).mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, tensors, new)
+    save_checkpoint(out, checkpoint_tensors(ens, net), new)
     clear_cache()
-    card = train("ddad", a.data, out, replace(cfg, device="cpu"), train_split=a.train_split, val_split=a.val_split,
+    return train("ddad", a.data, out, replace(cfg, device="cpu"), train_split=a.train_split, val_split=a.val_split,
                  calibrate_only=True)
-    print(f"ddad + ASR: {card['validation']}")
-    return 0
 
 
 if __name__ == "__main__":

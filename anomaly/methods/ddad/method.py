@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from anomaly.methods.base import AnomalyMethod, MethodOutput, register
-from anomaly.methods.ddad.asr import ASR_PREFIX, build_refiner, fit_refiner, refiner_inputs
+from anomaly.methods.ddad.asr import ASR_PREFIX, build_refiner, checkpoint_tensors, fit_refiner, refiner_inputs
 from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
 
 # How the residual map is formed: "inter" = |mu_NDM - mu_UDM| (the paper's A_inter, default);
@@ -168,7 +168,7 @@ class DDAD(AnomalyMethod):
             asr_cfg = replace(cfg, minutes=cfg.minutes * share, max_steps=max(1, round(cfg.max_steps * step_share)),
                               batch_size=min(cfg.batch_size, 16), lr=ASR_LR)
             refiner, asr_info = fit_refiner(net, train, asr_cfg, Path(out_dir) / "work_asr")
-            tensors.update({ASR_PREFIX + k: v for k, v in refiner.state_dict().items()})
+            tensors = checkpoint_tensors(net, refiner)
         last = loop.history[-1] if loop.history else {}
         card = {
             "architecture": arch,
