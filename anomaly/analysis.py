@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from anomaly.calibration import IMAGE_DECISION_PERCENTILE
 from anomaly.keys import study_key
-from anomaly.methods.base import get_method
+from anomaly.methods.base import get_method, method_class
 from anomaly.ood import OODVerdict, verdict
 from anomaly.preprocess import PreparedSlices, preprocess_scan
 from anomaly.render import GridRow, RenderConfig, compose_grid
@@ -135,7 +135,8 @@ class Analysis:
                    else f"score {r.scores[index]:.4f} (uncalibrated)")
             if not r.valid[index]:
                 cap += " - slice has too little brain to score"
-            rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap))
+            rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
+                                empty_note=method_class(name).no_reconstruction_note))
             for extra, emap in r.extra_maps.items():
                 ref = float(np.percentile(emap[np.asarray(self.prepared.masks)], 99.5)) if emap.size else 1.0
                 full = self.prepared.to_original(emap[index : index + 1] / max(ref, 1e-8))[0]

@@ -136,3 +136,20 @@ def test_upload_callback_shows_a_preview_then_the_whole_volume(methods_root, les
     again = list(on_upload([str(lesion_volume)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
                            progress=lambda *a, **k: None))
     assert len(again) == 1 and again[0][0] == last[0]
+
+
+def test_grid_rows_carry_each_methods_no_reconstruction_note(methods_root, lesion_volume, monkeypatch):
+    """The pseudo-healthy panel of a method without reconstruction says what that method is
+    (the consensus is an agreement map, not a feature-space method)."""
+    from anomaly.methods.base import method_class, registered_methods
+
+    assert "agreement" in method_class("consensus").no_reconstruction_note
+    assert "feature-space" in method_class("feature").no_reconstruction_note
+    assert all(method_class(n).no_reconstruction_note.strip() for n in registered_methods())
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial")
+    rows = []
+    monkeypatch.setattr(method_class("ae"), "no_reconstruction_note", "note of ae")
+    monkeypatch.setattr("anomaly.analysis.compose_grid", lambda r, *args, **kw: rows.extend(r) or Image.new("RGB", (8, 8)))
+    cb.render_view(key, 3, "auto", 0.5, 1.0, "both", None)
+    notes = {r.name: r.empty_note for r in rows}
+    assert notes["ae"] == "note of ae" and "feature-space" in notes["zscore"]

@@ -200,6 +200,29 @@ def test_ddad_asr_refined_map_is_the_residual(trained, val_lesion):
     np.testing.assert_array_equal(out2.residual, out2.extra_maps["inter_discrepancy"])
 
 
+def test_ddad_flip_tta_averages_both_orientations_and_is_flip_equivariant(trained, val_lesion):
+    m = get_method("ddad", trained / "ddad")
+    assert _card(trained / "ddad")["score"]["flip_tta"] is True and m.score["flip_tta"] is True
+    x, k = val_lesion.images[:3], val_lesion.masks[:3]
+    out = m.predict(x, k, seed=0)
+    once = m._predict_once(x, k)
+    back = m._predict_once(np.ascontiguousarray(x[..., ::-1]), np.ascontiguousarray(k[..., ::-1]))
+    np.testing.assert_allclose(out.residual, 0.5 * (once.residual + back.residual[..., ::-1]), atol=1e-6)
+    np.testing.assert_allclose(out.pseudo_healthy, 0.5 * (once.pseudo_healthy + back.pseudo_healthy[..., ::-1]), atol=1e-6)
+    assert not np.allclose(out.residual, once.residual)  # the second orientation changes the map
+    # averaged over both orientations, the map of a mirrored slice is the mirrored map
+    mirrored = m.predict(np.ascontiguousarray(x[..., ::-1]), np.ascontiguousarray(k[..., ::-1]), seed=0)
+    np.testing.assert_allclose(mirrored.residual[..., ::-1], out.residual, atol=1e-5)
+    for name, v in out.extra_maps.items():
+        np.testing.assert_allclose(mirrored.extra_maps[name][..., ::-1], v, atol=1e-5)
+    # a card without the key (calibrated before flip TTA) keeps the single pass
+    m.score = {k2: v for k2, v in m.score.items() if k2 != "flip_tta"}
+    try:
+        np.testing.assert_array_equal(m.predict(x, k, seed=0).residual, once.residual)
+    finally:
+        m.score = {**m.score, "flip_tta": True}
+
+
 def test_asr_cli_adds_a_refiner_to_an_existing_checkpoint_and_recalibrates(trained, ddad_data, tmp_path):
     from anomaly.methods.ddad import asr
 
@@ -207,7 +230,7 @@ def test_asr_cli_adds_a_refiner_to_an_existing_checkpoint_and_recalibrates(train
                    "--steps", "3", "--batch-size", "4", "--device", "cpu"])
     assert rc == 0
     card, before = _card(tmp_path / "x"), _card(trained / "ddad")
-    assert card["asr_steps"] == 3 and card["score"]["map"] == "asr" and card["asr_command"].startswith("python -m")
+    assert card["asr_steps"] == 3 and card["score"]["map"] == "asr" and card["score"]["flip_tta"] and card["asr_command"].startswith("python -m")
     assert card["validation_before_asr"] == before["validation"] and "val_lesion_pixel_ap" in card["validation"]
     assert card["calibration"]["pixel_threshold"] > 0 and card["checkpoint_hash"] != before["checkpoint_hash"]
     clear_cache()

@@ -54,6 +54,8 @@ class AnomalyMethod:
     citation: ClassVar[str] = ""
     stochastic: ClassVar[bool] = False
     on_demand: ClassVar[bool] = False  # slow methods run per slice on request in the app
+    # shown in the grid's pseudo-healthy panel when ``predict`` gives no reconstruction
+    no_reconstruction_note: ClassVar[str] = "no reconstruction:\nfeature-space method"
 
     def __init__(self, checkpoint_dir: Path | None = None):
         from anomaly.checkpoints import load_card

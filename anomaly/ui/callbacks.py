@@ -275,7 +275,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
         ph = (np.clip(one.to_original(r.pseudo_healthy)[0] / 1.2, 0, 1) * 255).astype(np.uint8)
     pct = float(r.percentiles[0]) if r.calibration else float("nan")
     cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
-    rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap)]
+    rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
     for extra, emap in r.extra_maps.items():
         ref = float(np.percentile(emap[one.masks], 99.5)) if one.masks.any() else 1.0
         rows.append(GridRow(f"{method} · {extra}", img, None, one.to_original(emap / max(ref, 1e-8))[0],

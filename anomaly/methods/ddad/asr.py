@@ -210,6 +210,7 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
     from anomaly.checkpoints import load_card, save_checkpoint
     from anomaly.errors import CheckpointError
     from anomaly.methods.base import clear_cache, method_class
+    from anomaly.methods.ddad.method import FLIP_TTA
     from anomaly.train import load_training_data, train
     from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
 
@@ -228,7 +229,7 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
     new.update(info)
     if card.get("validation"):
         new["validation_before_asr"] = card["validation"]
-    new["score"] = {**card.get("score", {}), "map": "asr"}
+    new["score"] = {**card.get("score", {}), "map": "asr", "flip_tta": FLIP_TTA}
     new["maps"] = {**card.get("maps", {}), "residual": "ASR-refined anomaly map (sigmoid of the refiner)",
                    "inter_discrepancy": "|mean NDM - mean UDM| (A_inter; the residual before ASR)"}
     new["asr_command"] = command
