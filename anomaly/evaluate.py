@@ -59,6 +59,8 @@ SPECIFICITY = 0.95
 N_DICE_THRESHOLDS = 100
 MONTAGE_K = 4
 SIZE_BINS = (("<10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), (">=20 mm", 20.0, math.inf))
+# labels.csv size columns: the lesion's largest 3D diameter, and its largest diameter within the slice
+SIZE_COLUMNS = ("size_mm", "slice_extent_mm")
 IMAGE_METRICS = {
     "image_auroc": M.image_auroc,
     "image_ap": M.image_ap,
@@ -80,12 +82,13 @@ def _check_folder(root: Path, what: str = "data") -> list[Item]:
     for it in items:
         if it.label not in (None, 0, 1):
             raise DatasetError(f"{csv_path}: label of {it.name} must be 0 or 1, got {it.label}")
-        s = str(it.extras.get("size_mm", "") or "").strip()
-        if s:
-            try:
-                float(s)
-            except ValueError:
-                raise DatasetError(f"{csv_path}: size_mm of {it.name} is not a number: {s!r}") from None
+        for col in SIZE_COLUMNS:
+            s = str(it.extras.get(col, "") or "").strip()
+            if s:
+                try:
+                    float(s)
+                except ValueError:
+                    raise DatasetError(f"{csv_path}: {col} of {it.name} is not a number: {s!r}") from None
     return items
 
 
@@ -357,13 +360,13 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     for chunk in _chunks(items, selection, exclude_invalid, skipped, progress, "evaluate"):
         for e in chunk:
             kind = str(e.item.extras.get("kind", "") or "").strip() or None
-            size = str(e.item.extras.get("size_mm", "") or "").strip()
+            sizes = {c: str(e.item.extras.get(c, "") or "").strip() for c in SIZE_COLUMNS}
             for k, s in enumerate(e.samples):
                 sid = len(meta)
                 e.ids.append(sid)
                 meta.append({"file": e.item.image_path.name, "index": s.index, "label": s.label,
                              "has_mask": s.mask is not None, "valid": bool(e.prep.valid[k]),
-                             "kind": kind, "size_mm": float(size) if size else None})
+                             "kind": kind, **{c: float(v) if v else None for c, v in sizes.items()}})
                 if s.mask is not None:
                     brain = e.prep.original_masks[k]
                     store.add_sample(sid, s.mask[brain])
@@ -451,6 +454,12 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
     ge10 = np.array([m["size_mm"] is not None and m["size_mm"] >= 10 for m in meta])
     if np.any(ge10 & (labels == 1)):
         groups["size_ge_10mm"] = {">=10 mm": ge10}
+    ext = np.array([_size_bin(m.get("slice_extent_mm")) for m in meta], dtype=object)
+    if np.any((ext != None) & (labels == 1)):  # noqa: E711 (element-wise)
+        groups["slice_extent_bin"] = {b: ext == b for b, _, _ in SIZE_BINS if np.any((ext == b) & (labels == 1))}
+        in_slice = np.array([(m.get("slice_extent_mm") or 0.0) >= 10 for m in meta])
+        if np.any(in_slice & (labels == 1)):
+            groups["slice_extent_ge_10mm"] = {">=10 mm in the slice": in_slice}
 
     methods_out = {}
     for name, acc in accs.items():
@@ -569,7 +578,10 @@ def markdown_report(res: dict) -> str:
             f"{_fmt(r['pixel_auroc'])} | {_fmt(r['pixel_ap'])} | {_fmt(r['best_dice'])} | "
             f"{_fmt(r['dice_at_val_threshold'])} | {_fmt(r['ms_per_slice'])} |"
         )
-    titles = {"kind": "lesion kind", "size_bin": "lesion size", "size_ge_10mm": "lesions >= 10 mm"}
+    titles = {"kind": "lesion kind", "size_bin": "lesion size (largest 3D diameter)",
+              "size_ge_10mm": "lesions >= 10 mm (3D diameter)",
+              "slice_extent_bin": "lesion extent in the slice (largest 2D diameter)",
+              "slice_extent_ge_10mm": "lesions >= 10 mm across in the scored slice"}
     for gname, title in titles.items():
         rows = [(name, label, g) for name, r in res["methods"].items()
                 for label, g in r["breakdowns"].get(gname, {}).items()]

@@ -107,8 +107,12 @@ def test_masks_align_with_labels(builds):
                 brain = read_mask(a / s / "brainmasks" / r["file"])
                 assert (m & ~brain).sum() == 0  # lesions lie inside the brain
                 assert r["kind"] != "none" and float(r["size_mm"]) > 0
+                # in-slice extent: at least one pixel's width, at most the mask's bounding-box diagonal
+                ys, xs = np.nonzero(np.squeeze(m))
+                diag_px = np.hypot(np.ptp(ys) + 1, np.ptp(xs) + 1)
+                assert 0 < float(r["slice_extent_mm"]) <= diag_px * 3.0 + 0.1  # spacing <= 3 mm
             else:
-                assert not mp.exists()
+                assert not mp.exists() and r["slice_extent_mm"] == ""
 
 
 def test_lesion_changes_intensity_inside_mask(builds):

@@ -94,7 +94,11 @@ def data(tmp_path_factory):
             size = 2 * r
         write_image(test, f"s{i:03d}", img)
         write_mask(test, f"s{i:03d}", m)
-        rows.append({"file": f"s{i:03d}.png", "label": int(lesion), "kind": kind, "size_mm": size})
+        # the in-slice extent of a 2D blob is its diameter; the 6 mm one is labelled as the 2 mm
+        # pole of a larger lesion, to tell the two size columns apart
+        extent = "" if not lesion else (2.0 if size == 6 else float(size))
+        rows.append({"file": f"s{i:03d}.png", "label": int(lesion), "kind": kind, "size_mm": size,
+                     "slice_extent_mm": extent})
     vol = v[80:86].copy()
     vm = np.zeros(vol.shape, bool)
     c = _brain_point(vol[2], rng)
@@ -227,6 +231,10 @@ def test_breakdowns_by_kind_and_size(report):
             for k in ("image_auroc", "pixel_ap"):
                 assert g[k] is None or 0 <= g[k] <= 1
     assert br["size_ge_10mm"][">=10 mm"]["n_positive"] == 4 + 2  # 12/16/22/26 mm + the 14 mm volume (2 slices)
+    # in-slice extent: only the PNG slices carry it (the volume's row has none)
+    assert br["slice_extent_ge_10mm"][">=10 mm in the slice"]["n_positive"] == 4
+    ext = {k: g["n_positive"] for k, g in br["slice_extent_bin"].items()}
+    assert ext == {"<10 mm": 2, "10-20 mm": 2, ">=20 mm": 2}
 
 
 def test_report_files(report):

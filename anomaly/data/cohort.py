@@ -40,6 +40,13 @@ def lesion_api():
     return add_lesion, tuple(LESION_KINDS)
 
 
+def _feret_diameter(mask: np.ndarray, spacing) -> float:
+    """Largest diameter (mm) of a lesion mask (``anomaly.data.lesions.feret_diameter``)."""
+    from anomaly.data.lesions import feret_diameter
+
+    return feret_diameter(mask, spacing)
+
+
 _CENTRED_KINDS = ("tumour", "tumour_enhancing", "haemorrhage")
 
 
@@ -288,7 +295,8 @@ def run_job(job: Job) -> list[dict]:
         row.update(file=f"{name}.png",
                    kind=info.kind if lab else "none",
                    size_mm=round(float(info.size_mm), 1) if lab else "",
-                   slice=int(z), lesion_px=int(les.sum()) if lab else 0)
+                   slice=int(z), lesion_px=int(les.sum()) if lab else 0,
+                   slice_extent_mm=round(_feret_diameter(les, spacing), 1) if lab else "")
         row[job.label_column] = lab
         if job.label_column != "label":
             row["label"] = ""
