@@ -178,6 +178,24 @@ def test_asr_synthetic_anomalies_stay_in_the_brain_and_match_their_targets(val_l
     # subtle=1: every blob is a low-contrast shift (|delta| <= 0.12 each, two may overlap)
     xs, ts = synthetic_anomalies(x, m, np.random.default_rng(3), p=1.0, subtle=1.0)
     assert ts.any() and np.abs(xs - x).max() <= 0.24 + 1e-5 and (np.abs(xs - x)[ts] > 0.02).all()
+    # edge=0 draws exactly what the default does; edge=1 puts the anomalies near the brain's edge
+    # or on dark tissue (more of their pixels there than with uniform placement)
+    xe0, te0 = synthetic_anomalies(x, m, np.random.default_rng(1), p=1.0, edge=0.0)
+    np.testing.assert_array_equal(xe0, xc)
+    np.testing.assert_array_equal(te0, t)
+    from scipy.ndimage import binary_erosion
+
+    hard = np.stack([(k & ~binary_erosion(k, iterations=8)) | (binary_erosion(k, iterations=3) & (im < 0.5))
+                     for im, k in zip(x, m)])
+
+    def share_near_hard(edge):
+        inside = total = 0
+        for seed in range(6):
+            _, tt = synthetic_anomalies(x, m, np.random.default_rng(seed), p=1.0, edge=edge)
+            inside, total = inside + (tt & hard).sum(), total + tt.sum()
+        return inside / total
+
+    assert share_near_hard(1.0) > share_near_hard(0.0) + 0.05
 
 
 def test_ddad_asr_refined_map_is_the_residual(trained, val_lesion):

@@ -60,13 +60,15 @@ def _blob(shape: tuple[int, int], centre, radius: float, rng: np.random.Generato
 
 
 def synthetic_anomalies(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
-                        p: float = 0.8, subtle: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                        p: float = 0.8, subtle: float = 0.0, edge: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Corrupt a batch (N,S,S) of healthy slices; returns (corrupted images, target masks).
 
     Each slice gets, with probability ``p``, one or two blobs (radius 2-20 px) inside its brain
     mask, each filled by one of: an intensity shift of +-0.1..0.6, a foreign patch of another
     slice of the batch blended at 0.5..1, or a smooth noise texture around a random level.
     With ``subtle`` > 0, that share of the blobs is instead a low-contrast shift of +-0.04..0.12.
+    With ``edge`` > 0, that share of the blobs is centred where anomalies are hardest to tell from
+    anatomy: within 8 px of the brain's edge or on dark (< 0.5: CSF- or grey-matter-like) tissue.
     The target is the blob where the image actually changed (|delta| > 0.02).
     """
     x = np.array(images, np.float32, copy=True)
@@ -79,8 +81,10 @@ def synthetic_anomalies(images: np.ndarray, masks: np.ndarray, rng: np.random.Ge
         pts = np.argwhere(inner)
         if len(pts) == 0:
             continue
+        hard = np.argwhere((masks[i] & ~binary_erosion(masks[i], iterations=8)) | (inner & (x[i] < 0.5))) if edge else pts
         for _ in range(1 + int(rng.random() < 0.3)):
-            c = pts[rng.integers(len(pts))]
+            near = edge > 0 and len(hard) and rng.random() < edge
+            c = hard[rng.integers(len(hard))] if near else pts[rng.integers(len(pts))]
             r = float(np.exp(rng.uniform(np.log(2.0), np.log(20.0))))
             shape = _blob((h, w), c, r, rng) & masks[i]
             if shape.sum() < 4:
@@ -118,7 +122,7 @@ def asr_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dict | None = None,
-                desc: str = "ddad-asr", subtle: float = 0.0) -> tuple[torch.nn.Module, dict]:
+                desc: str = "ddad-asr", subtle: float = 0.0, edge: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """Train the refiner on ``train`` (healthy PreparedSet) with the frozen ``ensemble``."""
     from anomaly.training import TrainLoop, batches, seed_everything
 
@@ -132,7 +136,7 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
     net.train()
     for _ in loop:
         xb, mb = next(gen)
-        xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng, subtle=subtle)
+        xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng, subtle=subtle, edge=edge)
         x = torch.from_numpy(xc)[:, None].to(cfg.device)
         m = mb.to(cfg.device)
         t = torch.from_numpy(tgt.astype(np.float32))[:, None].to(cfg.device)
@@ -156,7 +160,7 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
                      "noise texture; not the cohort's lesion generator), frozen DDAD ensembles"),
             "architecture": {**ASR_ARCH, **(arch or {})},
             "loss": "BCE inside the brain + soft Dice",
-            "generator": {"p": 0.8, "subtle_share": subtle},
+            "generator": {"p": 0.8, "subtle_share": subtle, "edge_share": edge},
             "map_gain": MAP_GAIN,
             "steps": loop.step,
             "lr": cfg.lr,
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--subtle-share", type=float, default=0.0,
                    help="share of low-contrast (+-0.04..0.12) synthetic anomalies")
+    p.add_argument("--edge-share", type=float, default=0.0,
+                   help="share of synthetic anomalies centred near the brain edge or on dark tissue")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val_normal")
     a = p.parse_args(argv)
@@ -224,7 +230,7 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
                       resume=a.resume, device=resolve_device(a.device), data_dir=str(a.data))
     ens.to(cfg.device)
     train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
-    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", subtle=a.subtle_share)
+    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", subtle=a.subtle_share, edge=a.edge_share)
     new = {k: v for k, v in card.items() if k not in ("calibration", "validation", "checkpoint_hash", "weights")}
     new.update(info)
     if card.get("validation"):
