@@ -35,4 +35,7 @@ ANOMALY_THREADS=1 $PY -m anomaly.train dae --data data/cohort --seed 0 --minutes
 cp runs/dae16/model.safetensors runs/dae16/card.json checkpoints/dae/
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 20
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 40 --resume
+# session 5: the ASR head resumed to 90 minutes (1 thread); flip test-time averaging switched on in
+# the card (DDAD's FLIP_TTA, chosen on val_lesion) and the checkpoint re-calibrated by that command
+ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 90 --resume
 $PY -m anomaly.train consensus --data data/cohort

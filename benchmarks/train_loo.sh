@@ -19,7 +19,10 @@ done
   $PY -m anomaly.train dae  $T --out "$LOO/dae"  --minutes 25 > "$LOO/dae.log" 2>&1
   ANOMALY_DDAD_ASR_SHARE=0 $PY -m anomaly.train ddad $T --out "$LOO/ddad" --minutes 25 > "$LOO/ddad.log" 2>&1
   $PY -m anomaly.methods.ddad.asr --checkpoint "$LOO/ddad" --data data/cohort --train-split train_loo \
-      --val-split val_normal_loo --minutes 40 > "$LOO/ddad_asr.log" 2>&1 ) &
+      --val-split val_normal_loo --minutes 40 > "$LOO/ddad_asr.log" 2>&1
+  # session 5: resumed to 90 minutes, like the main model's head (flip test-time averaging on)
+  $PY -m anomaly.methods.ddad.asr --checkpoint "$LOO/ddad" --data data/cohort --train-split train_loo \
+      --val-split val_normal_loo --minutes 90 --resume > "$LOO/ddad_asr90.log" 2>&1 ) &
 ( $PY -m anomaly.train vae     $T --out "$LOO/vae"     --minutes 20 > "$LOO/vae.log" 2>&1
   $PY -m anomaly.train fanogan $T --out "$LOO/fanogan" --minutes 25 > "$LOO/fanogan.log" 2>&1 ) &
 wait
