@@ -431,6 +431,11 @@ def _group_image_auroc(labels: np.ndarray, scores: np.ndarray, group: np.ndarray
     return M.image_auroc(labels[sel], scores[sel])
 
 
+def _at_least(meta: list[dict], column: str, mm: float) -> np.ndarray:
+    """(N,) bool: the sample's ``column`` (a SIZE_COLUMNS value) is given and >= ``mm``."""
+    return np.array([m.get(column) is not None and m[column] >= mm for m in meta], bool)
+
+
 def _size_bin(size: float | None) -> str | None:
     if size is None or not np.isfinite(size):
         return None
@@ -451,13 +456,13 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         "kind": {k: np.array([m["kind"] == k for m in meta]) for k in kinds},
         "size_bin": {b: bins == b for b, _, _ in SIZE_BINS if np.any((bins == b) & (labels == 1))},
     }
-    ge10 = np.array([m["size_mm"] is not None and m["size_mm"] >= 10 for m in meta])
+    ge10 = _at_least(meta, "size_mm", 10.0)
     if np.any(ge10 & (labels == 1)):
         groups["size_ge_10mm"] = {">=10 mm": ge10}
     ext = np.array([_size_bin(m.get("slice_extent_mm")) for m in meta], dtype=object)
-    if np.any((ext != None) & (labels == 1)):  # noqa: E711 (element-wise)
+    if np.any(np.array([b is not None for b in ext], bool) & (labels == 1)):
         groups["slice_extent_bin"] = {b: ext == b for b, _, _ in SIZE_BINS if np.any((ext == b) & (labels == 1))}
-        in_slice = np.array([(m.get("slice_extent_mm") or 0.0) >= 10 for m in meta])
+        in_slice = _at_least(meta, "slice_extent_mm", 10.0)
         if np.any(in_slice & (labels == 1)):
             groups["slice_extent_ge_10mm"] = {">=10 mm in the slice": in_slice}
 
@@ -696,7 +701,7 @@ def _write_figures(out_dir: Path, meta, accs) -> list[str]:
         files.append("roc.png")
     if _curve_figure(out_dir / "pr.png", meta, accs, "pr"):
         files.append("pr.png")
-    ge10 = np.array([m["size_mm"] is not None and m["size_mm"] >= 10 for m in meta])
+    ge10 = _at_least(meta, "size_mm", 10.0)
     if ge10.any() and _curve_figure(out_dir / "roc_ge10mm.png", meta, accs, "roc", ge10,
                                     "image-level ROC, lesions >= 10 mm vs all normals"):
         files.append("roc_ge10mm.png")

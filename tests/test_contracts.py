@@ -141,3 +141,23 @@ def test_consensus_reuses_member_results_exactly(tiny_checkpoints, tiny_dataset)
     np.testing.assert_allclose(direct.anomaly_map, reused.anomaly_map, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(direct.scores, reused.scores, rtol=1e-5)
     assert direct.extra_maps["votes"].max() <= len(cons.members)
+
+
+def test_flip_averaged_means_both_orientations_and_keeps_missing_parts_missing():
+    import numpy as np
+
+    from anomaly.methods.base import MethodOutput, flip_averaged
+
+    def predict(images, masks, seed=0):  # a deliberately asymmetric toy method
+        ramp = np.arange(images.shape[-1], dtype=np.float32)
+        return MethodOutput(pseudo_healthy=None, residual=images * ramp, image_score=images[..., 0].sum((1,)),
+                            extra_maps={"e": images + ramp})
+
+    x = np.random.default_rng(0).random((2, 4, 4)).astype(np.float32)
+    m = np.ones_like(x, bool)
+    out = flip_averaged(predict, x, m, seed=3)
+    ramp = np.arange(4, dtype=np.float32)
+    np.testing.assert_allclose(out.residual, 0.5 * (x * ramp + x * ramp[::-1]), rtol=1e-6)
+    np.testing.assert_allclose(out.extra_maps["e"], x + 1.5, rtol=1e-6)
+    np.testing.assert_allclose(out.image_score, 0.5 * (x[..., 0].sum(1) + x[..., -1].sum(1)), rtol=1e-6)
+    assert out.pseudo_healthy is None and out.residual.dtype == np.float32

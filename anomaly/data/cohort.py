@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from anomaly.data.augment import intensity_augment, load_source, spatial_augment
 from anomaly.data.folder import write_image, write_mask
+from anomaly.data.lesions import feret_diameter
 from anomaly.preprocess import informative_slices
 
 LESION_MIN_AREA = 0.25  # lesion slices: lesion area >= this x its largest cross-section
@@ -38,13 +39,6 @@ def lesion_api():
     from anomaly.data.lesions import LESION_KINDS, add_lesion
 
     return add_lesion, tuple(LESION_KINDS)
-
-
-def _feret_diameter(mask: np.ndarray, spacing) -> float:
-    """Largest diameter (mm) of a lesion mask (``anomaly.data.lesions.feret_diameter``)."""
-    from anomaly.data.lesions import feret_diameter
-
-    return feret_diameter(mask, spacing)
 
 
 _CENTRED_KINDS = ("tumour", "tumour_enhancing", "haemorrhage")
@@ -296,7 +290,7 @@ def run_job(job: Job) -> list[dict]:
                    kind=info.kind if lab else "none",
                    size_mm=round(float(info.size_mm), 1) if lab else "",
                    slice=int(z), lesion_px=int(les.sum()) if lab else 0,
-                   slice_extent_mm=round(_feret_diameter(les, spacing), 1) if lab else "")
+                   slice_extent_mm=round(feret_diameter(les, spacing), 1) if lab else "")
         row[job.label_column] = lab
         if job.label_column != "label":
             row["label"] = ""

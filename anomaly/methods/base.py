@@ -39,6 +39,24 @@ class MethodOutput:
     extra_maps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def flip_averaged(predict, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
+    """Left-right flip test-time averaging of a ``predict(images, masks, seed)``: every map (and an
+    own image score) is the mean of the slice's and its mirror's, the mirror's flipped back."""
+    a = predict(images, masks, seed)
+    b = predict(np.ascontiguousarray(np.asarray(images)[..., ::-1]),
+                np.ascontiguousarray(np.asarray(masks)[..., ::-1]), seed)
+
+    def mean(u: np.ndarray | None, v: np.ndarray | None) -> np.ndarray | None:
+        return None if u is None else (0.5 * (u + v[..., ::-1])).astype(np.float32)
+
+    return MethodOutput(
+        pseudo_healthy=mean(a.pseudo_healthy, b.pseudo_healthy),
+        residual=mean(a.residual, b.residual),
+        image_score=None if a.image_score is None else 0.5 * (a.image_score + b.image_score),
+        extra_maps={k: mean(v, b.extra_maps[k]) for k, v in a.extra_maps.items()},
+    )
+
+
 class AnomalyMethod:
     """Base class. Subclasses set the class attributes and implement ``predict``.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomaly.methods.base import AnomalyMethod, MethodOutput, register
+from anomaly.methods.base import AnomalyMethod, MethodOutput, flip_averaged, register
 from anomaly.methods.ddad.asr import ASR_PREFIX, build_refiner, checkpoint_tensors, fit_refiner, refiner_inputs
 from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
 
@@ -87,23 +87,12 @@ class DDAD(AnomalyMethod):
         self.score = {**DEFAULT_SCORE, **self.card.get("score", {})}
 
     def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
-        out = self._predict_once(images, masks)
-        if not self.score.get("flip_tta", False):
-            return out
-        flipped = self._predict_once(np.ascontiguousarray(np.asarray(images)[..., ::-1]),
-                                     np.ascontiguousarray(np.asarray(masks)[..., ::-1]))
-
-        def mean(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return (0.5 * (a + b[..., ::-1])).astype(np.float32)
-
-        return MethodOutput(
-            pseudo_healthy=mean(out.pseudo_healthy, flipped.pseudo_healthy),
-            residual=mean(out.residual, flipped.residual),
-            extra_maps={k: mean(v, flipped.extra_maps[k]) for k, v in out.extra_maps.items()},
-        )
+        if self.score.get("flip_tta", False):
+            return flip_averaged(self._predict_once, images, masks, seed)
+        return self._predict_once(images, masks, seed)
 
     @torch.no_grad()
-    def _predict_once(self, images: np.ndarray, masks: np.ndarray) -> MethodOutput:
+    def _predict_once(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
         x = torch.from_numpy(np.ascontiguousarray(images, np.float32))[:, None]
         out = self.net(x)
         m = np.asarray(masks, np.float32)
