@@ -339,6 +339,9 @@ def _bad_folders(data, tmp: Path) -> dict[str, tuple[Path, str]]:
     badlab = tmp / "badlabel"
     write_image(badlab, "a", img)
     write_labels(badlab, [{"file": "a.png", "label": "maybe"}])
+    badext = tmp / "badextent"
+    write_image(badext, "a", img)
+    write_labels(badext, [{"file": "a.png", "label": 1, "size_mm": 12, "slice_extent_mm": "wide"}])
     return {
         "missing": (tmp / "nonexistent", "nonexistent"),
         "empty": (empty, str(empty)),
@@ -346,6 +349,7 @@ def _bad_folders(data, tmp: Path) -> dict[str, tuple[Path, str]]:
         "mask size": (mism, "a.png"),
         "corrupt png": (corrupt, "broken.png"),
         "bad label": (badlab, "labels.csv"),
+        "bad in-slice extent": (badext, "slice_extent_mm of a is not a number"),
     }
 
 
