@@ -39,4 +39,8 @@ ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad 
 # the card (DDAD's FLIP_TTA, chosen on val_lesion) and the checkpoint re-calibrated by that command
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 90 --resume
 # (resumed further to 130 minutes in a copy: val pixel AP 0.306 vs 0.311, image AUROC 0.59 vs 0.64: not adopted)
+# ASR generator variants tried on val_lesion at equal 3.7k steps (not adopted; README, "What these numbers say"):
+#   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/ddad_asr_subtle --minutes 60 --steps 3700 --subtle-share 0.35
+#   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/ddad_asr_edge --minutes 60 --steps 3700 --edge-share 0.5
+# flip averaging chosen with: PYTHONPATH=. $PY benchmarks/experiments/flip_tta.py ddad dae ae vae feature fanogan zscore
 $PY -m anomaly.train consensus --data data/cohort
