@@ -268,6 +268,70 @@ def test_asr_cli_adds_a_refiner_to_an_existing_checkpoint_and_recalibrates(train
     clear_cache()
 
 
+def test_asr_asymmetry_inputs_train_load_and_stay_flip_equivariant(trained, ddad_data, val_lesion, tmp_path):
+    import torch
+
+    from anomaly.methods.ddad import asr
+
+    # the input builder: mirror differences are antisymmetric, unknown channel names are refused
+    x = torch.rand(2, 1, 16, 16)
+    maps = {"ndm_mean": torch.rand(2, 1, 16, 16), "udm_mean": torch.rand(2, 1, 16, 16), "intra": torch.rand(2, 1, 16, 16)}
+    names = asr.BASE_INPUTS + asr.ASYMMETRY_INPUTS
+    inp = asr.refiner_inputs(x, maps, names)
+    assert inp.shape == (2, 6, 16, 16)
+    torch.testing.assert_close(inp[:, :4], asr.refiner_inputs(x, maps))  # the paper's four unchanged
+    torch.testing.assert_close(inp[:, 4], -torch.flip(inp[:, 4], dims=[-1]))
+    torch.testing.assert_close(inp[:, 4:5], (x - torch.flip(x, dims=[-1])) * asr.ASYMMETRY_GAIN)
+    with pytest.raises(ValueError, match="unknown ASR input"):
+        asr.refiner_inputs(x, maps, ("image", "t2"))
+    assert asr.refiner_input_names(None) == asr.BASE_INPUTS
+    # the CLI option trains a 6-channel refiner, the card names its inputs, and it loads back
+    rc = asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--out", str(tmp_path / "s"),
+                   "--steps", "3", "--batch-size", "4", "--device", "cpu", "--asymmetry"])
+    assert rc == 0
+    card = _card(tmp_path / "s")
+    assert card["asr"]["architecture"]["inputs"] == list(names) and "image_asymmetry" in card["asr"]["what"]
+    clear_cache()
+    m = get_method("ddad", tmp_path / "s")
+    assert m.refiner_inputs == names and m.refiner.model[0].conv.unit0.conv.in_channels == 6
+    x, k = val_lesion.images[:4], val_lesion.masks[:4]
+    a, b = m.predict(x, k).residual, m.predict(x[..., ::-1], k[..., ::-1]).residual
+    np.testing.assert_allclose(a, b[..., ::-1], atol=1e-6)
+    clear_cache()
+
+
+def test_asr_init_from_a_trained_head_starts_where_it_was(trained, ddad_data, tmp_path):
+    import torch
+
+    from anomaly.methods.ddad import asr
+
+    torch.manual_seed(0)
+    four = asr.build_refiner().eval()
+    six = asr.build_refiner({"inputs": list(asr.BASE_INPUTS + asr.ASYMMETRY_INPUTS)}).eval()
+    asr.init_from(six, four.state_dict())
+    inp = torch.rand(2, 4, 32, 32)
+    with torch.no_grad():  # the new channels start at zero weight: same output whatever they hold
+        torch.testing.assert_close(six(torch.cat([inp, torch.rand(2, 2, 32, 32)], 1)), four(inp))
+    with pytest.raises(ValueError, match="cannot start"):
+        asr.init_from(four, six.state_dict())
+    # the CLI: --from-head fine-tunes the checkpoint's own head and records where it started
+    rc = asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--out", str(tmp_path / "f"),
+                   "--steps", "2", "--batch-size", "4", "--device", "cpu", "--from-head", "--asymmetry"])
+    assert rc == 0
+    card, before = _card(tmp_path / "f"), _card(trained / "ddad")
+    assert card["asr_started_from"]["checkpoint_hash"] == before["checkpoint_hash"]
+    assert card["asr_started_from"]["asr_steps"] == before["asr_steps"]
+    clear_cache()
+    bare = tmp_path / "bare"  # a checkpoint without a head cannot be fine-tuned
+    shutil.copytree(trained / "ddad", bare)
+    from anomaly.checkpoints import load_card, load_weights, save_checkpoint
+
+    save_checkpoint(bare, {k: v for k, v in load_weights(bare).items() if not k.startswith("asr.")},
+                    {k: v for k, v in load_card(bare).items() if k not in ("checkpoint_hash", "weights")})
+    assert asr.main(["--checkpoint", str(bare), "--data", str(ddad_data), "--steps", "1", "--from-head"]) == 2
+    clear_cache()
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

@@ -29,20 +29,49 @@ from scipy.ndimage import binary_erosion, gaussian_filter
 ASR_ARCH = {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1}
 MAP_GAIN = {"intra": 10.0, "inter": 10.0, "rec": 5.0}  # bring the maps to ~unit range for the UNet
 ASR_PREFIX = "asr."
+# The refiner's input channels. The paper's four (image and DDAD's maps) are the default, and what a
+# card without ``asr.architecture.inputs`` was trained on. ``ASYMMETRY_INPUTS`` add left-right
+# mirror differences (signed; the model frame is centred on the brain box): brains are near-symmetric,
+# most lesions are not, and symmetric reconstruction errors (cerebellar folia) cancel.
+BASE_INPUTS = ("image", "intra", "inter", "rec")
+ASYMMETRY_INPUTS = ("image_asymmetry", "rec_asymmetry")
+ASYMMETRY_GAIN = 2.0
+
+
+def refiner_input_names(arch: dict | None = None) -> tuple[str, ...]:
+    """The input channels an ASR architecture dict names (the paper's four when it names none)."""
+    return tuple((arch or {}).get("inputs", BASE_INPUTS))
 
 
 def build_refiner(arch: dict | None = None) -> torch.nn.Module:
-    """MONAI UNet: (image, intra, inter, reconstruction residual) -> anomaly logits."""
+    """MONAI UNet: (image, intra, inter, reconstruction residual[, mirror asymmetries]) -> anomaly logits."""
     a = {**ASR_ARCH, **(arch or {})}
-    return UNet(spatial_dims=2, in_channels=4, out_channels=1, channels=tuple(a["channels"]),
-                strides=tuple(a["strides"]), num_res_units=int(a["num_res_units"]), norm="batch")
+    return UNet(spatial_dims=2, in_channels=len(refiner_input_names(a)), out_channels=1,
+                channels=tuple(a["channels"]), strides=tuple(a["strides"]), num_res_units=int(a["num_res_units"]),
+                norm="batch")
 
 
-def refiner_inputs(x: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N,1,S,S) image + DualEnsemble outputs -> (N,4,S,S) refiner input."""
-    rec = (x - maps["ndm_mean"]).abs()
-    inter = (maps["ndm_mean"] - maps["udm_mean"]).abs()
-    return torch.cat([x, maps["intra"] * MAP_GAIN["intra"], inter * MAP_GAIN["inter"], rec * MAP_GAIN["rec"]], 1)
+def _mirror_difference(t: torch.Tensor) -> torch.Tensor:
+    """t - (t mirrored left-right), signed."""
+    return t - torch.flip(t, dims=[-1])
+
+
+def refiner_inputs(x: torch.Tensor, maps: dict[str, torch.Tensor],
+                   names: tuple[str, ...] = BASE_INPUTS) -> torch.Tensor:
+    """(N,1,S,S) image + DualEnsemble outputs -> (N,len(names),S,S) refiner input."""
+    rec = (x - maps["ndm_mean"]).abs() * MAP_GAIN["rec"]
+    channels = {
+        "image": lambda: x,
+        "intra": lambda: maps["intra"] * MAP_GAIN["intra"],
+        "inter": lambda: (maps["ndm_mean"] - maps["udm_mean"]).abs() * MAP_GAIN["inter"],
+        "rec": lambda: rec,
+        "image_asymmetry": lambda: _mirror_difference(x) * ASYMMETRY_GAIN,
+        "rec_asymmetry": lambda: _mirror_difference(rec),
+    }
+    unknown = [n for n in names if n not in channels]
+    if unknown:
+        raise ValueError(f"unknown ASR input channel(s) {unknown}; known: {sorted(channels)}")
+    return torch.cat([channels[n]() for n in names], 1)
 
 
 def _blob(shape: tuple[int, int], centre, radius: float, rng: np.random.Generator) -> np.ndarray:
@@ -121,13 +150,35 @@ def asr_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return bce + dice
 
 
+def init_from(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a trained refiner's ``state`` into ``net``, which may take more input channels:
+    weights whose shape differs only in dim 1 (the input channels) are copied into the first
+    channels and the extra ones start at zero, so ``net`` starts as the trained refiner."""
+    own = net.state_dict()
+    for k, v in state.items():
+        w = own[k]
+        if w.shape == v.shape:
+            own[k] = v.clone()
+        elif w.dim() == v.dim() and w.shape[0] == v.shape[0] and w.shape[2:] == v.shape[2:] and w.shape[1] > v.shape[1]:
+            own[k] = torch.zeros_like(w)
+            own[k][:, : v.shape[1]] = v
+        else:
+            raise ValueError(f"refiner weight {k}: cannot start {tuple(w.shape)} from {tuple(v.shape)}")
+    net.load_state_dict(own)
+
+
 def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dict | None = None,
-                desc: str = "ddad-asr", subtle: float = 0.0, edge: float = 0.0) -> tuple[torch.nn.Module, dict]:
-    """Train the refiner on ``train`` (healthy PreparedSet) with the frozen ``ensemble``."""
+                desc: str = "ddad-asr", subtle: float = 0.0, edge: float = 0.0,
+                start: dict[str, torch.Tensor] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train the refiner on ``train`` (healthy PreparedSet) with the frozen ``ensemble``
+    (from scratch, or from a trained refiner's ``start`` weights; see ``init_from``)."""
     from anomaly.training import TrainLoop, batches, seed_everything
 
     seed_everything(cfg.seed + 7)
+    names = refiner_input_names(arch)
     net = build_refiner(arch)
+    if start is not None:
+        init_from(net, start)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     ensemble.eval()
     loop = TrainLoop(cfg, Path(work_dir), {"asr": net}, {"opt": opt}, desc=desc)
@@ -141,7 +192,7 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
         m = mb.to(cfg.device)
         t = torch.from_numpy(tgt.astype(np.float32))[:, None].to(cfg.device)
         with torch.no_grad():
-            inp = refiner_inputs(x, ensemble(x))
+            inp = refiner_inputs(x, ensemble(x), names)
         loss = asr_loss(net(inp), t, m)
         opt.zero_grad()
         loss.backward()
@@ -154,7 +205,7 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
         "asr_final_loss": last.get("loss"),
         "asr_wall_time_s": loop.wall_time_s,
         "asr": {
-            "what": ("self-supervised refinement: MONAI UNet on (image, intra, inter, reconstruction residual) "
+            "what": (f"self-supervised refinement: MONAI UNet on ({', '.join(names)}) "
                      "-> sigmoid anomaly map, trained on healthy train slices with synthetic anomalies "
                      "(anomaly.methods.ddad.asr.synthetic_anomalies: blobs of intensity shift / foreign patch / "
                      "noise texture; not the cohort's lesion generator), frozen DDAD ensembles"),
@@ -196,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="share of low-contrast (+-0.04..0.12) synthetic anomalies")
     p.add_argument("--edge-share", type=float, default=0.0,
                    help="share of synthetic anomalies centred near the brain edge or on dark tissue")
+    p.add_argument("--asymmetry", action="store_true",
+                   help="also feed the refiner left-right mirror differences of the image and the residual")
+    p.add_argument("--from-head", action="store_true",
+                   help="start from the checkpoint's own ASR head (new input channels zero-initialised) "
+                        "instead of from scratch; a fine-tune, usually with a lower --lr")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val_normal")
     a = p.parse_args(argv)
@@ -230,7 +286,19 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
                       resume=a.resume, device=resolve_device(a.device), data_dir=str(a.data))
     ens.to(cfg.device)
     train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
-    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", subtle=a.subtle_share, edge=a.edge_share)
+    arch = {"inputs": list(BASE_INPUTS + ASYMMETRY_INPUTS)} if a.asymmetry else None
+    start = None
+    if a.from_head:
+        from anomaly.checkpoints import load_weights
+
+        start = {k[len(ASR_PREFIX):]: v for k, v in load_weights(a.checkpoint).items() if k.startswith(ASR_PREFIX)}
+        if not start:
+            raise CheckpointError(f"{a.checkpoint} has no ASR head to start from (--from-head)")
+    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", arch=arch, subtle=a.subtle_share,
+                            edge=a.edge_share, start=start)
+    if start is not None:
+        info["asr_started_from"] = {"checkpoint_hash": card.get("checkpoint_hash"), "asr_steps": card.get("asr_steps"),
+                                    "validation": card.get("validation")}
     new = {k: v for k, v in card.items() if k not in ("calibration", "validation", "checkpoint_hash", "weights")}
     new.update(info)
     if card.get("validation"):

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from anomaly.methods.base import AnomalyMethod, MethodOutput, flip_averaged, register
-from anomaly.methods.ddad.asr import ASR_PREFIX, build_refiner, checkpoint_tensors, fit_refiner, refiner_inputs
+from anomaly.methods.ddad.asr import (ASR_PREFIX, build_refiner, checkpoint_tensors, fit_refiner, refiner_input_names,
+                                      refiner_inputs)
 from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
 
 # How the residual map is formed: "inter" = |mu_NDM - mu_UDM| (the paper's A_inter, default);
@@ -81,7 +82,9 @@ class DDAD(AnomalyMethod):
         self.refiner = None
         asr = {k[len(ASR_PREFIX):]: v for k, v in weights.items() if k.startswith(ASR_PREFIX)}
         if asr:
-            self.refiner = build_refiner(self.card.get("asr", {}).get("architecture"))
+            arch = self.card.get("asr", {}).get("architecture")
+            self.refiner = build_refiner(arch)
+            self.refiner_inputs = refiner_input_names(arch)
             self.refiner.load_state_dict(asr)
             self.refiner.eval()
         self.score = {**DEFAULT_SCORE, **self.card.get("score", {})}
@@ -104,7 +107,7 @@ class DDAD(AnomalyMethod):
         extra = {"intra_discrepancy": intra, "inter_discrepancy": inter, "reconstruction_residual": rec}
         refined = None
         if self.refiner is not None:
-            refined = (torch.sigmoid(self.refiner(refiner_inputs(x, out)))[:, 0].numpy() * m).astype(np.float32)
+            refined = (torch.sigmoid(self.refiner(refiner_inputs(x, out, self.refiner_inputs)))[:, 0].numpy() * m).astype(np.float32)
         if self.score["map"] == "asr" and refined is not None:
             residual = refined  # the refined map is the residual (not repeated as an extra map)
         elif self.score["map"] == "inter_norm":
