@@ -42,5 +42,9 @@ ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad 
 # ASR generator variants tried on val_lesion at equal 3.7k steps (not adopted; README, "What these numbers say"):
 #   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/ddad_asr_subtle --minutes 60 --steps 3700 --subtle-share 0.35
 #   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/ddad_asr_edge --minutes 60 --steps 3700 --edge-share 0.5
+# session 6 (not adopted; README): mirror-asymmetry inputs from scratch, then 30-minute fine-tunes of the shipped head
+#   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/asr_sym --minutes 90 --steps 3700 --asymmetry
+#   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/asr_ft_sym --minutes 30 --lr 3e-4 --from-head --asymmetry
+#   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/asr_ft_plain --minutes 30 --lr 3e-4 --from-head
 # flip averaging chosen with: PYTHONPATH=. $PY benchmarks/experiments/flip_tta.py ddad dae ae vae feature fanogan zscore
 $PY -m anomaly.train consensus --data data/cohort
