@@ -322,6 +322,13 @@ def test_asr_init_from_a_trained_head_starts_where_it_was(trained, ddad_data, tm
     assert card["asr_started_from"]["checkpoint_hash"] == before["checkpoint_hash"]
     assert card["asr_started_from"]["asr_steps"] == before["asr_steps"]
     clear_cache()
+    # fine-tuning that 6-input head again keeps its inputs without --asymmetry
+    assert asr.main(["--checkpoint", str(tmp_path / "f"), "--data", str(ddad_data), "--out", str(tmp_path / "g"),
+                     "--steps", "1", "--batch-size", "4", "--device", "cpu", "--from-head"]) == 0
+    assert _card(tmp_path / "g")["asr"]["architecture"]["inputs"] == _card(tmp_path / "f")["asr"]["architecture"]["inputs"]
+    clear_cache()
+    with pytest.raises(ValueError, match="not a weight"):
+        asr.init_from(four, {"nope": torch.zeros(1)})
     bare = tmp_path / "bare"  # a checkpoint without a head cannot be fine-tuned
     shutil.copytree(trained / "ddad", bare)
     from anomaly.checkpoints import load_card, load_weights, save_checkpoint

@@ -156,7 +156,9 @@ def init_from(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     channels and the extra ones start at zero, so ``net`` starts as the trained refiner."""
     own = net.state_dict()
     for k, v in state.items():
-        w = own[k]
+        w = own.get(k)
+        if w is None:
+            raise ValueError(f"refiner weight {k}: not a weight of this refiner")
         if w.shape == v.shape:
             own[k] = v.clone()
         elif w.dim() == v.dim() and w.shape[0] == v.shape[0] and w.shape[2:] == v.shape[2:] and w.shape[1] > v.shape[1]:
@@ -294,8 +296,13 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
         start = {k[len(ASR_PREFIX):]: v for k, v in load_weights(a.checkpoint).items() if k.startswith(ASR_PREFIX)}
         if not start:
             raise CheckpointError(f"{a.checkpoint} has no ASR head to start from (--from-head)")
-    net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", arch=arch, subtle=a.subtle_share,
-                            edge=a.edge_share, start=start)
+        if arch is None:  # keep the head's own inputs
+            arch = {"inputs": list(refiner_input_names(card.get("asr", {}).get("architecture")))}
+    try:
+        net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", arch=arch, subtle=a.subtle_share,
+                                edge=a.edge_share, start=start)
+    except ValueError as e:  # a head that does not fit the requested inputs
+        raise CheckpointError(f"{a.checkpoint}: {e}") from e
     if start is not None:
         info["asr_started_from"] = {"checkpoint_hash": card.get("checkpoint_hash"), "asr_steps": card.get("asr_steps"),
                                     "validation": card.get("validation")}
