@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,10 +98,14 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
         names,
     )
     if cache:
+        # written under a temporary name, then renamed: a process training beside this one never
+        # reads a half-written cache
+        tmp = cache_path.with_name(f"{cache_path.stem}.{os.getpid()}.tmp.npz")
         try:
-            np.savez_compressed(cache_path, images=ps.images, masks=ps.masks, labels=ps.labels,
+            np.savez_compressed(tmp, images=ps.images, masks=ps.masks, labels=ps.labels,
                                 lesions=ps.lesions if ps.lesions is not None else np.zeros(1, bool),
                                 has_lesions=ps.lesions is not None, names=json.dumps(names))
+            os.replace(tmp, cache_path)
         except OSError:
-            pass
+            tmp.unlink(missing_ok=True)
     return ps
