@@ -6,7 +6,12 @@
   so colours compare across methods);
 * image-score percentile: the rank of a raw slice score among the healthy validation
   slice scores (0-100; 99 means higher than 99% of healthy slices);
-* volume score: the maximum of the scored slices' raw scores (``volume_score``).
+* brain-fill conditioning (cards that carry a ``fill_reference``): a slice's raw score is first
+  rescaled by what healthy validation slices of similar brain fill score,
+  ``(raw - median) / (p90 - p50)`` of its fill bin, so that skull-base and vertex slices, whose
+  healthy residuals run high, are not ranked above lesions for their anatomy alone; percentiles
+  and the volume score then use the conditioned score;
+* volume score: the maximum of the scored slices' scores (``volume_score``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,52 @@ import numpy as np
 PIXEL_PERCENTILE = 99.5
 IMAGE_DECISION_PERCENTILE = 95.0  # a slice/volume is "anomalous" above this healthy percentile
 N_QUANTILES = 201
+FILL_BINS = 10  # bins of equal healthy count for the brain-fill conditioning
+
+
+def brain_fill(masks: np.ndarray) -> np.ndarray:
+    """(N,) brain pixels of each model-space slice mask: how much of its brain box a slice fills."""
+    m = np.asarray(masks, bool)
+    return m.reshape(len(m), -1).sum(1).astype(np.float64)
+
+
+@dataclass
+class FillReference:
+    """Healthy slice scores as a function of brain fill: per fill bin (centres in log pixels) the
+    median and the p90 - p50 spread of healthy validation scores, interpolated in between."""
+
+    log_fill: list[float]
+    median: list[float]
+    spread: list[float]
+
+    def condition(self, scores, fill) -> np.ndarray:
+        """Raw scores -> ``(score - healthy median) / healthy spread`` at each slice's fill."""
+        lf = np.log(np.asarray(fill, np.float64) + 1.0)
+        x = np.asarray(self.log_fill, np.float64)
+        med = np.interp(lf, x, self.median)
+        spread = np.interp(lf, x, self.spread)
+        floor = max(1e-3 * float(np.median(self.spread)), 1e-12)
+        return (np.asarray(scores, np.float64) - med) / np.maximum(spread, floor)
+
+
+def fit_fill_reference(scores, fill, n_bins: int = FILL_BINS) -> FillReference:
+    """The ``FillReference`` of healthy raw slice scores and their brain fill."""
+    s = np.asarray(scores, np.float64)
+    lf = np.log(np.asarray(fill, np.float64) + 1.0)
+    n_bins = int(max(1, min(n_bins, len(s) // 8)))
+    edges = np.quantile(lf, np.linspace(0, 1, n_bins + 1))
+    centres, med, spread = [], [], []
+    for i in range(n_bins):
+        sel = (lf >= edges[i]) & (lf <= edges[i + 1])
+        if not sel.any():
+            continue
+        p50, p90 = np.percentile(s[sel], [50, 90])
+        centres.append(float(0.5 * (edges[i] + edges[i + 1])))
+        med.append(float(p50))
+        spread.append(float(p90 - p50))
+    order = np.argsort(centres, kind="stable")
+    x = np.asarray(centres)[order] + np.arange(len(order)) * 1e-9  # strictly increasing for interp
+    return FillReference([float(v) for v in x], [med[i] for i in order], [spread[i] for i in order])
 
 
 @dataclass
@@ -26,6 +77,14 @@ class Calibration:
     score_quantiles: list[float]  # N_QUANTILES quantiles (0..100%) of healthy slice scores
     pixel_percentile: float = PIXEL_PERCENTILE
     n_slices: int = 0
+    fill_reference: FillReference | None = None  # None: raw scores are the scores (older cards)
+
+    def condition(self, raw_scores, fill) -> np.ndarray:
+        """Raw slice scores -> the scores percentiles and decisions use (brain-fill conditioned
+        when the card has a reference, else unchanged)."""
+        if self.fill_reference is None:
+            return np.asarray(raw_scores, np.float64)
+        return self.fill_reference.condition(raw_scores, fill)
 
     def percentile(self, scores) -> np.ndarray:
         """Raw scores -> percentile among healthy validation slices (0..100)."""
@@ -43,20 +102,34 @@ class Calibration:
         return float(np.interp(IMAGE_DECISION_PERCENTILE, np.linspace(0, 100, len(q)), q))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.fill_reference is None:
+            d.pop("fill_reference")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        return cls(**{k: d[k] for k in ("pixel_threshold", "score_quantiles", "pixel_percentile", "n_slices") if k in d})
+        kw = {k: d[k] for k in ("pixel_threshold", "score_quantiles", "pixel_percentile", "n_slices") if k in d}
+        ref = d.get("fill_reference")
+        return cls(**kw, fill_reference=FillReference(**ref) if ref else None)
 
 
-def fit_calibration(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> Calibration:
-    """Calibration from post-processed maps, masks and raw scores of healthy validation slices."""
+def fit_calibration(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray,
+                    fill: np.ndarray | None = None) -> Calibration:
+    """Calibration from post-processed maps, masks and raw scores of healthy validation slices.
+
+    With ``fill`` (``brain_fill`` of each slice) the slice scores are conditioned on brain fill
+    (``FillReference``) and the score quantiles are those of the conditioned healthy scores."""
     vals = np.asarray(maps)[np.asarray(masks, bool)]
     thr = float(np.percentile(vals, PIXEL_PERCENTILE)) if vals.size else 1.0
     thr = max(thr, 1e-8)
-    q = np.percentile(np.asarray(scores, np.float64), np.linspace(0, 100, N_QUANTILES))
-    return Calibration(thr, [float(x) for x in q], PIXEL_PERCENTILE, int(len(scores)))
+    s = np.asarray(scores, np.float64)
+    ref = None
+    if fill is not None:
+        ref = fit_fill_reference(s, fill)
+        s = ref.condition(s, fill)
+    q = np.percentile(s, np.linspace(0, 100, N_QUANTILES))
+    return Calibration(thr, [float(x) for x in q], PIXEL_PERCENTILE, int(len(s)), ref)
 
 
 def volume_score(slice_scores: np.ndarray, valid: np.ndarray) -> float:

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anomaly import metrics as M
-from anomaly.calibration import fit_calibration
+from anomaly.calibration import brain_fill, fit_calibration
 from anomaly.data.folder import Item, Sample, item_samples, read_folder, read_image
 from anomaly.errors import AnomalyError, CheckpointError, DatasetError
 from anomaly.methods.base import AnomalyMethod, get_method, resolve_methods
@@ -292,22 +292,25 @@ def calibrate_on(val_dir: Path, methods: dict[str, AnomalyMethod], seed: int = 0
     items = _check_folder(val_dir, "validation")
     vals: dict[str, list[np.ndarray]] = {n: [] for n in methods}
     scores: dict[str, list[np.ndarray]] = {n: [] for n in methods}
+    fills: list[np.ndarray] = []
     skipped: list[dict] = []
     for chunk in _chunks(items, None, False, skipped, progress, "calibrate"):
         keep = np.concatenate([[bool(p) and s.label != 1 for s, p in zip(e.samples, e.prep.valid)] for e in chunk])
         if not keep.any():
             continue
         prep = _concat([e.prep for e in chunk])
+        fills.append(brain_fill(prep.masks[keep]))
         for name, m in methods.items():
             res = run_method(m, prep, seed=seed)
             vals[name].append(res.anomaly_map[keep][prep.masks[keep]])
-            scores[name].append(res.scores[keep])
+            scores[name].append(res.raw_scores[keep])
     out = {}
     for name in methods:
         if not scores[name]:
             raise DatasetError(f"validation folder {val_dir} has no healthy slice with enough brain to calibrate on")
         v = np.concatenate(vals[name])
-        out[name] = fit_calibration(v, np.ones(v.shape, bool), np.concatenate(scores[name]))
+        out[name] = fit_calibration(v, np.ones(v.shape, bool), np.concatenate(scores[name]),
+                                    fill=np.concatenate(fills))
     return out
 
 

@@ -2,7 +2,8 @@
 
 preprocess (``anomaly.preprocess``) -> method.predict -> ``postprocess_residual``
 (brain mask, median filter; done here once, never inside methods) -> image score
-(``image_score_from_map`` unless the method gives its own) -> calibration.
+(``image_score_from_map`` unless the method gives its own) -> calibration (the slice score
+conditioned on brain fill where the card has a reference: ``slice_scores``).
 Maps are returned in model space (S x S) and at the input's resolution via
 ``PreparedSlices.to_original``.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from anomaly.calibration import Calibration, volume_score
+from anomaly.calibration import Calibration, brain_fill, volume_score
 from anomaly.methods.base import AnomalyMethod
 from anomaly.preprocess import PreparedSlices
 
@@ -46,6 +47,14 @@ def image_score_from_map(maps: np.ndarray, masks: np.ndarray, top_fraction: floa
     return scores
 
 
+def slice_scores(raw: np.ndarray, masks: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """The scores a method's slices are ranked and calibrated by: raw scores, conditioned on
+    brain fill when the calibration carries a reference (``Calibration.condition``)."""
+    if calibration is None:
+        return np.asarray(raw, np.float64)
+    return calibration.condition(raw, brain_fill(masks))
+
+
 @dataclass
 class MethodResult:
     """One method's results on a set of prepared slices (model space)."""
@@ -53,12 +62,17 @@ class MethodResult:
     method: str
     pseudo_healthy: np.ndarray | None
     anomaly_map: np.ndarray  # post-processed, raw units
-    scores: np.ndarray  # (N,) raw image scores
+    scores: np.ndarray  # (N,) image scores (``slice_scores``: brain-fill conditioned where calibrated so)
     valid: np.ndarray  # (N,) slices that were scored
     ms_per_slice: float
     checkpoint_hash: str = "none"
     calibration: Calibration | None = None
     extra_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    raw_scores: np.ndarray | None = None  # (N,) before conditioning (what calibration is fitted on)
+
+    def __post_init__(self) -> None:
+        if self.raw_scores is None:
+            self.raw_scores = self.scores
 
     @property
     def calibrated_map(self) -> np.ndarray:
@@ -109,12 +123,13 @@ def run_method(method: AnomalyMethod, prepared: PreparedSlices, seed: int = 0, b
         if progress is not None:
             progress(min(start + batch, n), n)
     elapsed = time.perf_counter() - t0
-    scores = np.concatenate(own_scores) if own_scores else image_score_from_map(maps, prepared.masks)
+    raw = np.concatenate(own_scores) if own_scores else image_score_from_map(maps, prepared.masks)
     return MethodResult(
         method=method.name,
         pseudo_healthy=ph,
         anomaly_map=maps,
-        scores=scores,
+        scores=slice_scores(raw, prepared.masks, method.calibration),
+        raw_scores=raw,
         valid=np.asarray(prepared.valid, bool),
         ms_per_slice=1000 * elapsed / max(n, 1),
         checkpoint_hash=method.checkpoint_hash,

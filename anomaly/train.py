@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly import __version__
-from anomaly.calibration import fit_calibration
+from anomaly.calibration import brain_fill, fit_calibration
 from anomaly.checkpoints import load_card, save_checkpoint, write_card
 from anomaly.data.prepared import PreparedSet, load_prepared
 from anomaly.errors import AnomalyError, DatasetError
@@ -127,7 +127,8 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     clear_cache()
     m = get_method(cls.name, out)
     res = run_method(m, _as_prepared(val_set), seed=cfg.seed)
-    card["calibration"] = fit_calibration(res.anomaly_map, val_set.masks, res.scores).to_dict()
+    card["calibration"] = fit_calibration(res.anomaly_map, val_set.masks, res.raw_scores,
+                                          fill=brain_fill(val_set.masks)).to_dict()
     card["validation"] = {"ms_per_slice": res.ms_per_slice}
     clear_cache()
     m = get_method(cls.name, out)

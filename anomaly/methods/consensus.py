@@ -72,7 +72,7 @@ def from_member_results(method: Consensus, prepared, results: dict):
     without running the members twice)."""
     import time
 
-    from anomaly.scoring import MethodResult, image_score_from_map
+    from anomaly.scoring import MethodResult, image_score_from_map, slice_scores
 
     t0 = time.perf_counter()
     n = len(method.members)
@@ -84,9 +84,10 @@ def from_member_results(method: Consensus, prepared, results: dict):
         cal_sum += np.clip(cal, 0, VMAX)
         votes += cal >= 1.0
     maps = postprocess_residual(cal_sum / n, prepared.masks)
+    raw = image_score_from_map(maps, prepared.masks)
     return MethodResult(
-        method=method.name, pseudo_healthy=None, anomaly_map=maps,
-        scores=image_score_from_map(maps, prepared.masks), valid=np.asarray(prepared.valid, bool),
+        method=method.name, pseudo_healthy=None, anomaly_map=maps, raw_scores=raw,
+        scores=slice_scores(raw, prepared.masks, method.calibration), valid=np.asarray(prepared.valid, bool),
         ms_per_slice=sum(results[m].ms_per_slice for m in method.members)
         + 1000 * (time.perf_counter() - t0) / max(len(maps), 1),
         checkpoint_hash=method.checkpoint_hash, calibration=method.calibration, extra_maps={"votes": votes},

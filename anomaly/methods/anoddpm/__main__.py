@@ -26,7 +26,7 @@ def _floats(s: str) -> list[float]:
 
 def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | None = None, seed: int = 0,
          max_slices: int | None = None, write: bool = False, log=print) -> dict:
-    from anomaly.calibration import fit_calibration
+    from anomaly.calibration import brain_fill, fit_calibration
     from anomaly.checkpoints import load_card, write_card
     from anomaly.methods.base import clear_cache, get_method
     from anomaly.scoring import run_method
@@ -64,7 +64,8 @@ def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | Non
         clear_cache()
         m = get_method("anoddpm", ckpt)
         res = run_method(m, _as_prepared(val), seed=seed)
-        card["calibration"] = fit_calibration(res.anomaly_map, val.masks, res.scores).to_dict()
+        card["calibration"] = fit_calibration(res.anomaly_map, val.masks, res.raw_scores,
+                                              fill=brain_fill(val.masks)).to_dict()
         card.setdefault("validation", {})["ms_per_slice"] = res.ms_per_slice
         write_card(ckpt, card)
         clear_cache()
