@@ -67,7 +67,7 @@ class Analysis:
         return r * c
 
     def score_table(self, index: int, threshold: float = 1.0) -> list[dict]:
-        """Per method at slice ``index``: raw score, percentile, decision, area mm², ms."""
+        """Per method at slice ``index``: score, percentile, decision, area mm², ms."""
         rows = []
         for name, r in self.results.items():
             pct = float(r.percentiles[index]) if r.calibration else float("nan")

@@ -130,6 +130,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     card["calibration"] = fit_calibration(res.anomaly_map, val_set.masks, res.raw_scores,
                                           fill=brain_fill(val_set.masks)).to_dict()
     card["validation"] = {"ms_per_slice": res.ms_per_slice}
+    write_card(out, card)  # the validation figures are scored with this calibration (brain-fill conditioning)
     clear_cache()
     m = get_method(cls.name, out)
     card["validation"].update(validation_figures(m, val_lesion, cfg.seed))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from anomaly.calibration import Calibration, fit_calibration, volume_score
+from anomaly.calibration import Calibration, brain_fill, fit_calibration, fit_fill_reference, volume_score
 from anomaly.errors import CheckpointError, UnknownMethodError
 from anomaly.keys import study_key
 from anomaly.methods.base import AnomalyMethod, MethodOutput, get_method, method_class, registered_methods, resolve_methods
@@ -60,6 +60,43 @@ def test_calibration_percentiles_and_threshold():
     assert p[0] == 0 and p[2] == 100 and 45 < p[1] < 55
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
     assert volume_score(np.array([1, 5, 3]), np.array([True, False, True])) == 3
+
+
+def test_fill_conditioning_ranks_scores_against_healthy_slices_of_the_same_fill():
+    # healthy slices: small-brain slices (skull base, vertex) score high, large ones low
+    rng = np.random.default_rng(0)
+    fill = np.concatenate([rng.uniform(1000, 3000, 200), rng.uniform(8000, 10000, 200)])
+    raw = np.where(fill < 5000, 1.0, 0.2) + rng.normal(0, 0.05, len(fill))
+    ref = fit_fill_reference(raw, fill)
+    z = ref.condition(raw, fill)
+    for part in (fill < 5000, fill >= 5000):  # each fill range is centred on its own healthy median
+        assert abs(np.median(z[part])) < 0.2
+    # a large slice with a raw score below a healthy small slice's now ranks above it
+    assert ref.condition([0.6], [9000])[0] > ref.condition([1.0], [2000])[0]
+    # the calibration stores it, uses it for its quantiles and round-trips through the card
+    maps = rng.random((len(fill), 8, 8)).astype(np.float32)
+    cal = fit_calibration(maps, np.ones_like(maps, bool), raw, fill=fill)
+    assert cal.fill_reference is not None
+    np.testing.assert_allclose(cal.condition(raw, fill), z)
+    assert 40 < cal.percentile([0.0])[0] < 60  # a healthy-median slice sits near the 50th percentile
+    back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back == cal
+    # cards without a reference keep the raw score
+    plain = fit_calibration(maps, np.ones_like(maps, bool), raw)
+    assert "fill_reference" not in plain.to_dict()
+    np.testing.assert_array_equal(plain.condition(raw, fill), raw)
+    assert brain_fill(np.ones((2, 4, 4), bool)).tolist() == [16.0, 16.0]
+
+
+def test_run_method_reports_conditioned_and_raw_scores(tiny_checkpoints, tiny_dataset):
+    from anomaly.data.folder import read_image
+
+    prep = preprocess_slices(read_image(tiny_dataset / "test" / "images" / "l065.png"))
+    m = get_method("ae", tiny_checkpoints / "ae")
+    res = run_method(m, prep)
+    np.testing.assert_allclose(res.raw_scores, image_score_from_map(res.anomaly_map, prep.masks))
+    np.testing.assert_allclose(res.scores, m.calibration.condition(res.raw_scores, brain_fill(prep.masks)))
+    assert m.calibration.fill_reference is not None  # training fits the reference
 
 
 def test_study_key_is_salted_and_stable():

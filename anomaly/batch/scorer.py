@@ -30,7 +30,7 @@ PER_METHOD = {
     "percentile": pa.float64(),  # its percentile vs healthy validation slices (NaN if uncalibrated)
     "top_slice": pa.int32(),  # the method's highest-scoring slice
     "top_score": pa.float64(),
-    "curve": pa.list_(pa.float64()),  # raw score of every slice
+    "curve": pa.list_(pa.float64()),  # score of every slice (MethodResult.scores)
     "pct_curve": pa.list_(pa.float64()),  # percentile of every slice
     "checkpoint_hash": pa.string(),
     "ms_per_slice": pa.float64(),
