@@ -33,6 +33,10 @@ done
 ANOMALY_THREADS=2 $PY -m anomaly.train dae --data data/cohort --seed 0 --minutes 16 --out runs/dae16
 ANOMALY_THREADS=1 $PY -m anomaly.train dae --data data/cohort --seed 0 --minutes 45 --resume --out runs/dae16
 cp runs/dae16/model.safetensors runs/dae16/card.json checkpoints/dae/
+# session 7: replaced by a 5.5-minute GPU run of the same DAE (10.6k steps on a lent H100, val_lesion
+# pixel AP 0.080 vs 0.066, image AUROC 0.539 vs 0.527): the dae_gpu job of benchmarks/device_loo.sh,
+#   python -m anomaly.train dae --data data/cohort --seed 0 --device cuda --minutes 5.5 --out runs/device/dae_gpu
+# copied into checkpoints/dae and re-calibrated here with --calibrate-only
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 20
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 40 --resume
 # session 5: the ASR head resumed to 90 minutes (1 thread); flip test-time averaging switched on in
@@ -48,3 +52,7 @@ ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad 
 #   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/asr_ft_plain --minutes 30 --lr 3e-4 --from-head
 # flip averaging chosen with: PYTHONPATH=. $PY benchmarks/experiments/flip_tta.py ddad dae ae vae feature fanogan zscore
 $PY -m anomaly.train consensus --data data/cohort
+# session 7: brain-fill conditioned slice scores (docs/contracts.md, section 3): every card re-calibrated
+for m in zscore ae vae dae fanogan feature ddad consensus anoddpm; do
+  $PY -m anomaly.train "$m" --data data/cohort --calibrate-only
+done

@@ -5,6 +5,11 @@
 # kept under 60 MB); their cards are copied to docs/benchmark/loo_cards/ for the record.
 # zscore and feature (no training loop) are refitted the same way in checkpoints/loo/ (committed).
 # Then: benchmarks/run_all.sh evaluates data/cohort/test_heldout with them.
+# Session 7: ae, vae, dae and fanogan were replaced by the GPU runs of benchmarks/device_loo.sh (the
+# recipe of the main models: 5.5 GPU minutes, 7-12k steps); ddad stays this script's CPU model (its
+# 90-minute ASR head is closer to the main model's than the GPU call's 3.5 minutes); all were then
+# re-calibrated (--calibrate-only, brain-fill conditioned scores), the consensus re-fitted. In
+# runs/loo_v2, evaluated with LOO_ROOT=runs/loo_v2 benchmarks/run_all.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
