@@ -11,6 +11,7 @@ from anomaly.calibration import Calibration, brain_fill, fit_calibration, fit_fi
 from anomaly.errors import CheckpointError, UnknownMethodError
 from anomaly.keys import study_key
 from anomaly.methods.base import AnomalyMethod, MethodOutput, get_method, method_class, registered_methods, resolve_methods
+from anomaly.data.prepared import load_prepared
 from anomaly.preprocess import MODEL_SIZE, preprocess_slices
 from anomaly.scoring import image_score_from_map, postprocess_residual, run_method
 
@@ -97,6 +98,25 @@ def test_run_method_reports_conditioned_and_raw_scores(tiny_checkpoints, tiny_da
     np.testing.assert_allclose(res.raw_scores, image_score_from_map(res.anomaly_map, prep.masks))
     np.testing.assert_allclose(res.scores, m.calibration.condition(res.raw_scores, brain_fill(prep.masks)))
     assert m.calibration.fill_reference is not None  # training fits the reference
+
+
+def test_calibration_recomputed_on_a_folder_ranks_its_own_healthy_slices_in_the_middle(tiny_checkpoints, tiny_dataset):
+    # evaluate's --val-data path loads methods whose cards already condition their scores: it must
+    # fit on the raw scores, or the recomputed quantiles would be on another scale than the scores
+    from anomaly.evaluate import calibrate_on
+    from anomaly.methods.base import clear_cache
+
+    clear_cache()
+    methods = {n: get_method(n, tiny_checkpoints / n) for n in ("zscore", "ae")}
+    cals = calibrate_on(tiny_dataset / "val_normal", methods, progress=False)
+    vn = load_prepared(tiny_dataset / "val_normal", use_brainmasks=False, cache=False)
+    prep = preprocess_slices(vn.images)  # the scoring path's own view of the same slices
+    for name, m in methods.items():
+        assert cals[name].fill_reference is not None
+        res = run_method(m, prep)
+        raw = res.raw_scores[prep.valid]
+        p = cals[name].percentile(cals[name].condition(raw, brain_fill(prep.masks[prep.valid])))
+        assert 25 <= float(np.median(p)) <= 75, (name, np.median(p))
 
 
 def test_study_key_is_salted_and_stable():

@@ -40,8 +40,8 @@ la_n = np.log(vn.masks.reshape(len(vn), -1).sum(1) + 1.0)
 la_l = np.log(vl.masks.reshape(len(vl), -1).sum(1) + 1.0)
 for name in sys.argv[1:]:
     m = get_method(name)
-    sn = run_method(m, _as_prepared(vn), seed=0).scores
-    sl = run_method(m, _as_prepared(vl), seed=0).scores
+    sn = run_method(m, _as_prepared(vn), seed=0).raw_scores  # before the cards' own conditioning
+    sl = run_method(m, _as_prepared(vl), seed=0).raw_scores
     row = [f"{name:9s} top1 {metrics.image_auroc(vl.labels, sl):.3f}"]
     for nb in (5, 10):
         med, spread = binned_reference(la_n, sn, la_l, nb)
