@@ -52,6 +52,11 @@ ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad 
 #   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/asr_ft_plain --minutes 30 --lr 3e-4 --from-head
 # flip averaging chosen with: PYTHONPATH=. $PY benchmarks/experiments/flip_tta.py ddad dae ae vae feature fanogan zscore
 $PY -m anomaly.train consensus --data data/cohort
+# session 7: the feature method's new settings (blocks 4 + 7 at 256, chosen by
+# benchmarks/experiments/feature_grid.py on val_lesion) refitted here, then the consensus:
+#   python -m anomaly.methods.feature convert            (the 8-block backbone for fitting)
+#   python -m anomaly.train feature --data data/cohort
+#   python -m anomaly.train feature --data data/cohort --train-split train_loo --val-split val_normal_loo --out checkpoints/loo/feature
 # session 7: brain-fill conditioned slice scores (docs/contracts.md, section 3): every card re-calibrated
 for m in zscore ae vae dae fanogan feature ddad consensus anoddpm; do
   $PY -m anomaly.train "$m" --data data/cohort --calibrate-only

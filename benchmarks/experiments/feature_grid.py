@@ -5,7 +5,9 @@ leads BMAD's brain benchmark at image level, so this grid refits the memory bank
 settings (deeper stages, position weight, pooling, its own max-distance image score) and reports
 val_lesion image AUROC (brain-fill conditioned score, the contract) and pixel AP. Each fit goes
 through ``anomaly.train`` (calibration on val_normal, figures on val_lesion) into
-runs/feature_grid/NAME; no test data is read. Run from the repository root after `make data`:
+runs/feature_grid/NAME; no test data is read. The deeper settings need a converted backbone with
+enough blocks in their folder first (`python -m anomaly.methods.feature convert --blocks 8 (or 11)
+--out runs/feature_grid/NAME/backbone.safetensors`). Run from the repository root after `make data`:
     ANOMALY_THREADS=2 PYTHONPATH=. .venv/bin/python benchmarks/experiments/feature_grid.py [NAME ...]
 Results and the decision: README, "What these numbers say".
 """
@@ -25,6 +27,8 @@ GRID = {
     "pool5": {"local_pool": 5},
     "deep47": {"layers": [4, 7]},
     "deep47_256": {"layers": [4, 7], "input_size": 256},
+    "deep410_256": {"layers": [4, 10], "input_size": 256},
+    "deep47_256_pos30": {"layers": [4, 7], "input_size": 256, "pos_weight": 30.0},
 }
 BASE = dict(feature.DEFAULT_CFG)
 
