@@ -67,7 +67,8 @@ class Analysis:
         return r * c
 
     def score_table(self, index: int, threshold: float = 1.0) -> list[dict]:
-        """Per method at slice ``index``: score, percentile, decision, area mm², ms."""
+        """Per method at slice ``index``: score (brain-fill conditioned where calibrated so), the raw
+        top-1% map mean, percentile, decision, area mm², ms."""
         rows = []
         for name, r in self.results.items():
             pct = float(r.percentiles[index]) if r.calibration else float("nan")
@@ -75,6 +76,7 @@ class Analysis:
             rows.append({
                 "method": name,
                 "score": round(float(r.scores[index]), 5),
+                "raw score (top 1% of map)": round(float(r.raw_scores[index]), 5),
                 "percentile vs healthy": round(pct, 1) if np.isfinite(pct) else None,
                 "decision": ("anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal") if np.isfinite(pct) else "uncalibrated",
                 "area above threshold (mm²)": round(area, 1),
@@ -162,7 +164,8 @@ def _embed(r: MethodResult, idx: np.ndarray, n: int) -> MethodResult:
     valid[idx] = r.valid
     return MethodResult(r.method, full(r.pseudo_healthy), full(r.anomaly_map), full(np.asarray(r.scores, np.float64)),
                         valid, r.ms_per_slice, r.checkpoint_hash, r.calibration,
-                        {k: full(v) for k, v in r.extra_maps.items()})
+                        {k: full(v) for k, v in r.extra_maps.items()},
+                        raw_scores=full(np.asarray(r.raw_scores, np.float64)))
 
 
 def score_prepared(prepared: PreparedSlices, methods: list[str], seed: int = 0, checkpoint_root=None,

@@ -50,6 +50,9 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
     assert [r["method"] for r in table] == ["zscore", "ae"]
     for r in table:
         assert 0 <= r["percentile vs healthy"] <= 100 and r["decision"] in ("normal", "anomalous")
+        res = a.results[r["method"]]  # the table shows the conditioned score and the raw top-1% mean
+        assert r["score"] == round(float(res.scores[idx]), 5)
+        assert r["raw score (top 1% of map)"] == round(float(res.raw_scores[idx]), 5)
     assert img.shape == ph.shape
     zs = a.findings("zscore", 1.0)
     assert zs and any(28 <= f["centre slice"] <= 35 for f in zs)

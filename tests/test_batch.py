@@ -195,6 +195,7 @@ def test_stored_maps_rebuild_the_apps_analysis(tmp_path, cohort, items, tiny_che
     for m, r in live.results.items():
         s = a.results[m]
         np.testing.assert_array_equal(s.scores, r.scores)
+        np.testing.assert_array_equal(s.raw_scores, r.raw_scores)  # stored, not the conditioned ones again
         np.testing.assert_array_equal(s.valid, r.valid)
         assert s.checkpoint_hash == r.checkpoint_hash
         cap = 255 / STEP
@@ -202,7 +203,8 @@ def test_stored_maps_rebuild_the_apps_analysis(tmp_path, cohort, items, tiny_che
         if r.pseudo_healthy is not None:
             np.testing.assert_allclose(s.pseudo_healthy, np.clip(r.pseudo_healthy, 0, 1.2), atol=1.2 / 255)
     i = a.most_anomalous_slice()
-    assert [t["score"] for t in a.score_table(i)] == [t["score"] for t in live.score_table(i)]
+    for key in ("score", "raw score (top 1% of map)"):
+        assert [t[key] for t in a.score_table(i)] == [t[key] for t in live.score_table(i)]
     assert a.render(i, RenderConfig()).size == live.render(i, RenderConfig()).size
     changed = write_image(tmp_path, "changed", read_image(item_files(it)[0]) * 1.01, spacing=(2.0, 2.0, 2.0))
     with pytest.raises(StaleResultsError, match="changed"):

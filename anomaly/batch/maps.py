@@ -66,6 +66,7 @@ def save_maps(a, path: Path | str) -> int:
         arrays[f"{name}.map"] = _q(cal)
         arrays[f"{name}.scale"] = np.asarray(scale, np.float64)
         arrays[f"{name}.scores"] = np.asarray(r.scores, np.float64)
+        arrays[f"{name}.raw_scores"] = np.asarray(r.raw_scores, np.float64)
         arrays[f"{name}.valid"] = np.asarray(r.valid, bool)
         if r.pseudo_healthy is not None:
             arrays[f"{name}.ph"] = np.round(np.clip(np.nan_to_num(r.pseudo_healthy) / PH_SCALE, 0, 1) * 255).astype(np.uint8)
@@ -128,8 +129,10 @@ def stored_analysis(scan, path: Path | str, content_hash: str | None = None, che
                 amap = cal_map * z[f"{name}.scale"].astype(np.float32)[:, None, None]
                 ph = (z[f"{name}.ph"].astype(np.float32) / 255 * PH_SCALE) if f"{name}.ph" in z else None
                 extras = {x: z[f"{name}.x.{x}"].astype(np.float32) / step * ref for x, ref in m["extras"].items()}
+                raw = z[f"{name}.raw_scores"] if f"{name}.raw_scores" in z else None  # older files: none
                 results[name] = MethodResult(name, ph, amap, z[f"{name}.scores"], z[f"{name}.valid"],
-                                             m["ms_per_slice"], m["checkpoint_hash"], method.calibration, extras)
+                                             m["ms_per_slice"], m["checkpoint_hash"], method.calibration, extras,
+                                             raw_scores=raw)
             valid = z["valid"]
         except (KeyError, TypeError, ValueError, AttributeError, OSError, EOFError, zipfile.BadZipFile,
                 zlib.error) as e:  # a foreign or damaged maps file
