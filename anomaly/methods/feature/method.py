@@ -27,7 +27,7 @@ pixel AP rose with the weight (0 -> 30: 0.0068 -> 0.0097 in one setting; 10 / 30
 0.0072 / 0.0081 / 0.0106 in another).
 
 Optional PCA (``pca_dim`` > 0) projects the features on their top principal components of
-the healthy pool (stored with the bank) for a faster search; off by default (64 dims).
+the healthy pool (stored with the bank) for a faster search; off by default (all 120 dimensions).
 
 Checkpoint (``model.safetensors``): the truncated backbone (``backbone.*``, float32), the
 bank (``bank``, float16) and, if used, the PCA (``pca_mean``, ``pca_components``) -- nothing else is
@@ -53,7 +53,7 @@ DEFAULT_CFG = {
     "input_size": 256,  # the 128 x 128 model-space slice upsampled 2x
     "layers": [4, 7],  # block outputs: stride 8 (40 ch, 32 x 32 grid) and stride 16 (80 ch, 16 x 16)
     "local_pool": 3,
-    "pca_dim": 0,  # 0 = keep all 64 dimensions; else project on that many principal components
+    "pca_dim": 0,  # 0 = keep all dimensions (120 with blocks 4 + 7); else project on that many principal components
     "pos_weight": 100.0,  # weight of the (y, x) position in [0, 1] appended to each feature
     "bank_size": 12288,
     "pool_size": 120_000,  # random healthy patches the coreset is chosen from
