@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from anomaly.errors import CheckpointError
+
 PIXEL_PERCENTILE = 99.5
 IMAGE_DECISION_PERCENTILE = 95.0  # a slice/volume is "anomalous" above this healthy percentile
 N_QUANTILES = 201
@@ -49,6 +51,17 @@ class FillReference:
         spread = np.interp(lf, x, self.spread)
         floor = max(1e-3 * float(np.median(self.spread)), 1e-12)
         return (np.asarray(scores, np.float64) - med) / np.maximum(spread, floor)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FillReference":
+        """From a card: three equal-length lists of finite numbers, ``log_fill`` increasing
+        (ValueError otherwise)."""
+        cols = [np.asarray(d[k], np.float64) for k in ("log_fill", "median", "spread")]
+        if cols[0].ndim != 1 or not len(cols[0]) or any(c.shape != cols[0].shape for c in cols):
+            raise ValueError("fill_reference needs log_fill, median and spread of one equal, non-zero length")
+        if not all(np.isfinite(c).all() for c in cols) or np.any(np.diff(cols[0]) <= 0):
+            raise ValueError("fill_reference needs finite values and an increasing log_fill")
+        return cls(*[[float(v) for v in c] for c in cols])
 
 
 def fit_fill_reference(scores, fill, n_bins: int = FILL_BINS) -> FillReference:
@@ -109,9 +122,13 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Calibration":
-        kw = {k: d[k] for k in ("pixel_threshold", "score_quantiles", "pixel_percentile", "n_slices") if k in d}
-        ref = d.get("fill_reference")
-        return cls(**kw, fill_reference=FillReference(**ref) if ref else None)
+        """From a card's ``calibration``; a malformed one is a ``CheckpointError``."""
+        try:
+            kw = {k: d[k] for k in ("pixel_threshold", "score_quantiles", "pixel_percentile", "n_slices") if k in d}
+            ref = d.get("fill_reference")
+            return cls(**kw, fill_reference=FillReference.from_dict(ref) if ref else None)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"the card's calibration is malformed ({e})") from None
 
 
 def fit_calibration(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray,

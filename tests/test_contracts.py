@@ -87,6 +87,15 @@ def test_fill_conditioning_ranks_scores_against_healthy_slices_of_the_same_fill(
     assert "fill_reference" not in plain.to_dict()
     np.testing.assert_array_equal(plain.condition(raw, fill), raw)
     assert brain_fill(np.ones((2, 4, 4), bool)).tolist() == [16.0, 16.0]
+    # a malformed reference in a card is a typed error, not a crash at scoring time
+    good = cal.to_dict()
+    for bad in ({"log_fill": [1.0, 2.0], "median": [0.1]},  # a key missing
+                {"log_fill": [1.0, 2.0], "median": [0.1], "spread": [0.1, 0.2]},  # lengths differ
+                {"log_fill": [2.0, 1.0], "median": [0.1, 0.2], "spread": [0.1, 0.2]},  # not increasing
+                {"log_fill": [1.0, 2.0], "median": [0.1, float("nan")], "spread": [0.1, 0.2]},
+                "not a dict"):
+        with pytest.raises(CheckpointError, match="calibration is malformed"):
+            Calibration.from_dict({**good, "fill_reference": bad})
 
 
 def test_run_method_reports_conditioned_and_raw_scores(tiny_checkpoints, tiny_dataset):
