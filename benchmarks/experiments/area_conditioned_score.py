@@ -19,6 +19,7 @@ import torch
 
 torch.set_num_threads(2)
 from anomaly import metrics  # noqa: E402
+from anomaly.calibration import fit_fill_reference  # noqa: E402
 from anomaly.data.prepared import load_prepared  # noqa: E402
 from anomaly.methods.base import get_method  # noqa: E402
 from anomaly.scoring import run_method  # noqa: E402
@@ -26,13 +27,10 @@ from anomaly.train import _as_prepared  # noqa: E402
 
 
 def binned_reference(la_fit, s_fit, la, n_bins):
-    """Median and (p90 - p50) of healthy scores per fill bin, interpolated at ``la``."""
-    edges = np.quantile(la_fit, np.linspace(0, 1, n_bins + 1))
-    centre = 0.5 * (edges[1:] + edges[:-1])
-    sel = [(la_fit >= edges[i]) & (la_fit <= edges[i + 1]) for i in range(n_bins)]
-    med = np.array([np.median(s_fit[s]) for s in sel])
-    spread = np.array([np.subtract(*np.percentile(s_fit[s], [90, 50])) for s in sel])
-    return np.interp(la, centre, med), np.interp(la, centre, spread)
+    """Median and (p90 - p50) of healthy scores per fill bin, interpolated at ``la`` (the
+    contract's ``fit_fill_reference``, which takes brain pixels and logs them itself)."""
+    ref = fit_fill_reference(s_fit, np.expm1(la_fit), n_bins)
+    return np.interp(la, ref.log_fill, ref.median), np.interp(la, ref.log_fill, ref.spread)
 
 
 vn, vl = load_prepared(Path("data/cohort/val_normal")), load_prepared(Path("data/cohort/val_lesion"))
