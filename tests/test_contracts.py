@@ -128,6 +128,20 @@ def test_calibration_recomputed_on_a_folder_ranks_its_own_healthy_slices_in_the_
         assert 25 <= float(np.median(p)) <= 75, (name, np.median(p))
 
 
+def test_prepared_cache_is_written_whole_and_reused(tiny_dataset, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "val_normal"
+    shutil.copytree(tiny_dataset / "val_normal", root)
+    first = load_prepared(root)
+    caches = sorted(p.name for p in root.glob(".prepared-*"))
+    assert len(caches) == 1 and caches[0].endswith(".npz") and ".tmp." not in caches[0]  # renamed into place
+    monkeypatch.setattr("anomaly.data.prepared.preprocess_slices", None)  # a second load must not preprocess
+    again = load_prepared(root)
+    np.testing.assert_array_equal(first.images, again.images)
+    assert first.names == again.names
+
+
 def test_study_key_is_salted_and_stable():
     a = study_key("1.2.3", salt="s1")
     assert a == study_key("1.2.3", salt="s1") and a != study_key("1.2.3", salt="s2")
