@@ -343,3 +343,47 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_asr_batch_stream_is_reproducible_with_workers_and_a_wider_refiner_loads_back(trained, ddad_data, val_lesion,
+                                                                                     tmp_path):
+    import torch
+
+    from anomaly.data.prepared import PreparedSet
+    from anomaly.methods.ddad import asr
+    from anomaly.training import batches
+
+    n = 12
+    healthy = PreparedSet(val_lesion.images[:n], val_lesion.masks[:n], np.zeros(n, int))
+
+    def first(workers: int, k: int = 3):
+        data = asr.CorruptedBatches(healthy, 4, [0, 7, 0], True, 0.0, 0.0)
+        it = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers))
+        return [next(it) for _ in range(k)]
+
+    # in-process: the same stream as one rng shared by batches() and synthetic_anomalies()
+    rng = np.random.default_rng([0, 7, 0])
+    for (xc, mb, tgt), (xb, mref) in zip(first(0), batches(healthy.images, healthy.masks, 4, rng, True, "cpu")):
+        xr, tr = asr.synthetic_anomalies(xb[:, 0].numpy(), mref[:, 0].numpy().astype(bool), rng)
+        np.testing.assert_array_equal(xc[:, 0].numpy(), xr)
+        np.testing.assert_array_equal(tgt[:, 0].numpy(), tr.astype(np.float32))
+        assert torch.equal(mb, mref)
+    # two worker processes: reproducible, and the two workers' streams differ
+    a, b = first(2, 4), first(2, 4)
+    for (x1, m1, t1), (x2, m2, t2) in zip(a, b):
+        assert torch.equal(x1, x2) and torch.equal(t1, t2) and torch.equal(m1, m2)
+    assert not torch.equal(a[0][0], a[1][0])
+    # the CLI trains a wider refiner with worker processes; the card records it and it loads back
+    rc = asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--out", str(tmp_path / "w"),
+                   "--steps", "2", "--batch-size", "4", "--device", "cpu", "--channels", "8,16,32,64,128",
+                   "--workers", "2"])
+    assert rc == 0
+    arch = _card(tmp_path / "w")["asr"]["architecture"]
+    assert arch["channels"] == [8, 16, 32, 64, 128] and arch["strides"] == [2, 2, 2, 2]
+    clear_cache()
+    m = get_method("ddad", tmp_path / "w")
+    out = m.predict(val_lesion.images[:2], val_lesion.masks[:2])
+    assert out.residual.shape == val_lesion.images[:2].shape and np.isfinite(out.residual).all()
+    assert asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--out", str(tmp_path / "v"),
+                     "--steps", "1", "--channels", "8"]) == 2  # one width is not a UNet
+    clear_cache()

@@ -169,12 +169,38 @@ def init_from(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     net.load_state_dict(own)
 
 
+class CorruptedBatches(torch.utils.data.IterableDataset):
+    """Endless training batches for the refiner: (corrupted images, brain masks, targets), (B,1,S,S).
+
+    Random healthy batches (``anomaly.training.batches``) corrupted by ``synthetic_anomalies``. In
+    the training process (no DataLoader workers) the random stream is seeded by ``seed_key``, as
+    before workers existed; each DataLoader worker appends its own id to the key, so ``workers``
+    processes produce independent, reproducible streams (the generator is the CPU-bound part of a
+    GPU run)."""
+
+    def __init__(self, train, batch_size: int, seed_key: list[int], augment: bool, subtle: float, edge: float):
+        super().__init__()
+        self.train, self.batch_size, self.seed_key = train, batch_size, list(seed_key)
+        self.augment, self.subtle, self.edge = augment, subtle, edge
+
+    def __iter__(self):
+        from anomaly.training import batches
+
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed_key + ([] if info is None else [info.id]))
+        for xb, mb in batches(self.train.images, self.train.masks, self.batch_size, rng, self.augment, "cpu"):
+            xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng,
+                                          subtle=self.subtle, edge=self.edge)
+            yield torch.from_numpy(xc)[:, None], mb, torch.from_numpy(tgt.astype(np.float32))[:, None]
+
+
 def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dict | None = None,
                 desc: str = "ddad-asr", subtle: float = 0.0, edge: float = 0.0,
-                start: dict[str, torch.Tensor] | None = None) -> tuple[torch.nn.Module, dict]:
+                start: dict[str, torch.Tensor] | None = None, workers: int = 0) -> tuple[torch.nn.Module, dict]:
     """Train the refiner on ``train`` (healthy PreparedSet) with the frozen ``ensemble``
-    (from scratch, or from a trained refiner's ``start`` weights; see ``init_from``)."""
-    from anomaly.training import TrainLoop, batches, seed_everything
+    (from scratch, or from a trained refiner's ``start`` weights; see ``init_from``); ``workers``
+    DataLoader processes generate the corrupted batches (0: in this process)."""
+    from anomaly.training import TrainLoop, seed_everything
 
     seed_everything(cfg.seed + 7)
     names = refiner_input_names(arch)
@@ -184,15 +210,12 @@ def fit_refiner(ensemble: torch.nn.Module, train, cfg, work_dir: Path, arch: dic
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     ensemble.eval()
     loop = TrainLoop(cfg, Path(work_dir), {"asr": net}, {"opt": opt}, desc=desc)
-    rng = np.random.default_rng([cfg.seed, 7, loop.step])
-    gen = batches(train.images, train.masks, cfg.batch_size, rng, cfg.augment, "cpu")
+    data = CorruptedBatches(train, cfg.batch_size, [cfg.seed, 7, loop.step], cfg.augment, subtle, edge)
+    gen = iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers))
     net.train()
     for _ in loop:
-        xb, mb = next(gen)
-        xc, tgt = synthetic_anomalies(xb[:, 0].numpy(), mb[:, 0].numpy().astype(bool), rng, subtle=subtle, edge=edge)
-        x = torch.from_numpy(xc)[:, None].to(cfg.device)
-        m = mb.to(cfg.device)
-        t = torch.from_numpy(tgt.astype(np.float32))[:, None].to(cfg.device)
+        xc, mb, tgt = next(gen)
+        x, m, t = xc.to(cfg.device), mb.to(cfg.device), tgt.to(cfg.device)
         with torch.no_grad():
             inp = refiner_inputs(x, ensemble(x), names)
         loss = asr_loss(net(inp), t, m)
@@ -254,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-head", action="store_true",
                    help="start from the checkpoint's own ASR head (new input channels zero-initialised) "
                         "instead of from scratch; a fine-tune, usually with a lower --lr")
+    p.add_argument("--channels", default=None,
+                   help="refiner UNet channels, comma-separated (default %s)" % ",".join(map(str, ASR_ARCH["channels"])))
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader processes generating the synthetic anomalies (0: in the training process)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val_normal")
     a = p.parse_args(argv)
@@ -289,6 +316,11 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
     ens.to(cfg.device)
     train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
     arch = {"inputs": list(BASE_INPUTS + ASYMMETRY_INPUTS)} if a.asymmetry else None
+    if a.channels:
+        channels = [int(c) for c in a.channels.split(",")]
+        if len(channels) < 2 or min(channels) < 1:
+            raise CheckpointError(f"--channels {a.channels}: give at least two positive widths")
+        arch = {**(arch or {}), "channels": channels, "strides": [2] * (len(channels) - 1)}
     start = None
     if a.from_head:
         from anomaly.checkpoints import load_weights
@@ -300,7 +332,7 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
             arch = {"inputs": list(refiner_input_names(card.get("asr", {}).get("architecture")))}
     try:
         net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", arch=arch, subtle=a.subtle_share,
-                                edge=a.edge_share, start=start)
+                                edge=a.edge_share, start=start, workers=a.workers)
     except ValueError as e:  # a head that does not fit the requested inputs
         raise CheckpointError(f"{a.checkpoint}: {e}") from e
     if start is not None:
