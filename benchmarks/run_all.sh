@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the README's benchmark tables (after `make data` and the trainings in the cards).
-#   main test:            data/cohort/test, every single-pass method (+ diffusion on a stated subset)
+#   main test:            data/cohort/test, every single-pass method, then diffusion (on demand in the app)
 #   held-out anatomy:     data/cohort/test_heldout with models trained on train_loo (benchmarks/train_loo.sh)
 #   domain shift:         data/cohort/test_domain_shift (the real ITK subject), main models
 set -euo pipefail
@@ -10,7 +10,7 @@ OUT=${OUT:-runs/benchmark}
 SINGLE=$($PY -c "from anomaly.methods.base import available_methods, method_class; print(','.join(m for m in available_methods() if not method_class(m).on_demand))")
 $PY -m anomaly.evaluate --data data/cohort/test --methods "$SINGLE" --out "$OUT/test" --no-progress
 if [ -f checkpoints/anoddpm/card.json ]; then
-  $PY -m anomaly.evaluate --data data/cohort/test --methods anoddpm --max-slices 60 --seed 0 --out "$OUT/test_anoddpm_subset60" --no-progress
+  $PY -m anomaly.evaluate --data data/cohort/test --methods anoddpm --out "$OUT/test_anoddpm" --no-progress
 fi
 # held-out anatomy: the full leave-Colin27-out set of benchmarks/train_loo.sh (runs/loo) when it exists,
 # else the committed zscore + feature refits (checkpoints/loo); on-demand methods left out
@@ -20,3 +20,6 @@ if [ -n "$LOO" ]; then
   $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "$LOO" --checkpoints "$LOO_ROOT" --out "$OUT/heldout" --no-progress
 fi
 $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods "$SINGLE" --out "$OUT/domain_shift" --no-progress
+if [ -f checkpoints/anoddpm/card.json ]; then
+  $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods anoddpm --out "$OUT/domain_shift_anoddpm" --no-progress
+fi

@@ -212,10 +212,16 @@ def test_anoddpm_tune_on_val_lesion_writes_card_and_recalibrates(anoddpm_ckpt, t
     ck = tmp_path / "anoddpm"
     shutil.copytree(anoddpm_ckpt, ck)
     before = load_card(ck)
-    out = tune(ck, tiny_dataset, [100, 200], [0.0], ["simplex"], n_steps=2, max_slices=6, write=True, log=lambda s: None)
+    out = tune(ck, tiny_dataset, [100, 200], [0.0], ["simplex"], n_steps=2, max_slices=6, write=True, log=lambda s: None,
+               n_samples=3)
     assert len(out["tried"]) == 2 and out["best"]["t_start"] in (100, 200)
+    assert all(r["n_samples"] == 3 and r["n_steps"] == 2 for r in out["tried"])
     card = load_card(ck)
     assert card["inference"]["t_start"] == out["best"]["t_start"] and card["inference"]["n_steps"] == 2
+    assert card["inference"]["n_samples"] == 3
+    clear_cache()
+    m = get_method("anoddpm", ck)  # the method runs with the tuned settings
+    assert m.inference["n_samples"] == 3 and m.inference["t_start"] == out["best"]["t_start"]
     assert card["checkpoint_hash"] == before["checkpoint_hash"] and card["calibration"]["pixel_threshold"] > 0
     assert card["inference_tuning"]["split"] == "val_lesion"
     clear_cache()

@@ -4,10 +4,11 @@ The consensus fuses calibrated *maps*; this fuses slice *scores*: the mean (or m
 method's healthy percentile (``Calibration.percentile`` of its brain-fill conditioned score) over a
 subset of methods, judged by val_lesion image AUROC. No test data is read. Run from the repository
 root after `make data`:
-    PYTHONPATH=. .venv/bin/python benchmarks/experiments/score_fusion.py
+    PYTHONPATH=. .venv/bin/python benchmarks/experiments/score_fusion.py [METHOD ...]
 Results and the decision: README, "What these numbers say".
 """
 import itertools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from anomaly.methods.base import get_method  # noqa: E402
 from anomaly.scoring import run_method  # noqa: E402
 from anomaly.train import _as_prepared  # noqa: E402
 
-NAMES = ["ddad", "feature", "dae", "ae", "vae", "consensus"]
+NAMES = sys.argv[1:] or ["ddad", "feature", "dae", "ae", "vae", "consensus"]
 vl = load_prepared(Path("data/cohort/val_lesion"))
 pct, z = {}, {}
 for n in NAMES:

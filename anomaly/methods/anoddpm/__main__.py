@@ -25,7 +25,7 @@ def _floats(s: str) -> list[float]:
 
 
 def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | None = None, seed: int = 0,
-         max_slices: int | None = None, write: bool = False, log=print) -> dict:
+         max_slices: int | None = None, write: bool = False, log=print, n_samples: int | None = None) -> dict:
     from anomaly.calibration import brain_fill, fit_calibration
     from anomaly.checkpoints import load_card, write_card
     from anomaly.methods.base import clear_cache, get_method
@@ -45,10 +45,12 @@ def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | Non
     rows = []
     for t, g, nz in itertools.product(t_starts, guidances, noises):
         m.inference = {**base, "t_start": int(t), "guidance": float(g), "noise": nz,
-                       **({"n_steps": int(n_steps)} if n_steps else {})}
+                       **({"n_steps": int(n_steps)} if n_steps else {}),
+                       **({"n_samples": int(n_samples)} if n_samples else {})}
         t0 = time.perf_counter()
         fig = validation_figures(m, val_lesion, seed)
         row = {"t_start": int(t), "guidance": float(g), "noise": nz, "n_steps": m.inference["n_steps"],
+               "n_samples": m.inference["n_samples"],
                "pixel_ap": fig.get("val_lesion_pixel_ap"), "image_auroc": fig.get("val_lesion_image_auroc"),
                "s": round(time.perf_counter() - t0, 1)}
         rows.append(row)
@@ -57,7 +59,7 @@ def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | Non
     out = {"tried": rows, "best": best}
     if write:
         card = load_card(ckpt)
-        card["inference"] = {**base, **{k: best[k] for k in ("t_start", "guidance", "noise", "n_steps")}}
+        card["inference"] = {**base, **{k: best[k] for k in ("t_start", "guidance", "noise", "n_steps", "n_samples")}}
         card["inference_tuning"] = {"split": "val_lesion", "slices": len(val_lesion), "criterion": "pixel AP",
                                     "tried": rows}
         write_card(ckpt, card)
@@ -87,13 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--guidance", default="0", help="comma list of THOR guidance tolerances (0 = off)")
     t.add_argument("--noise", default="simplex", help="comma list: simplex,gaussian")
     t.add_argument("--n-steps", type=int, default=None, help="DDIM steps (<= 20; default: the card's)")
+    t.add_argument("--n-samples", type=int, default=None,
+                   help="noise draws per slice, averaged (their spread is the uncertainty map; default: the card's)")
     t.add_argument("--max-slices", type=int, default=None, help="random subset of val_lesion (speed)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--write", action="store_true", help="store the best in the card and recalibrate")
     a = p.parse_args(argv)
     try:
         out = tune(a.ckpt, a.data, _floats(a.t_start), _floats(a.guidance),
-                   [s.strip() for s in a.noise.split(",") if s.strip()], a.n_steps, a.seed, a.max_slices, a.write)
+                   [s.strip() for s in a.noise.split(",") if s.strip()], a.n_steps, a.seed, a.max_slices, a.write,
+                   n_samples=a.n_samples)
     except (AnomalyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
