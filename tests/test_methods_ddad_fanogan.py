@@ -384,6 +384,12 @@ def test_asr_batch_stream_is_reproducible_with_workers_and_a_wider_refiner_loads
     m = get_method("ddad", tmp_path / "w")
     out = m.predict(val_lesion.images[:2], val_lesion.masks[:2])
     assert out.residual.shape == val_lesion.images[:2].shape and np.isfinite(out.residual).all()
-    assert asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--out", str(tmp_path / "v"),
-                     "--steps", "1", "--channels", "8"]) == 2  # one width is not a UNet
+    # --from-head keeps the head's own widths
+    assert asr.main(["--checkpoint", str(tmp_path / "w"), "--data", str(ddad_data), "--out", str(tmp_path / "w2"),
+                     "--steps", "1", "--batch-size", "4", "--device", "cpu", "--from-head"]) == 0
+    assert _card(tmp_path / "w2")["asr"]["architecture"]["channels"] == [8, 16, 32, 64, 128]
     clear_cache()
+    for bad in ("8", "a,b", "8,0"):  # one width is not a UNet; widths are positive integers
+        with pytest.raises(SystemExit) as e:
+            asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--steps", "1", "--channels", bad])
+        assert e.value.code == 2

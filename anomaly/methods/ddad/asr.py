@@ -253,6 +253,17 @@ def checkpoint_tensors(ensemble: torch.nn.Module, refiner: torch.nn.Module) -> d
     return tensors
 
 
+def _channels(text: str) -> list[int]:
+    """``--channels`` parser: comma-separated UNet widths, at least two, all positive."""
+    try:
+        widths = [int(c) for c in text.split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two positive integer widths, e.g. 16,32,64,128")
+    return widths
+
+
 def main(argv: list[str] | None = None) -> int:
     """Add an ASR stage to an existing DDAD checkpoint, then re-calibrate and re-validate it."""
     from anomaly.errors import AnomalyError
@@ -277,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-head", action="store_true",
                    help="start from the checkpoint's own ASR head (new input channels zero-initialised) "
                         "instead of from scratch; a fine-tune, usually with a lower --lr")
-    p.add_argument("--channels", default=None,
+    p.add_argument("--channels", default=None, type=_channels,
                    help="refiner UNet channels, comma-separated (default %s)" % ",".join(map(str, ASR_ARCH["channels"])))
     p.add_argument("--workers", type=int, default=0,
                    help="DataLoader processes generating the synthetic anomalies (0: in the training process)")
@@ -317,10 +328,7 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
     train_set, _, _ = load_training_data(a.data, a.train_split, a.val_split)
     arch = {"inputs": list(BASE_INPUTS + ASYMMETRY_INPUTS)} if a.asymmetry else None
     if a.channels:
-        channels = [int(c) for c in a.channels.split(",")]
-        if len(channels) < 2 or min(channels) < 1:
-            raise CheckpointError(f"--channels {a.channels}: give at least two positive widths")
-        arch = {**(arch or {}), "channels": channels, "strides": [2] * (len(channels) - 1)}
+        arch = {**(arch or {}), "channels": a.channels, "strides": [2] * (len(a.channels) - 1)}
     start = None
     if a.from_head:
         from anomaly.checkpoints import load_weights
@@ -328,8 +336,10 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
         start = {k[len(ASR_PREFIX):]: v for k, v in load_weights(a.checkpoint).items() if k.startswith(ASR_PREFIX)}
         if not start:
             raise CheckpointError(f"{a.checkpoint} has no ASR head to start from (--from-head)")
-        if arch is None:  # keep the head's own inputs
-            arch = {"inputs": list(refiner_input_names(card.get("asr", {}).get("architecture")))}
+        if arch is None:  # keep the head's own architecture (inputs, widths)
+            own = card.get("asr", {}).get("architecture") or {}
+            arch = {**{k: own[k] for k in ("channels", "strides", "num_res_units") if k in own},
+                    "inputs": list(refiner_input_names(own))}
     try:
         net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", arch=arch, subtle=a.subtle_share,
                                 edge=a.edge_share, start=start, workers=a.workers)
