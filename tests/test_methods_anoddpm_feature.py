@@ -219,6 +219,7 @@ def test_anoddpm_tune_on_val_lesion_writes_card_and_recalibrates(anoddpm_ckpt, t
     card = load_card(ck)
     assert card["inference"]["t_start"] == out["best"]["t_start"] and card["inference"]["n_steps"] == 2
     assert card["inference"]["n_samples"] == 3
+    assert card["calibration_subset"].startswith("all ") and "val_normal" in card["calibration_subset"]
     clear_cache()
     m = get_method("anoddpm", ck)  # the method runs with the tuned settings
     assert m.inference["n_samples"] == 3 and m.inference["t_start"] == out["best"]["t_start"]

@@ -25,14 +25,15 @@ def _floats(s: str) -> list[float]:
 
 
 def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | None = None, seed: int = 0,
-         max_slices: int | None = None, write: bool = False, log=print, n_samples: int | None = None) -> dict:
+         max_slices: int | None = None, write: bool = False, log=print, n_samples: int | None = None,
+         train_split: str = "train", val_split: str = "val_normal") -> dict:
     from anomaly.calibration import brain_fill, fit_calibration
     from anomaly.checkpoints import load_card, write_card
     from anomaly.methods.base import clear_cache, get_method
     from anomaly.scoring import run_method
     from anomaly.train import _as_prepared, load_training_data, validation_figures
 
-    _, val, val_lesion = load_training_data(Path(data))
+    _, val, val_lesion = load_training_data(Path(data), train_split, val_split)
     if val_lesion is None:
         raise AnomalyError(f"{data} has no val_lesion split to tune on")
     if max_slices and len(val_lesion) > max_slices:
@@ -68,6 +69,7 @@ def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | Non
         res = run_method(m, _as_prepared(val), seed=seed)
         card["calibration"] = fit_calibration(res.anomaly_map, val.masks, res.raw_scores,
                                               fill=brain_fill(val.masks)).to_dict()
+        card["calibration_subset"] = f"all {len(val)} healthy validation slices ({val_split}), by tune --write"
         card.setdefault("validation", {})["ms_per_slice"] = res.ms_per_slice
         write_card(ckpt, card)
         clear_cache()
@@ -93,12 +95,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="noise draws per slice, averaged (their spread is the uncertainty map; default: the card's)")
     t.add_argument("--max-slices", type=int, default=None, help="random subset of val_lesion (speed)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-split", default="train", help="sub-folder of DATA the model was trained on")
+    t.add_argument("--val-split", default="val_normal", help="healthy sub-folder of DATA to re-calibrate on (--write)")
     t.add_argument("--write", action="store_true", help="store the best in the card and recalibrate")
     a = p.parse_args(argv)
     try:
         out = tune(a.ckpt, a.data, _floats(a.t_start), _floats(a.guidance),
                    [s.strip() for s in a.noise.split(",") if s.strip()], a.n_steps, a.seed, a.max_slices, a.write,
-                   n_samples=a.n_samples)
+                   n_samples=a.n_samples, train_split=a.train_split, val_split=a.val_split)
     except (AnomalyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
