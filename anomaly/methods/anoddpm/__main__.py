@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("tune", help="tune t_start / noise / guidance on val_lesion")
     t.add_argument("--ckpt", type=Path, default=Path("checkpoints/anoddpm"))
     t.add_argument("--data", type=Path, required=True, help="data-set folder with val_lesion/ and val_normal/")
-    t.add_argument("--t-start", default="100,175,250,350", help="comma list of noise levels (of 1000)")
+    t.add_argument("--t-start", default="10,25,40,100,250", help="comma list of noise levels (of 1000)")
     t.add_argument("--guidance", default="0", help="comma list of THOR guidance tolerances (0 = off)")
     t.add_argument("--noise", default="simplex", help="comma list: simplex,gaussian")
     t.add_argument("--n-steps", type=int, default=None, help="DDIM steps (<= 20; default: the card's)")
