@@ -13,11 +13,14 @@ if [ -f checkpoints/anoddpm/card.json ]; then
   $PY -m anomaly.evaluate --data data/cohort/test --methods anoddpm --out "$OUT/test_anoddpm" --no-progress
 fi
 # held-out anatomy: the full leave-Colin27-out set of benchmarks/train_loo.sh (runs/loo) when it exists,
-# else the committed zscore + feature refits (checkpoints/loo); on-demand methods left out
+# else the committed zscore + feature refits (checkpoints/loo); the on-demand diffusion model on its own
 LOO_ROOT=${LOO_ROOT:-$( [ -d runs/loo ] && echo runs/loo || echo checkpoints/loo )}
 LOO=$($PY -c "from pathlib import Path; from anomaly.methods.base import available_methods, method_class; print(','.join(m for m in available_methods(Path('$LOO_ROOT')) if not method_class(m).on_demand))")
 if [ -n "$LOO" ]; then
   $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "$LOO" --checkpoints "$LOO_ROOT" --out "$OUT/heldout" --no-progress
+fi
+if [ -f "$LOO_ROOT/anoddpm/card.json" ]; then
+  $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods anoddpm --checkpoints "$LOO_ROOT" --out "$OUT/heldout_anoddpm" --no-progress
 fi
 $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods "$SINGLE" --out "$OUT/domain_shift" --no-progress
 if [ -f checkpoints/anoddpm/card.json ]; then

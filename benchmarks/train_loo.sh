@@ -10,6 +10,8 @@
 # 90-minute ASR head is closer to the main model's than the GPU call's 3.5 minutes); all were then
 # re-calibrated (--calibrate-only, brain-fill conditioned scores), the consensus re-fitted. In
 # runs/loo_v2, evaluated with LOO_ROOT=runs/loo_v2 benchmarks/run_all.sh.
+# Session 8: the diffusion model (anoddpm), 74 CPU minutes (2 threads, 44 then resumed to 74), given
+# the main model's tuned test-time settings and calibrated on all of val_normal_loo (ANODDPM=1 below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -31,6 +33,12 @@ done
 ( $PY -m anomaly.train vae     $T --out "$LOO/vae"     --minutes 20 > "$LOO/vae.log" 2>&1
   $PY -m anomaly.train fanogan $T --out "$LOO/fanogan" --minutes 25 > "$LOO/fanogan.log" 2>&1 ) &
 wait
+if [ "${ANODDPM:-0}" = 1 ]; then
+  ANOMALY_THREADS=2 $PY -m anomaly.train anoddpm $T --out "$LOO/anoddpm" --minutes 44 --batch-size 64 --lr 2e-4 > "$LOO/anoddpm.log" 2>&1
+  ANOMALY_THREADS=2 $PY -m anomaly.train anoddpm $T --out "$LOO/anoddpm" --minutes 74 --batch-size 64 --lr 2e-4 --resume > "$LOO/anoddpm_resume.log" 2>&1
+  $PY -m anomaly.methods.anoddpm tune --ckpt "$LOO/anoddpm" --data data/cohort --train-split train_loo \
+      --val-split val_normal_loo --t-start 25 --n-steps 1 --n-samples 2 --write > "$LOO/anoddpm_tune.log" 2>&1
+fi
 $PY -m anomaly.train consensus $T --out "$LOO/consensus" > "$LOO/consensus.log" 2>&1
 mkdir -p docs/benchmark/loo_cards
 for d in "$LOO"/*/; do
