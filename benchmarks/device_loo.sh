@@ -17,18 +17,8 @@ DEVICE=${DEVICE:-cuda}
 BUILD=${BUILD:-1}
 W=${W:-runs/device}
 OUT=${OUT:?set OUT}
-mkdir -p "$W" "$OUT"
-if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1 && [ "$DEVICE" != cpu ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-nvidia-smi -L 2>/dev/null
-$PY -c "import torch, monai, nibabel; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)" || exit 1
-if [ "$BUILD" = 1 ]; then
-  $PY -m anomaly.data build --out data/cohort --seed 0 --workers 14 \
-      --only train val_normal val_lesion unlabeled train_loo val_normal_loo > "$W/build.log" 2>&1 || { tail -20 "$W/build.log"; exit 1; }
-  tail -c 400 "$W/build.log"
-fi
+. benchmarks/device_common.sh
+device_setup train val_normal val_lesion unlabeled train_loo val_normal_loo || exit 1
 # identity of the data built here (compare with the local build)
 for s in train_loo val_normal_loo val_lesion; do md5sum data/cohort/$s/labels.csv; done
 ls data/cohort/train_loo/images | head -2 | while read f; do md5sum "data/cohort/train_loo/images/$f"; done

@@ -1,0 +1,16 @@
+# Shared set-up of the one-call GPU scripts (sourced by benchmarks/device_*.sh, from the repository
+# root, with PY, DEVICE, BUILD, W and OUT set): the offline wheels of .whl/ installed when on a GPU,
+# a torch/CUDA/MONAI check, and (BUILD=1) the cohort splits named as arguments rebuilt there.
+device_setup() {  # device_setup SPLIT...
+  mkdir -p "$W" "$OUT"
+  if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1 && [ "$DEVICE" != cpu ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+    export PYTHONPATH=/tmp/site:$PWD
+  fi
+  nvidia-smi -L 2>/dev/null
+  $PY -c "import torch, monai, nibabel; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'monai', monai.__version__)" || return 1
+  if [ "$BUILD" = 1 ]; then
+    $PY -m anomaly.data build --out data/cohort --seed 0 --workers 14 --only "$@" > "$W/build.log" 2>&1 || { tail -20 "$W/build.log"; return 1; }
+    tail -c 400 "$W/build.log"
+  fi
+}
