@@ -96,6 +96,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     train_set, val_set, val_lesion = load_training_data(data, train_split, val_split)
     print(f"{cls.name}: {len(train_set)} training slices, {len(val_set)} healthy validation slices"
           + (f", {len(val_lesion)} lesion-validation slices" if val_lesion is not None else ""), file=sys.stderr)
+    n_val = len(val_set)
     if getattr(cls, "on_demand", False):  # slow (diffusion): calibrate and validate on a stated subset
         rng = np.random.default_rng(cfg.seed)
         val_set = val_set.subset(np.sort(rng.permutation(len(val_set))[:ON_DEMAND_SUBSET]))
@@ -127,7 +128,8 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             **extra,
         })
     if getattr(cls, "on_demand", False):
-        card["calibration_subset"] = f"{len(val_set)} healthy validation slices (random, seed {cfg.seed})"
+        card["calibration_subset"] = (f"all {n_val} healthy validation slices ({val_split})" if len(val_set) == n_val else
+                                      f"{len(val_set)} of {n_val} healthy validation slices of {val_split} (random, seed {cfg.seed})")
     clear_cache()
     m = get_method(cls.name, out)
     res = run_method(m, _as_prepared(val_set), seed=cfg.seed)

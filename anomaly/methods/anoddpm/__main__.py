@@ -27,13 +27,12 @@ def _floats(s: str) -> list[float]:
 def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | None = None, seed: int = 0,
          max_slices: int | None = None, write: bool = False, log=print, n_samples: int | None = None,
          train_split: str = "train", val_split: str = "val_normal") -> dict:
-    from anomaly.calibration import brain_fill, fit_calibration
     from anomaly.checkpoints import load_card, write_card
     from anomaly.methods.base import clear_cache, get_method
-    from anomaly.scoring import run_method
-    from anomaly.train import _as_prepared, load_training_data, validation_figures
+    from anomaly.train import load_training_data, train, validation_figures
+    from anomaly.training import TrainConfig
 
-    _, val, val_lesion = load_training_data(Path(data), train_split, val_split)
+    _, _, val_lesion = load_training_data(Path(data), train_split, val_split)
     if val_lesion is None:
         raise AnomalyError(f"{data} has no val_lesion split to tune on")
     if max_slices and len(val_lesion) > max_slices:
@@ -65,18 +64,9 @@ def tune(ckpt: Path, data: Path, t_starts, guidances, noises, n_steps: int | Non
                                     "tried": rows}
         write_card(ckpt, card)
         clear_cache()
-        m = get_method("anoddpm", ckpt)
-        res = run_method(m, _as_prepared(val), seed=seed)
-        card["calibration"] = fit_calibration(res.anomaly_map, val.masks, res.raw_scores,
-                                              fill=brain_fill(val.masks)).to_dict()
-        card["calibration_subset"] = f"all {len(val)} healthy validation slices ({val_split}), by tune --write"
-        card.setdefault("validation", {})["ms_per_slice"] = res.ms_per_slice
-        write_card(ckpt, card)
-        clear_cache()
-        m = get_method("anoddpm", ckpt)
-        card["validation"].update(validation_figures(m, val_lesion, seed))
-        write_card(ckpt, card)
-        clear_cache()
+        # re-calibrate and re-validate with the tuned settings: the training's own --calibrate-only step
+        train("anoddpm", Path(data), Path(ckpt), TrainConfig(seed=seed, device="cpu"), train_split=train_split,
+              val_split=val_split, calibrate_only=True)
     return out
 
 
