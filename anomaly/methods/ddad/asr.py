@@ -336,10 +336,8 @@ def add_refiner(a: argparse.Namespace, command: str) -> dict:
         start = {k[len(ASR_PREFIX):]: v for k, v in load_weights(a.checkpoint).items() if k.startswith(ASR_PREFIX)}
         if not start:
             raise CheckpointError(f"{a.checkpoint} has no ASR head to start from (--from-head)")
-        if arch is None:  # keep the head's own architecture (inputs, widths)
-            own = card.get("asr", {}).get("architecture") or {}
-            arch = {**{k: own[k] for k in ("channels", "strides", "num_res_units") if k in own},
-                    "inputs": list(refiner_input_names(own))}
+        if arch is None:  # keep the head's own architecture (inputs, widths), as its card records it
+            arch = dict(card.get("asr", {}).get("architecture") or {})
     try:
         net, info = fit_refiner(ens, train_set, cfg, Path(out) / "work_asr", arch=arch, subtle=a.subtle_share,
                                 edge=a.edge_share, start=start, workers=a.workers)
