@@ -241,3 +241,25 @@ def test_flip_averaged_means_both_orientations_and_keeps_missing_parts_missing()
     np.testing.assert_allclose(out.extra_maps["e"], x + 1.5, rtol=1e-6)
     np.testing.assert_allclose(out.image_score, 0.5 * (x[..., 0].sum(1) + x[..., -1].sum(1)), rtol=1e-6)
     assert out.pseudo_healthy is None and out.residual.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["ae", "dae", "ddad", "fanogan", "feature"])
+def test_channels_last_layout_keeps_the_bundled_methods_results(name, tiny_dataset):
+    """Methods run in channels-last layout (faster on CPU); the maps must be those of the default layout."""
+    import torch
+
+    from anomaly.data.folder import read_image
+    from anomaly.methods.base import to_channels_last
+
+    prep = preprocess_slices(read_image(tiny_dataset / "test" / "images" / "l065.png"))
+    m = method_class(name)()  # the bundled checkpoint, loaded channels-last
+    assert to_channels_last(m), "the method holds no torch module"
+    weights = [p for mod in vars(m).values() if isinstance(mod, torch.nn.Module) for p in mod.parameters() if p.dim() == 4]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    fast = m.predict(prep.images, prep.masks, seed=0).residual
+    for mod in vars(m).values():
+        if isinstance(mod, torch.nn.Module):
+            mod.to(memory_format=torch.contiguous_format)
+    plain = m.predict(prep.images, prep.masks, seed=0).residual
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(fast, plain, atol=1e-4 * float(np.abs(plain).max()))

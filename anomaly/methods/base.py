@@ -74,6 +74,10 @@ class AnomalyMethod:
     on_demand: ClassVar[bool] = False  # slow methods run per slice on request in the app
     # shown in the grid's pseudo-healthy panel when ``predict`` gives no reconstruction
     no_reconstruction_note: ClassVar[str] = "no reconstruction:\nfeature-space method"
+    # after ``load``, the method's torch modules are put in channels-last memory format: the
+    # same results (to float rounding) in 60-80% of the CPU time of conv nets; a method whose
+    # network reshapes conv outputs with ``view`` (MONAI's VarAutoEncoder) sets it False
+    channels_last: ClassVar[bool] = True
 
     def __init__(self, checkpoint_dir: Path | None = None):
         from anomaly.checkpoints import load_card
@@ -81,6 +85,8 @@ class AnomalyMethod:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINT_ROOT / self.name
         self.card: dict = load_card(self.checkpoint_dir)
         self.load()
+        if self.channels_last:
+            to_channels_last(self)
 
     def load(self) -> None:
         """Load weights from ``self.checkpoint_dir`` (called once)."""
@@ -98,6 +104,21 @@ class AnomalyMethod:
     @property
     def checkpoint_hash(self) -> str:
         return str(self.card.get("checkpoint_hash", "none"))
+
+
+def to_channels_last(method: AnomalyMethod) -> list[str]:
+    """Put the torch modules a method holds (attributes, or in lists/tuples) in channels-last
+    format, in place; returns their attribute names. Only 4-D weights change layout."""
+    import torch
+
+    names = []
+    for key, value in vars(method).items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, torch.nn.Module):
+                item.to(memory_format=torch.channels_last)
+                names.append(key if items is not value else f"{key}[{i}]")
+    return names
 
 
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}

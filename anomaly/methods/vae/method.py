@@ -42,6 +42,8 @@ class VAE(AnomalyMethod):
                 "segmentation in brain MR images: A comparative study. Medical Image Analysis 69 (2021) 101952. "
                 "Kingma DP, Welling M. Auto-Encoding Variational Bayes. ICLR 2014.")
 
+    channels_last = False  # MONAI's VarAutoEncoder flattens its conv output with view()
+
     def load(self) -> None:
         from anomaly.checkpoints import load_weights
 
