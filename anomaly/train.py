@@ -39,8 +39,16 @@ def _as_prepared(ps: PreparedSet) -> PreparedSlices:
 
 
 def load_training_data(data: Path, train_split: str = "train", val_split: str = "val_normal"):
-    """(train, val_normal, val_lesion or None) prepared sets, normal slices only for train/val."""
+    """(train, val_normal, val_lesion or None) prepared sets, normal slices only for train/val.
+
+    A folder without ``train/`` is a plain folder of healthy scans (10% held out for validation);
+    so is a missing ``val_normal/``. A split named on purpose (not the default name) must exist:
+    a typo is a ``DatasetError``, not a silent fall-back.
+    """
     data = Path(data)
+    for name, default in ((train_split, "train"), (val_split, "val_normal")):
+        if name != default and not (data / name).is_dir():
+            raise DatasetError(f"no split folder {name!r} in {data}")
     if (data / train_split).is_dir():
         train = load_prepared(data / train_split, desc="preprocess train")
         val = load_prepared(data / val_split, desc="preprocess val") if (data / val_split).is_dir() else None

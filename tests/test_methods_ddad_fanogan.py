@@ -393,3 +393,7 @@ def test_asr_batch_stream_is_reproducible_with_workers_and_a_wider_refiner_loads
         with pytest.raises(SystemExit) as e:
             asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--steps", "1", "--channels", bad])
         assert e.value.code == 2
+    for bad in ("-1", "two"):  # a usage error, not PyTorch's DataLoader message
+        with pytest.raises(SystemExit) as e:
+            asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--steps", "1", "--workers", bad])
+        assert e.value.code == 2

@@ -48,3 +48,26 @@ def test_train_loop_moves_modules_saves_and_resumes(tmp_path):
     assert opt2.state_dict()["state"][0]["exp_avg"].shape == (1, 4)
     assert sum(1 for _ in loop2) == 2
 
+
+
+def test_a_named_split_that_does_not_exist_is_a_clear_error(tiny_dataset, tmp_path, capsys):
+    """--train-split / --val-split typos are refused instead of silently falling back to a 10% split."""
+    import pytest
+
+    from anomaly.errors import DatasetError
+    from anomaly.train import load_training_data, main
+
+    with pytest.raises(DatasetError, match="val_nromal"):
+        load_training_data(tiny_dataset, "train", "val_nromal")
+    with pytest.raises(DatasetError, match="trian"):
+        load_training_data(tiny_dataset, "trian")
+    assert main(["zscore", "--data", str(tiny_dataset), "--out", str(tmp_path / "z"), "--val-split", "val_nromal"]) == 2
+    assert "no split folder 'val_nromal'" in capsys.readouterr().err
+    assert not (tmp_path / "z" / "card.json").exists()
+    # the defaults still fall back: a folder with train/ only holds out 10% of it for validation
+    only = tmp_path / "only_train"
+    only.mkdir()
+    (only / "train").symlink_to(tiny_dataset / "train", target_is_directory=True)
+    train, val, _ = load_training_data(only, "train", "val_normal")
+    full, _, _ = load_training_data(tiny_dataset)
+    assert len(val) == len(full) // 10 and len(train) + len(val) == len(full)

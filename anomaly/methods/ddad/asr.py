@@ -264,6 +264,17 @@ def _channels(text: str) -> list[int]:
     return widths
 
 
+def _workers(text: str) -> int:
+    """``--workers`` parser: a count of DataLoader processes, 0 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 (generate in the training process) or a positive count")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     """Add an ASR stage to an existing DDAD checkpoint, then re-calibrate and re-validate it."""
     from anomaly.errors import AnomalyError
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         "instead of from scratch; a fine-tune, usually with a lower --lr")
     p.add_argument("--channels", default=None, type=_channels,
                    help="refiner UNet channels, comma-separated (default %s)" % ",".join(map(str, ASR_ARCH["channels"])))
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=_workers, default=0,
                    help="DataLoader processes generating the synthetic anomalies (0: in the training process)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val_normal")
