@@ -222,3 +222,17 @@ def test_stored_maps_rebuild_the_apps_analysis(tmp_path, cohort, items, tiny_che
         np.savez(bad, meta=z["meta"])  # the right header, no maps
     with pytest.raises(StaleResultsError, match="incomplete"):
         stored_analysis(scan, bad, row["content_hash"], tiny_checkpoints)
+
+
+def test_a_part_being_written_is_skipped_quietly_by_the_progress_poll_and_reported_otherwise(tmp_path, caplog):
+    import logging
+
+    from anomaly.batch.results import read_part
+
+    part = tmp_path / "part-0.parquet"
+    part.write_bytes(b"PAR1 half a file")  # what the poller can meet while Ray writes a part
+    with caplog.at_level(logging.WARNING, logger="anomaly.batch.results"):
+        assert read_part(part, ["status"], warn=False) is None
+        assert not caplog.records
+        assert read_part(part) is None  # reading results afterwards: a truncated part is reported
+        assert "skipping unreadable results part part-0.parquet" in caplog.text

@@ -73,7 +73,7 @@ class _Progress:
         for p in part_files(self.out):
             if p in self.seen:
                 continue
-            df = read_part(p, ["status"])
+            df = read_part(p, ["status"], warn=False)
             if df is None:  # still being written
                 continue
             self.seen.add(p)

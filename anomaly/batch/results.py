@@ -20,12 +20,14 @@ def part_files(out: Path | str) -> list[Path]:
     return sorted(p for p in out.glob("*.parquet") if p.is_file()) if out.is_dir() else []
 
 
-def read_part(path: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
-    """One part as a DataFrame, None if it is unreadable (truncated by a kill)."""
+def read_part(path: Path, columns: list[str] | None = None, warn: bool = True) -> pd.DataFrame | None:
+    """One part as a DataFrame, None if it is unreadable (truncated by a kill, or still being
+    written: the live progress poller passes ``warn=False``, since that is not a fault)."""
     try:
         return pq.read_table(path, columns=columns).to_pandas()
     except Exception:  # noqa: BLE001 - a partial file from a killed run
-        log.warning("skipping unreadable results part %s", path.name)
+        if warn:
+            log.warning("skipping unreadable results part %s", path.name)
         return None
 
 
