@@ -249,17 +249,17 @@ def test_channels_last_layout_keeps_the_bundled_methods_results(name, tiny_datas
     import torch
 
     from anomaly.data.folder import read_image
-    from anomaly.methods.base import to_channels_last
+    from anomaly.methods.base import to_channels_last, torch_modules
 
     prep = preprocess_slices(read_image(tiny_dataset / "test" / "images" / "l065.png"))
     m = method_class(name)()  # the bundled checkpoint, loaded channels-last
     assert to_channels_last(m), "the method holds no torch module"
-    weights = [p for mod in vars(m).values() if isinstance(mod, torch.nn.Module) for p in mod.parameters() if p.dim() == 4]
+    modules = torch_modules(m).values()
+    weights = [p for mod in modules for p in mod.parameters() if p.dim() == 4]
     assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
     fast = m.predict(prep.images, prep.masks, seed=0).residual
-    for mod in vars(m).values():
-        if isinstance(mod, torch.nn.Module):
-            mod.to(memory_format=torch.contiguous_format)
+    for mod in modules:
+        mod.to(memory_format=torch.contiguous_format)
     plain = m.predict(prep.images, prep.masks, seed=0).residual
     assert np.abs(plain).max() > 0
     np.testing.assert_allclose(fast, plain, atol=1e-4 * float(np.abs(plain).max()))

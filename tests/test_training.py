@@ -49,7 +49,6 @@ def test_train_loop_moves_modules_saves_and_resumes(tmp_path):
     assert sum(1 for _ in loop2) == 2
 
 
-
 def test_a_named_split_that_does_not_exist_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     """--train-split / --val-split typos are refused instead of silently falling back to a 10% split."""
     import pytest

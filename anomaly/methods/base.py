@@ -106,19 +106,22 @@ class AnomalyMethod:
         return str(self.card.get("checkpoint_hash", "none"))
 
 
-def to_channels_last(method: AnomalyMethod) -> list[str]:
-    """Put the torch modules a method holds (attributes, or in lists/tuples) in channels-last
-    format, in place; returns their attribute names. Only 4-D weights change layout."""
+def torch_modules(method: AnomalyMethod) -> dict:
+    """The torch modules a method holds as attributes, by attribute name."""
     import torch
 
-    names = []
-    for key, value in vars(method).items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, torch.nn.Module):
-                item.to(memory_format=torch.channels_last)
-                names.append(key if items is not value else f"{key}[{i}]")
-    return names
+    return {k: v for k, v in vars(method).items() if isinstance(v, torch.nn.Module)}
+
+
+def to_channels_last(method: AnomalyMethod) -> list[str]:
+    """Put the method's torch modules in channels-last format, in place; returns their attribute
+    names. Only 4-D weights change layout."""
+    import torch
+
+    modules = torch_modules(method)
+    for module in modules.values():
+        module.to(memory_format=torch.channels_last)
+    return list(modules)
 
 
 _REGISTRY: dict[str, type[AnomalyMethod]] = {}

@@ -59,9 +59,20 @@ def predict(net: torch.nn.Module, images: np.ndarray, masks: np.ndarray, batch: 
     return postprocess_residual(np.concatenate(out), masks)
 
 
-def figures(name: str, data: PreparedSet, maps: np.ndarray, ref, sizes: np.ndarray) -> dict:
+def healthy_reference(net: torch.nn.Module, data: Path):
+    """The brain-fill reference of the segmenter's slice scores on val_normal (as calibration fits it)."""
+    vn = load_prepared(data / "val_normal", use_brainmasks=False)
+    return fit_fill_reference(image_score_from_map(predict(net, vn.images, vn.masks), vn.masks), brain_fill(vn.masks))
+
+
+def slice_scores(data: PreparedSet, maps: np.ndarray, ref) -> tuple[np.ndarray, np.ndarray]:
+    """(raw top-1% scores, the same conditioned on brain fill)."""
     raw = image_score_from_map(maps, data.masks)
-    scores = ref.condition(raw, brain_fill(data.masks))
+    return raw, ref.condition(raw, brain_fill(data.masks))
+
+
+def figures(name: str, data: PreparedSet, maps: np.ndarray, ref, sizes: np.ndarray) -> dict:
+    raw, scores = slice_scores(data, maps, ref)
     peak = maps.reshape(len(maps), -1).max(1)
     big = (data.labels == 0) | (sizes >= 10)
     row = {"split": name, "image_auroc": metrics.image_auroc(data.labels, scores),
@@ -91,7 +102,7 @@ def sizes_of(root: Path, data: PreparedSet) -> np.ndarray:
 
 def by_kind(data: PreparedSet, maps: np.ndarray, ref, kinds: list[str]) -> dict:
     """Image AUROC (each kind's lesion slices vs all normal slices) and pixel AP per lesion kind."""
-    scores = ref.condition(image_score_from_map(maps, data.masks), brain_fill(data.masks))
+    _, scores = slice_scores(data, maps, ref)
     kinds = np.array(kinds)
     out = {}
     for k in sorted(set(kinds[data.labels == 1])):
@@ -113,8 +124,7 @@ def evaluate_saved(a: argparse.Namespace) -> None:
 
     net = build_segmenter()
     net.load_state_dict(load_file(str(a.out / "segmenter.safetensors")))
-    vn = load_prepared(a.data / "val_normal", use_brainmasks=False)
-    ref = fit_fill_reference(image_score_from_map(predict(net, vn.images, vn.masks), vn.masks), brain_fill(vn.masks))
+    ref = healthy_reference(net, a.data)
     d = load_prepared(a.data / "test", use_brainmasks=False)
     maps = predict(net, d.images, d.masks)
     result = {"overall": figures("test", d, maps, ref, sizes_of(a.data / "test", d)),
@@ -168,8 +178,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(a.out / "segmenter.safetensors"))
-    vn = load_prepared(a.data / "val_normal", use_brainmasks=False)
-    ref = fit_fill_reference(image_score_from_map(predict(net, vn.images, vn.masks), vn.masks), brain_fill(vn.masks))
+    ref = healthy_reference(net, a.data)
     rows = []
     for split in ("val_lesion", "test"):
         d = load_prepared(a.data / split, use_brainmasks=False)
