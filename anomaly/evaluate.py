@@ -2,7 +2,7 @@
 
     python -m anomaly.evaluate --data DIR --methods all|NAME[,NAME] --out OUT
         [--val-data VALDIR] [--checkpoints CKPT_ROOT] [--max-slices N] [--seed S]
-        [--bootstrap 1000] [--exclude-invalid] [--no-progress]
+        [--bootstrap 1000] [--reference ae|NAME|none] [--exclude-invalid] [--no-progress]
 
 DIR is any folder in the data-set format (``anomaly.data.folder``). Every image/volume goes
 through ``anomaly.preprocess.preprocess_slices`` (all slices of one file together) and each
@@ -19,6 +19,10 @@ post-processing). Maps are brought back to each image's own pixel grid with
 * Slices that preprocessing marks as not ``valid`` (too little brain) are evaluated with the
   score the method gives them, unless ``--exclude-invalid``; ``metrics.json`` says which.
 * Breakdowns by ``kind`` and size bin (labels.csv columns ``kind``, ``size_mm``).
+* Paired differences against a reference method (``--reference``, default ``ae`` when it is
+  evaluated): image AUROC, image AP and pixel AP of each method minus the reference's, with a
+  paired bootstrap CI (the same resampled slices for both), so "does X beat the plain AE?" is
+  answered by the CI of the difference, not by two overlapping marginal CIs.
 
 Writes OUT/metrics.json (schema: docs/metrics_schema.md), OUT/metrics.md, OUT/roc.png,
 OUT/pr.png, OUT/roc_ge10mm.png (when lesions >= 10 mm exist) and OUT/montage_METHOD.png.
@@ -316,11 +320,13 @@ def calibrate_on(val_dir: Path, methods: dict[str, AnomalyMethod], seed: int = 0
 
 def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_root=None,
              max_slices: int | None = None, seed: int = 0, bootstrap: int = 1000,
-             exclude_invalid: bool = False, progress: bool = True) -> dict:
+             exclude_invalid: bool = False, progress: bool = True, reference: str | None = "auto") -> dict:
     """Evaluate ``methods`` on ``data_dir``; write the report files to ``out_dir``; return the metrics dict.
 
     ``methods`` may be ``["all"]`` (every registered method with a checkpoint under
-    ``checkpoint_root``). Raises ``AnomalyError`` subclasses for bad input.
+    ``checkpoint_root``). ``reference``: the method the others are compared with, paired
+    (``"auto"``: ``ae`` if it is evaluated; ``None`` or ``"none"``: no comparison).
+    Raises ``AnomalyError`` subclasses for bad input.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     items = _check_folder(data_dir)
@@ -336,6 +342,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
             f"no method to evaluate: no registered method has a trained checkpoint (card.json) under "
             f"{checkpoint_root or 'checkpoints/'}; train one with python -m anomaly.train METHOD --data DIR"
         )
+    reference = _reference_for(reference, names)
     if out_dir.exists() and not out_dir.is_dir():
         raise AnomalyError(f"output path {out_dir} exists and is not a folder")
     try:
@@ -418,6 +425,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
 
     result = _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_invalid,
                         max_slices, val_data, lesion_px, lesion_px_in_brain)
+    result["paired"] = _paired_differences(reference, meta, accs, store, bootstrap, seed)
     figures = _write_figures(out_dir, meta, accs)
     result["figures"] = figures
     clean = _jsonable(result)
@@ -427,6 +435,52 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
 
 
 # ----------------------------------------------------------------------------- summary
+
+
+DEFAULT_REFERENCE = "ae"
+PAIRED_METRICS = ("image_auroc", "image_ap", "pixel_ap")
+
+
+def _reference_for(reference: str | None, names: list[str]) -> str | None:
+    """The reference method of the paired comparison, checked against the evaluated methods."""
+    if reference is None or reference == "none":
+        return None
+    if reference == "auto":
+        return DEFAULT_REFERENCE if DEFAULT_REFERENCE in names and len(names) > 1 else None
+    if reference not in names:
+        raise AnomalyError(f"reference method {reference!r} is not among the evaluated methods "
+                           f"({', '.join(names)}); add it to --methods or pass --reference none")
+    return reference
+
+
+def _paired_differences(reference: str | None, meta: list[dict], accs: dict, store: _PixelStore,
+                        bootstrap: int, seed: int) -> dict | None:
+    """Each method minus ``reference`` on the same slices: image AUROC, image AP, pixel AP, paired CIs."""
+    if reference is None or reference not in accs or len(accs) < 2:
+        return None
+    labels = np.array([-1 if m["label"] is None else m["label"] for m in meta])
+    known = labels >= 0
+    y = labels[known]
+
+    def scores(name: str) -> np.ndarray:
+        return np.array([accs[name].scores.get(i, np.nan) for i in range(len(meta))])[known]
+
+    sids = sorted(store.idx)
+    masks = [store.labels[s] for s in sids]
+    out = {}
+    for name in accs:
+        if name == reference:
+            continue
+        diffs = {
+            "image_auroc": M.paired_bootstrap(M.image_auroc, y, scores(name), scores(reference), n=bootstrap, seed=seed),
+            "image_ap": M.paired_bootstrap(M.image_ap, y, scores(name), scores(reference), n=bootstrap, seed=seed),
+            "pixel_ap": M.paired_pixel_ap_bootstrap(
+                masks, [store.values[name][s] for s in sids], [store.values[reference][s] for s in sids],
+                n=bootstrap, seed=seed),
+        }
+        out[name] = {k: {"difference": d.difference, "ci": [d.low, d.high], "share_not_better": d.share_not_better}
+                     for k, d in diffs.items()}
+    return {"reference": reference, "bootstrap": int(bootstrap), "methods": out}
 
 
 def _group_image_auroc(labels: np.ndarray, scores: np.ndarray, group: np.ndarray) -> float:
@@ -563,6 +617,15 @@ def _fmt(v, ci=None) -> str:
     return s
 
 
+def _fmt_signed(v, ci) -> str:
+    if v is None:
+        return "n/a"
+    s = f"{v:+.3f}"
+    if ci is not None and ci[0] is not None and ci[1] is not None:
+        s += f" [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return s
+
+
 def markdown_report(res: dict) -> str:
     """A markdown summary of a metrics dict (as returned by ``evaluate``)."""
     lines = [
@@ -599,6 +662,20 @@ def markdown_report(res: dict) -> str:
                   "|---|---|---|---|---|"]
         for name, label, g in rows:
             lines.append(f"| {name} | {label} | {g['n_positive']} | {_fmt(g['image_auroc'])} | {_fmt(g['pixel_ap'])} |")
+    paired = res.get("paired")
+    if paired and paired["methods"]:
+        ref = paired["reference"]
+        lines += ["", f"## Paired differences: each method minus {ref}", "",
+                  f"Same slices for both in every one of {paired['bootstrap']} bootstrap resamples "
+                  f"(95% CI of the difference); 'not better' = share of resamples where the method "
+                  f"does not beat {ref}.", "",
+                  "| Method | Image AUROC diff. | not better | Image AP diff. | not better | Pixel AP diff. | not better |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, d in paired["methods"].items():
+            cells = []
+            for k in PAIRED_METRICS:
+                cells += [_fmt_signed(d[k]["difference"], d[k]["ci"]), _fmt(d[k]["share_not_better"])]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if res.get("skipped"):
         lines += ["", "## Skipped files", ""] + [f"- `{s['file']}`: {s['reason']}" for s in res["skipped"]]
     lines += ["", "Best Dice is chosen on the test data (optimistic); Dice @ val thr. uses the healthy-validation "
@@ -729,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, default=None, help="evaluate a seeded random subset of N slices")
     p.add_argument("--seed", type=int, default=0, help="seed for methods, bootstrap and subsets")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--reference", default="auto",
+                   help="method the others are compared with, paired (default: ae when evaluated; 'none': no comparison)")
     p.add_argument("--exclude-invalid", action="store_true",
                    help="leave out slices with too little brain (default: evaluated with their score)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -740,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = evaluate(a.data, [a.methods], a.out, val_data=a.val_data, checkpoint_root=a.checkpoints,
                        max_slices=a.max_slices, seed=a.seed, bootstrap=a.bootstrap,
-                       exclude_invalid=a.exclude_invalid, progress=not a.no_progress)
+                       exclude_invalid=a.exclude_invalid, progress=not a.no_progress, reference=a.reference)
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

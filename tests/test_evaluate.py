@@ -252,6 +252,60 @@ def test_report_files(report):
         assert im.size[0] > 400 and im.size[1] > 400
 
 
+class NoiseMethod(AnomalyMethod):
+    """A seeded random map: what any detector must beat."""
+
+    name = "testnoise"
+    title = "Test noise"
+    paper = "test only"
+    citation = "test only"
+
+    def predict(self, images, masks, seed=0):
+        rng = np.random.default_rng(seed)
+        return MethodOutput(pseudo_healthy=images, residual=rng.random(images.shape).astype(np.float32))
+
+
+def test_paired_differences_against_a_reference(data, tmp_path, capsys):
+    register(NoiseMethod)
+    try:
+        ckpt = tmp_path / "ckpt"
+        for name in (NAME, NoiseMethod.name):
+            (ckpt / name).mkdir(parents=True)
+            cal = Calibration(CARD_THRESHOLD, [float(x) for x in np.linspace(0, 1, 201)], 99.5, 10)
+            write_card(ckpt / name, {"calibration": cal.to_dict(), "checkpoint_hash": name})
+        out = tmp_path / "out"
+        rc, _, err = _run(["--data", data["test"], "--methods", "all", "--out", out, "--checkpoints", ckpt,
+                           "--bootstrap", "200", "--reference", "testnoise"], capsys)
+        assert rc == 0, err
+        res = json.loads((out / "metrics.json").read_text())
+        p = res["paired"]
+        assert p["reference"] == "testnoise" and p["bootstrap"] == 200 and list(p["methods"]) == [NAME]
+        d = p["methods"][NAME]
+        blob, noise = res["methods"][NAME], res["methods"]["testnoise"]
+        for k in ("image_auroc", "image_ap", "pixel_ap"):
+            assert d[k]["difference"] == pytest.approx(blob[k] - noise[k], abs=1e-6), k
+            lo, hi = d[k]["ci"]
+            assert lo <= d[k]["difference"] <= hi and 0 <= d[k]["share_not_better"] <= 1
+        assert d["pixel_ap"]["ci"][0] > 0 and d["pixel_ap"]["share_not_better"] == 0  # blobs beat noise
+        md = (out / "metrics.md").read_text()
+        assert "Paired differences: each method minus testnoise" in md
+        assert f"{d['pixel_ap']['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in md
+        # no ae among the methods: the default compares nothing; 'none' neither
+        for extra in ([], ["--reference", "none"]):
+            rc, _, err = _run(["--data", data["test"], "--methods", "all", "--out", tmp_path / "o2", "--checkpoints",
+                               ckpt, "--bootstrap", "0", "--max-slices", "4"] + extra, capsys)
+            assert rc == 0, err
+            assert json.loads((tmp_path / "o2" / "metrics.json").read_text())["paired"] is None
+        # a reference that is not evaluated is a usage error, named, before any scoring
+        rc, _, err = _run(["--data", data["test"], "--methods", NAME, "--out", tmp_path / "o3", "--checkpoints", ckpt,
+                           "--reference", "testnoise"], capsys)
+        assert rc == 2 and "reference method 'testnoise' is not among the evaluated methods" in err
+        assert not (tmp_path / "o3" / "metrics.json").exists()
+    finally:
+        base._REGISTRY.pop(NoiseMethod.name, None)
+        base.clear_cache()
+
+
 def test_nan_becomes_null_and_labels_csv_only(data, tmp_path, capsys):
     rc, _, err = _run(["--data", data["csvonly"], "--methods", NAME, "--out", tmp_path, "--checkpoints",
                        data["ckpt"], "--bootstrap", "50"], capsys)

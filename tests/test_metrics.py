@@ -109,6 +109,58 @@ def test_bootstrap_ci_one_class_and_single_class_resamples():
     assert lo == hi == 1.0
 
 
+def test_paired_bootstrap_is_the_difference_with_a_paired_ci():
+    y, s = _data(n=400)
+    rng = np.random.default_rng(5)
+    weaker = s + rng.normal(0, 1.5, len(s))
+    for fn in (M.image_auroc, M.image_ap):
+        d = M.paired_bootstrap(fn, y, s, weaker, n=300, seed=2)
+        assert d.difference == pytest.approx(fn(y, s) - fn(y, weaker))
+        assert d.low <= d.difference <= d.high
+        assert d.low > 0 and d.share_not_better < 0.025  # the added noise costs, and the CI says so
+        assert d == M.paired_bootstrap(fn, y, s, weaker, n=300, seed=2)
+        back = M.paired_bootstrap(fn, y, weaker, s, n=300, seed=2)
+        assert back.difference == pytest.approx(-d.difference) and back.share_not_better > 0.975
+    same = M.paired_bootstrap(M.image_auroc, y, s, s, n=100)
+    assert (same.difference, same.low, same.high, same.share_not_better) == (0.0, 0.0, 0.0, 1.0)
+    # the paired CI of a difference is narrower than the marginal CIs suggest (shared hard cases)
+    close = s + rng.normal(0, 0.2, len(s))
+    d = M.paired_bootstrap(M.image_auroc, y, s, close, n=300, seed=2)
+    lo, hi = M.bootstrap_ci(M.image_auroc, y, s, n=300, seed=2)
+    assert d.high - d.low < (hi - lo) / 2
+    none = M.paired_bootstrap(M.image_auroc, y, s, weaker, n=0)
+    assert none.difference == pytest.approx(M.image_auroc(y, s) - M.image_auroc(y, weaker)) and math.isnan(none.low)
+    assert all(math.isnan(v) for v in M.paired_bootstrap(M.image_auroc, [0, 0], [1, 2], [2, 1], n=10))
+    with pytest.raises(ValueError, match="length"):
+        M.paired_bootstrap(M.image_auroc, y, s, s[:-1])
+
+
+def test_paired_pixel_ap_bootstrap_resamples_images():
+    rng = np.random.default_rng(0)
+    masks = [rng.random((20, 30)) < 0.08 * (i % 3) for i in range(30)]
+    good = [(m * 0.8 + rng.random(m.shape)).astype(np.float32) for m in masks]
+    poor = [(m * 0.2 + np.round(rng.random(m.shape), 2)).astype(np.float32) for m in masks]  # with ties
+    d = M.paired_pixel_ap_bootstrap(masks, good, poor, n=300, seed=1)
+    assert d.difference == pytest.approx(M.pixel_ap(masks, good) - M.pixel_ap(masks, poor), abs=1e-9)
+    assert 0 < d.low <= d.difference <= d.high and d.share_not_better == 0.0
+    assert d == M.paired_pixel_ap_bootstrap(masks, good, poor, n=300, seed=1)
+    assert d != M.paired_pixel_ap_bootstrap(masks, good, poor, n=300, seed=2)
+    # the binned resample AP is the exact AP up to ties within a bin
+    y = M._flat(masks, np.int8).astype(np.float64)
+    image_of = np.concatenate([np.full(m.size, i) for i, m in enumerate(masks)])
+    for maps in (good, poor):
+        table = M._BinnedPixelCounts(y, M._flat(maps, np.float64), image_of, len(masks), 10_000)
+        assert table.ap(np.ones(len(masks))) == pytest.approx(M.pixel_ap(masks, maps), abs=2e-3)
+        counts = np.bincount(rng.integers(0, len(masks), len(masks)), minlength=len(masks))
+        rs = [k for k in range(len(masks)) for _ in range(counts[k])]
+        exact = M.pixel_ap([masks[k] for k in rs], [maps[k] for k in rs])
+        assert table.ap(counts.astype(float)) == pytest.approx(exact, abs=2e-3)
+    assert math.isnan(M.paired_pixel_ap_bootstrap([np.zeros((4, 4), bool)], [np.ones((4, 4))], [np.ones((4, 4))]).difference)
+    assert math.isnan(M.paired_pixel_ap_bootstrap([], [], []).difference)
+    with pytest.raises(ValueError, match="number of images"):
+        M.paired_pixel_ap_bootstrap(masks, good, poor[:-1])
+
+
 # ----------------------------------------------------------------------------- pixel level
 
 
