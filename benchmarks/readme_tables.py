@@ -2,18 +2,18 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/readme_tables.py runs/benchmark
 The README's tables are these rows, copied as printed (main table, the >= 10 mm groups by 3D
-diameter and by in-slice extent); nothing is typed by hand.
+diameter and by in-slice extent, the paired differences against the AE); nothing is typed by hand.
 """
 import sys
 from pathlib import Path
 
 
-def section(md: str, title: str | None) -> list[str]:
-    """Table rows (without header) of the first table, or of the table under '## By TITLE'."""
+def section(md: str, heading: str | None) -> list[str]:
+    """Table rows (without header) of the first table, or of the table under the line HEADING."""
     lines = md.splitlines()
     start = 0
-    if title is not None:
-        hits = [i for i, line in enumerate(lines) if line.strip() == f"## By {title}"]
+    if heading is not None:
+        hits = [i for i, line in enumerate(lines) if line.strip() == heading]
         if not hits:
             return []
         start = hits[0]
@@ -30,14 +30,15 @@ def section(md: str, title: str | None) -> list[str]:
 
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/benchmark")
-    for run in ("test", "heldout", "domain_shift"):
+    for run in ("test", "test_anoddpm", "heldout", "heldout_anoddpm", "domain_shift"):
         p = root / run / "metrics.md"
         if not p.exists():
             continue
         md = p.read_text()
-        for title in (None, "lesions >= 10 mm (3D diameter)", "lesions >= 10 mm across in the scored slice"):
-            rows = section(md, title)
+        for heading in (None, "## By lesions >= 10 mm (3D diameter)", "## By lesions >= 10 mm across in the scored slice",
+                        "## Paired differences: each method minus ae"):
+            rows = section(md, heading)
             if rows:
-                print(f"### {run}: {title or 'main table'}")
+                print(f"### {run}: {heading or 'main table'}")
                 print("\n".join(rows))
                 print()

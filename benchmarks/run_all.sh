@@ -10,7 +10,7 @@ OUT=${OUT:-runs/benchmark}
 SINGLE=$($PY -c "from anomaly.methods.base import available_methods, method_class; print(','.join(m for m in available_methods() if not method_class(m).on_demand))")
 $PY -m anomaly.evaluate --data data/cohort/test --methods "$SINGLE" --out "$OUT/test" --no-progress
 if [ -f checkpoints/anoddpm/card.json ]; then
-  $PY -m anomaly.evaluate --data data/cohort/test --methods anoddpm --out "$OUT/test_anoddpm" --no-progress
+  $PY -m anomaly.evaluate --data data/cohort/test --methods anoddpm,ae --out "$OUT/test_anoddpm" --no-progress
 fi
 # held-out anatomy: the full leave-Colin27-out set of benchmarks/train_loo.sh (runs/loo) when it exists,
 # else the committed zscore + feature refits (checkpoints/loo); the on-demand diffusion model on its own
@@ -20,7 +20,7 @@ if [ -n "$LOO" ]; then
   $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "$LOO" --checkpoints "$LOO_ROOT" --out "$OUT/heldout" --no-progress
 fi
 if [ -f "$LOO_ROOT/anoddpm/card.json" ]; then
-  $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods anoddpm --checkpoints "$LOO_ROOT" --out "$OUT/heldout_anoddpm" --no-progress
+  $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "anoddpm$( [ -f "$LOO_ROOT/ae/card.json" ] && echo ,ae )" --checkpoints "$LOO_ROOT" --out "$OUT/heldout_anoddpm" --no-progress
 fi
 $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods "$SINGLE" --out "$OUT/domain_shift" --no-progress
 if [ -f checkpoints/anoddpm/card.json ]; then
