@@ -130,7 +130,7 @@ class Analysis:
             r = self.results[name]
             ph = None
             if r.pseudo_healthy is not None:
-                ph_full = self.prepared.to_original(r.pseudo_healthy[index : index + 1])[0]
+                ph_full = self.prepared.slice_to_original(r.pseudo_healthy[index], index)
                 ph = (np.clip(ph_full / 1.2, 0, 1) * 255).astype(np.uint8)
             pct = r.percentiles[index]
             cap = (f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy" if np.isfinite(pct)
@@ -141,7 +141,7 @@ class Analysis:
                                 empty_note=method_class(name).no_reconstruction_note))
             for extra, emap in r.extra_maps.items():
                 ref = float(np.percentile(emap[np.asarray(self.prepared.masks)], 99.5)) if emap.size else 1.0
-                full = self.prepared.to_original(emap[index : index + 1] / max(ref, 1e-8))[0]
+                full = self.prepared.slice_to_original(emap[index] / max(ref, 1e-8), index)
                 rows.append(GridRow(f"{name} · {extra}", img_u8, None, full,
                                     "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated",
                                     empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {name}"))

@@ -61,8 +61,15 @@ class PreparedSlices:
                         for a, b in zip(arrays, self.boxes)]) if len(arrays) else np.zeros((0, s, s), np.float32)
         return out > threshold if threshold is not None else out
 
+    def slice_to_original(self, model_map: np.ndarray, index: int, order: int = 1) -> np.ndarray:
+        """One model-space map (S, S) of slice ``index`` -> that slice's original grid (H, W).
+
+        Each slice has its own crop box: a map of slice ``index`` must go back through box
+        ``index`` (``to_original(maps[i:i+1])`` would use box 0, the first slice's)."""
+        return self.subset([index]).to_original(np.asarray(model_map)[None], order)[0]
+
     def to_original(self, maps: np.ndarray, order: int = 1) -> np.ndarray:
-        """Model-space maps (N, S, S) -> original pixel grid (N, H, W); 0 outside the crop."""
+        """Model-space maps (N, S, S) of slices 0..N-1 -> original pixel grid (N, H, W); 0 outside the crop."""
         maps = np.asarray(maps, dtype=np.float32)
         h, w = self.original_shape
         out = np.zeros((len(maps), h, w), np.float32)

@@ -156,3 +156,30 @@ def test_grid_rows_carry_each_methods_no_reconstruction_note(methods_root, lesio
     cb.render_view(key, 3, "auto", 0.5, 1.0, "both", None)
     notes = {r.name: r.empty_note for r in rows}
     assert notes["ae"] == "note of ae" and "feature-space" in notes["zscore"]
+
+
+def test_pseudo_healthy_and_extra_maps_go_back_through_their_own_slices_crop(methods_root, lesion_volume, monkeypatch):
+    """Each slice has its own crop box: a slice's pseudo-healthy and extra maps must be placed with
+    that slice's box, exactly as the full-volume ``to_original`` places them (not with slice 0's)."""
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["ae", "zscore", "consensus"], "axial")
+    p = a.prepared
+    idx = 30
+    assert not np.array_equal(p.boxes[idx], p.boxes[0])  # the case that went wrong
+    ae, cons = a.results["ae"], a.results["consensus"]
+    assert cons.extra_maps
+    rows = []
+    monkeypatch.setattr("anomaly.analysis.compose_grid", lambda r, *args, **kw: rows.extend(r) or Image.new("RGB", (8, 8)))
+    _, _, (img, ph) = cb.render_view(key, idx, "auto", 0.5, 1.0, "both", None)
+    want_ph = (np.clip(p.to_original(ae.pseudo_healthy)[idx] / 1.2, 0, 1) * 255).astype(np.uint8)
+    by_name = {r.name: r for r in rows}
+    assert np.array_equal(by_name["ae"].pseudo_healthy_u8, want_ph)
+    assert np.array_equal(ph, want_ph)  # the compare slider's pseudo-healthy too
+    # the reconstruction covers the brain where the input has it (not a shrunken copy at slice 0's box)
+    brain = p.original_masks[idx]
+    assert (want_ph[brain] > 0).mean() > 0.95
+    for extra, emap in cons.extra_maps.items():
+        ref = float(np.percentile(emap[np.asarray(p.masks)], 99.5))
+        want = p.to_original(emap / max(ref, 1e-8))[idx]
+        assert np.allclose(by_name[f"consensus · {extra}"].cal_map, want)
+    one = p.slice_to_original(ae.pseudo_healthy[idx], idx)
+    assert np.array_equal(one, p.to_original(ae.pseudo_healthy)[idx])

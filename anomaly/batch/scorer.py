@@ -84,7 +84,7 @@ def thumbnail_png(a, index: int, cal_map: np.ndarray, size: int = THUMB) -> byte
 
 def _cal_slice(a, method: str, index: int) -> np.ndarray:
     r = a.results[method]
-    return a.prepared.to_original(r.calibrated_map[index : index + 1])[0]
+    return a.prepared.slice_to_original(r.calibrated_map[index], index)
 
 
 def _fill(row: dict, a) -> None:

@@ -155,7 +155,7 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
     for m in shown:
         r = a.results[m]
         if r.pseudo_healthy is not None:
-            full = a.prepared.to_original(r.pseudo_healthy[index : index + 1])[0]
+            full = a.prepared.slice_to_original(r.pseudo_healthy[index], index)
             ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
             break
     return grid, table, (img, ph if ph is not None else img)
@@ -265,8 +265,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     a = get_analysis(key)
     i = int(np.clip(int(index), 0, a.n_slices - 1))
     p = a.prepared
-    one = PreparedSlices(p.images[i : i + 1], p.masks[i : i + 1], p.boxes[i : i + 1], p.original_shape,
-                         p.original_masks[i : i + 1], p.valid[i : i + 1])
+    one = p.subset([i])
     m = get_method(method)
     r = run_method(m, one, seed=seed, progress=progress)
     img = a.display_u8(i, preset)
