@@ -138,8 +138,16 @@ def test_browser_login_flag_reload_and_find_it(annot_app):
         page.locator("input[type=file]").first.set_input_files(str(VOL))
         page.wait_for_selector("text=percentile vs healthy", timeout=180_000)
         page.wait_for_function("() => document.querySelector('#anomaly-annotate img') !== null", timeout=60_000)
-        page.get_by_label("whole slice").check()
+        # a point region with no point clicked: refused with a message; nothing turns into an error
+        # state, the (empty) point fields stay empty, and the note typed so far is kept
+        assert page.get_by_label("point row", exact=True).input_value() == ""
         page.get_by_label("Note (no patient identifiers)").fill("browser flag")
+        page.get_by_role("button", name="Add flag").click()
+        page.wait_for_selector("#anomaly-annotate >> text=Not added >> visible=true", timeout=60_000)
+        assert "point (row, col)" in page.inner_text("#anomaly-annotate")
+        assert page.locator("#anomaly-annotate .error").count() == 0
+        assert page.get_by_label("Note (no patient identifiers)").input_value() == "browser flag"
+        page.get_by_label("whole slice").check()
         page.get_by_role("button", name="Add flag").click()
         page.wait_for_selector("text=Added false positive", timeout=60_000)
         page.screenshot(path=str(artifacts / "annotate_flagged.png"), full_page=True)

@@ -45,15 +45,30 @@ def test_upload_view_and_move_slider(live_app, browser):
     assert "zscore" in body and "percentile vs healthy" in body and ("anomalous" in body or "normal" in body)
     page.screenshot(path=str(ARTIFACTS / "after_upload.png"), full_page=True)
     first_src = page.evaluate("() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth > 800).map(i => i.src)[0]")
-    # move the slice slider with the keyboard (range input), which fires 'release'
+    # move the slice slider with the keyboard alone (arrow keys on the range input): the view follows
     slider = page.locator("#slice-slider input[type=range]").first
     slider.focus()
     for _ in range(5):
         slider.press("ArrowLeft")
-    slider.dispatch_event("pointerup")
-    slider.dispatch_event("change")
     page.wait_for_function(
         "(src) => [...document.querySelectorAll('img')].some(i => i.naturalWidth > 800 && i.src !== src)",
         arg=first_src, timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "after_slider.png"), full_page=True)
     assert page.evaluate("() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth > 800).length") >= 1
+
+
+
+def test_clicking_an_example_analyses_it(live_app, browser):
+    """The bundled examples are one click away for a first-time visitor: a click loads and scores."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(live_app, wait_until="load")
+    name = "synthetic_tumour_t1_axial.png"
+    assert (ROOT / "assets" / "examples" / name).exists()
+    page.get_by_text(name).first.click()
+    page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.src.includes('.png') && i.naturalWidth > 800)",
+                           timeout=120_000)
+    page.wait_for_selector("text=area above threshold", timeout=60_000)
+    body = page.inner_text("body")
+    assert "Error" not in body.split("Annotate")[0], "an error badge in the viewer"
+    assert "PNG image" in body or "png" in body.lower()
+    page.screenshot(path=str(ARTIFACTS / "after_example.png"), full_page=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,23 @@ def test_ood_from_the_image_itself():
     assert not image_reasons({"ae": np.array([10, 50, 99.5, 30, 20.0])}, valid)
     v = verdict(Scan(np.zeros((2, 8, 8))), {"ae": np.full(2, 100.0)}, np.ones(2, bool))
     assert not v.in_distribution and "not trained" in v.banner
+
+
+def test_ood_from_the_pixels_a_head_has_dark_background_noise_has_not():
+    from anomaly.io import load_scan
+    from anomaly.ood import content_reasons, rim_level
+
+    root = Path(__file__).resolve().parents[1]
+    for p in ("assets/examples/healthy_with_skull_t1_axial.png", "assets/examples/synthetic_tumour_t1.nii.gz",
+              "assets/templates/itk_subject_t1_2x2x3mm.nii.gz"):
+        assert content_reasons(load_scan([str(root / p)])) == [], p
+    assert content_reasons(load_scan(sorted(str(p) for p in (root / "assets/dicom/brain_pd_series").glob("*.dcm")))) == []
+    noise = Scan(np.random.default_rng(0).uniform(0, 255, (1, 300, 400)).astype(np.float32))
+    r = content_reasons(noise)
+    assert r and "dark background" in r[0]
+    v = verdict(noise)
+    assert not v.in_distribution and "dark background" in v.banner
+    assert rim_level(np.zeros((4, 4))) == 0.0 and rim_level(np.ones((1, 5))) == 0.0
+    assert content_reasons(Scan(np.zeros((3, 8, 8)))) == []  # blank slices are no evidence either way
+    with_nan = np.zeros((20, 20)); with_nan[5:15, 5:15] = 1.0; with_nan[0, 0] = np.nan
+    assert rim_level(with_nan) == 0.0

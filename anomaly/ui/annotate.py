@@ -16,6 +16,7 @@ import logging
 import gradio as gr
 import pandas as pd
 
+from anomaly.annotations import InvalidRegionError
 from anomaly.annotations import service as svc
 from anomaly.annotations.store import LABELS, REASONS, STATUSES, StaleEditError
 from anomaly.errors import AnomalyError
@@ -42,6 +43,26 @@ on an outdated version of a flag is refused (reload and redo it), never silently
 
 def _df(rows: list[dict], cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
+
+
+def _coords(*values):
+    """Pixel coordinates from the text fields: blank -> None (not set), else a whole number.
+
+    Text fields, not number fields: Gradio's number field shows and sends 0 when empty, which
+    would pick the region at the image corner (0, 0) before any click."""
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            out.append(None)
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidRegionError(f"{v!r} is not a pixel coordinate (a whole number)") from None
+        if not f.is_integer():
+            raise InvalidRegionError(f"{v!r} is not a pixel coordinate (a whole number)")
+        out.append(int(f))
+    return out
 
 
 def _err(e: Exception):
@@ -104,6 +125,7 @@ def on_scan(key, case_key, methods, index, threshold):
 def on_preview(key, index, method, threshold, mode, r0, c0, r1, c1, pr, pc):
     """The preview never fails the page: no scan, a bad point or a bad box just show less."""
     try:
+        r0, c0, r1, c1, pr, pc = _coords(r0, c0, r1, c1, pr, pc)
         return svc.preview(key, index, method, threshold, mode, [r0, c0, r1, c1], [pr, pc])
     except AnomalyError:
         return None
@@ -124,8 +146,12 @@ def on_preview_click(key, index, mode, corner, r0, c0, r1, c1, evt: gr.SelectDat
     row, col = int(y) // k, int(x) // k
     if mode == "box":
         if not corner:
-            return [row, col, None, None, gr.update(), gr.update(), 1]
-        a0, b0 = (r0 if r0 is not None else row), (c0 if c0 is not None else col)
+            return [row, col, "", "", gr.update(), gr.update(), 1]
+        try:
+            p0, q0 = _coords(r0, c0)
+        except AnomalyError:
+            p0 = q0 = None
+        a0, b0 = (p0 if p0 is not None else row), (q0 if q0 is not None else col)
         lo_r, hi_r = sorted((int(a0), row))
         lo_c, hi_c = sorted((int(b0), col))
         return [lo_r, lo_c, hi_r + 1, hi_c + 1, gr.update(), gr.update(), 0]
@@ -135,6 +161,7 @@ def on_preview_click(key, index, mode, corner, r0, c0, r1, c1, evt: gr.SelectDat
 def on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc, threshold, token):
     """API ``add_flag``: returns the case's flag list and a message."""
     try:
+        r0, c0, r1, c1, pr, pc = _coords(r0, c0, r1, c1, pr, pc)
         f = svc.add_flag(key, index, method, label, reason, note, mode, [r0, c0, r1, c1], [pr, pc], threshold, token)
     except AnomalyError as e:
         _err(e)
@@ -142,6 +169,17 @@ def on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc
     gr.Info(msg)
     prev = on_preview(key, index, method, threshold, None, r0, c0, r1, c1, pr, pc)
     return _case_outputs(f.study_key) + [msg, prev, ""]
+
+
+def on_add_ui(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc, threshold, token):
+    """The Add button: as ``on_add``, but a refusal is a message and a warning, not an error state:
+    a raised error would leave the flag list, the preview and the note marked "Error" and swallow
+    the next click on the preview. The note is kept, so nothing typed is lost."""
+    try:
+        return on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc, threshold, token)
+    except gr.Error as e:
+        gr.Warning(f"Not added: {e.message}")
+        return [gr.update()] * 4 + [f"**Not added:** {e.message}", gr.update(), gr.update()]
 
 
 def on_reviewed(key, index, token):
@@ -300,16 +338,17 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                 note_tb = gr.Textbox(label="Note (no patient identifiers)", lines=2)
                 mode_rb = gr.Radio(list(svc.REGION_MODES), value="component at point", label="Region")
                 with gr.Row():
-                    pr = gr.Number(None, label="point row", precision=0, min_width=80)
-                    pc = gr.Number(None, label="point col", precision=0, min_width=80)
+                    pr = gr.Textbox("", label="point row", placeholder="click", min_width=80)
+                    pc = gr.Textbox("", label="point col", placeholder="click", min_width=80)
                 with gr.Row():
-                    r0 = gr.Number(None, label="row0", precision=0, min_width=60)
-                    c0 = gr.Number(None, label="col0", precision=0, min_width=60)
-                    r1 = gr.Number(None, label="row1", precision=0, min_width=60)
-                    c1 = gr.Number(None, label="col1", precision=0, min_width=60)
+                    r0 = gr.Textbox("", label="row0", placeholder="click", min_width=60)
+                    c0 = gr.Textbox("", label="col0", placeholder="click", min_width=60)
+                    r1 = gr.Textbox("", label="row1", placeholder="click", min_width=60)
+                    c1 = gr.Textbox("", label="col1", placeholder="click", min_width=60)
                 with gr.Row():
                     add_btn = gr.Button("Add flag", variant="primary", interactive=False)
                     reviewed_btn = gr.Button("Slice reviewed: nothing to flag", interactive=False)
+                    api_add = gr.Button("add flag (API)", visible=False)
                 msg_md = gr.Markdown()
             with gr.Column(scale=1, min_width=320):
                 preview_img = gr.Image(label="This slice (click: point / box corners)", type="numpy", format="png",
@@ -390,9 +429,12 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                     [label_dd], [reason_dd], api_visibility="private")
 
     summary_out = [fp_df, fp_plot]
-    add_ev = add_btn.click(on_add, [key_state, slider, method_dd, label_dd, reason_dd, note_tb, mode_rb, *region_in,
-                                    threshold, token], [*case_out, msg_md, preview_img, note_tb], api_name="add_flag")
+    add_in = [key_state, slider, method_dd, label_dd, reason_dd, note_tb, mode_rb, *region_in, threshold, token]
+    add_out = [*case_out, msg_md, preview_img, note_tb]
+    add_ev = add_btn.click(on_add_ui, add_in, add_out, api_visibility="private")
     add_ev.then(on_summary, [scope, case_key], summary_out, api_visibility="private")
+    # the API endpoint raises its errors (a typed failure for gradio_client callers)
+    api_add.click(on_add, add_in, add_out, api_name="add_flag")
     reviewed_btn.click(on_reviewed, [key_state, slider, token], [*case_out, msg_md], api_name="mark_slice_reviewed")
     list_btn.click(on_list, [case_key, key_state], [flags_df], api_name="list_flags")
 

@@ -38,19 +38,21 @@ HOW_TO_READ = """
   Other images still get maps, under a banner that says the scores are not calibrated for them.
 """
 
-CSS = ".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important}"
+CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important} "
+       ".caption p {margin:0}")
 
 
-def _examples() -> list[list[str]]:
+def _examples() -> list[list[list[str]]]:
+    """One row per example; the row's only value (the multiple-file input) is a list of paths."""
     ex = []
     for name in ("synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz", "synthetic_tumour_t1_axial.png",
                  "healthy_with_skull_t1_axial.png", "healthy_stripped_t1_axial.png"):
         p = EXAMPLES / name
         if p.exists():
-            ex.append([str(p)])
+            ex.append([[str(p)]])
     dcm = ROOT / "assets" / "dicom" / "brain_pd_series"
     if dcm.is_dir():
-        ex.append([str(p) for p in sorted(dcm.glob("*.dcm"))])
+        ex.append([[str(p) for p in sorted(dcm.glob("*.dcm"))]])
     return ex
 
 
@@ -135,7 +137,7 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.
     idx = a.most_anomalous_slice()
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx), cb.score_curve_figure(a, idx), grid, _df(table),
-            _df(cb.findings_rows(key, threshold, methods)), pair)
+            _df(cb.findings_rows(key, threshold, methods)), pair, cb.scan_summary(a))
 
 
 def on_finding(findings_df, evt: gr.SelectData):
@@ -192,14 +194,19 @@ def build_app() -> gr.Blocks:
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
-                        if _examples():
-                            gr.Examples(_examples(), inputs=[files], label="Examples (synthetic lesions are marked 'synthetic')")
+                        examples = (gr.Examples(_examples(), inputs=[files], label="Examples (click one to analyse it; "
+                                                "synthetic lesions are marked 'synthetic')") if _examples() else None)
                     with gr.Column(scale=3):
                         summary = gr.Markdown()
                         slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
-                        curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method")
-                        grid = gr.Image(label="input | pseudo-healthy | residual map | overlay  (colours calibrated against healthy: 1.0 = threshold)",
-                                        type="pil", format="png", interactive=False)
+                        # captions as text above, not as labels drawn over the figure and the grid's first row
+                        gr.Markdown("**Per-slice score** (percentile vs healthy), one line per method; red line: slice in view",
+                                    elem_classes=["caption"])
+                        curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method", show_label=False)
+                        gr.Markdown("**Per method: input | pseudo-healthy | residual map | overlay** (colours calibrated "
+                                    "against healthy: 1.0 = threshold)", elem_classes=["caption"])
+                        grid = gr.Image(label="input | pseudo-healthy | residual map | overlay (calibrated against healthy)",
+                                        show_label=False, type="pil", format="png", interactive=False)
                         table = gr.Dataframe(label="Scores at this slice", interactive=False)
                         findings = gr.Dataframe(label="Findings: connected regions above threshold in 3D (click to jump)",
                                                 interactive=False)
@@ -208,8 +215,9 @@ def build_app() -> gr.Blocks:
                             od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,
                                                     label="Slow method (runs on this slice only, seeded)")
                             od_btn = gr.Button("Run on this slice", interactive=bool(od_choices))
-                            od_grid = gr.Image(label="on-demand result (calibrated against healthy)", type="pil", format="png",
-                                               interactive=False)
+                            gr.Markdown("**On-demand result** (calibrated against healthy)", elem_classes=["caption"])
+                            od_grid = gr.Image(label="on-demand result (calibrated against healthy)", show_label=False,
+                                               type="pil", format="png", interactive=False)
                             od_json = gr.JSON(label="score")
                         compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
                         with gr.Accordion("How to read this", open=False):
@@ -222,16 +230,21 @@ def build_app() -> gr.Blocks:
                 up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode]
                 analyse_btn.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_upload, up_inputs, upload_outputs, api_visibility="private")
-                slider.release(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice")
+                # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
+                slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
+                             trigger_mode="always_last")
                 for c in (preset, opacity, mode, methods):
                     c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
-                threshold.release(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
+                threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
+                                trigger_mode="always_last")
                 plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods],
-                             [key, slider, curve, grid, table, findings, compare], api_name="change_plane")
+                             [key, slider, curve, grid, table, findings, compare, summary], api_name="change_plane")
                 findings.select(on_finding, [findings], [slider], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
                              api_name="run_on_demand")
+                if examples is not None:  # a click on an example analyses it, as an upload does
+                    examples.load_input_event.then(on_upload, up_inputs, upload_outputs, api_visibility="private")
                 gr.api(analyze_api, api_name="analyze")
                 annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
             with gr.Tab("Worklist", id="worklist"):

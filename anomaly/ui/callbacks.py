@@ -168,19 +168,20 @@ def score_curve_figure(a: Analysis, index: int | None = None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 2.4), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 2.4), dpi=90)
     xs = np.arange(a.n_slices)
     for name, r in a.results.items():
         y = r.percentiles if r.calibration else r.scores / max(r.scores.max(), 1e-8) * 100
         y = np.where(r.valid, y, np.nan)
-        ax.plot(xs, y, label=name, lw=1.4, marker="o" if a.partial else None, ms=4)
-    ax.axhline(95, color="grey", lw=0.8, ls="--")
+        ax.plot(xs, y, label=name, lw=1.4, marker="o" if a.partial or a.n_slices == 1 else None, ms=4)
+    ax.axhline(95, color="grey", lw=0.8, ls="--", label="95th (decision)")
     if index is not None:
         ax.axvline(index, color="red", lw=1)
     ax.set_xlabel(f"{a.plane} slice")
     ax.set_ylabel("percentile vs healthy")
     ax.set_ylim(0, 101)
-    ax.legend(loc="upper left", fontsize=7, ncol=4)
+    # beside the axes, so that it hides neither the curves nor the band above the 95th percentile
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -188,13 +189,13 @@ def score_curve_figure(a: Analysis, index: int | None = None):
 
 def scan_summary(a: Analysis) -> str:
     s = a.scan
-    lines = [f"**Scan**: {s.description or repr(s)}  ", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slices; "
+    lines = [f"**Scan**: {s.description or repr(s)}", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slices; "
              + (f"loaded from {a.origin} in {a.seconds:.2f} s" if a.origin else f"scored in {a.seconds:.2f} s")]
     if s.notes:
         lines.append("Notes: " + "; ".join(s.notes))
     if not s.known_frame:
         lines.append("Orientation unknown (2D export): shown as stored, without orientation labels.")
-    return "\n".join(lines)
+    return "  \n".join(lines)  # markdown line breaks
 
 
 def findings_rows(key: str, threshold: float = 1.0, methods: list[str] | None = None) -> list[dict]:
