@@ -144,7 +144,8 @@ class Analysis:
                 full = self.prepared.slice_to_original(emap[index] / max(ref, 1e-8), index)
                 rows.append(GridRow(f"{name} · {extra}", img_u8, None, full,
                                     "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated",
-                                    empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {name}"))
+                                    empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {name}",
+                                    map_title=extra.replace("_", " "), calibrated=False))
         r, c = self.scan.slice_spacing(self.plane)
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"

@@ -6,7 +6,7 @@ shared scale [0, ``RenderConfig.vmax``] for every method, so colours compare acr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from matplotlib import colormaps
@@ -87,8 +87,18 @@ def draw_orientation(panel: Image.Image, plane: str | None) -> Image.Image:
     return panel
 
 
-def colorbar(cfg: RenderConfig, height: int = PANEL, width: int = 70, label: str = "x healthy threshold") -> Image.Image:
-    """Vertical colour bar of the shared calibrated scale, with ticks and the threshold line."""
+def blend_rgb(img_u8: np.ndarray, scaled_map: np.ndarray, cfg: RenderConfig) -> np.ndarray:
+    """Heat map blended on the image in proportion to the map's value, with no threshold: for maps
+    that have no healthy-calibrated threshold (uncertainty, discrepancies, votes on a per-scan scale)."""
+    base = grey_rgb(img_u8).astype(np.float32)
+    hm = heatmap_rgb(scaled_map, cfg).astype(np.float32)
+    a = cfg.alpha * np.clip(np.nan_to_num(scaled_map) / cfg.vmax, 0, 1)[..., None]
+    return np.clip(base * (1 - a) + hm * a, 0, 255).astype(np.uint8)
+
+
+def colorbar(cfg: RenderConfig, height: int = PANEL, width: int = 70, label: str = "x healthy threshold",
+             threshold_line: bool = True) -> Image.Image:
+    """Vertical colour bar of the shared calibrated scale, with ticks and (optionally) the threshold line."""
     bar = np.linspace(cfg.vmax, 0, height - 20)[:, None].repeat(14, 1)
     rgb = heatmap_rgb(bar, cfg)
     im = Image.new("RGB", (width, height), (20, 20, 20))
@@ -99,8 +109,9 @@ def colorbar(cfg: RenderConfig, height: int = PANEL, width: int = 70, label: str
         y = 10 + int((1 - v / cfg.vmax) * (height - 21))
         d.line([(18, y), (22, y)], fill=(230, 230, 230))
         d.text((24, y - 6), f"{v:.1f}", fill=(230, 230, 230), font=f)
-    yt = 10 + int((1 - cfg.threshold / cfg.vmax) * (height - 21))
-    d.line([(2, yt), (20, yt)], fill=cfg.contour_rgb, width=2)
+    if threshold_line:
+        yt = 10 + int((1 - cfg.threshold / cfg.vmax) * (height - 21))
+        d.line([(2, yt), (20, yt)], fill=cfg.contour_rgb, width=2)
     return im
 
 
@@ -113,7 +124,12 @@ def label_panel(panel: Image.Image, text: str) -> Image.Image:
 
 @dataclass
 class GridRow:
-    """One method's row: input, pseudo-healthy (or None), calibrated map, and a caption."""
+    """One method's row: input, pseudo-healthy (or None), calibrated map, and a caption.
+
+    ``calibrated=False`` (an extra map on a per-scan scale, e.g. DDAD's discrepancies or an
+    uncertainty): drawn on its own 0-1 scale (1.0 = its reference, e.g. its 99.5th percentile in
+    the scan), its overlay blends the map without the healthy threshold, which it has not, and its
+    map column is headed ``map_title``."""
 
     name: str
     image_u8: np.ndarray
@@ -121,6 +137,8 @@ class GridRow:
     cal_map: np.ndarray
     caption: str = ""
     empty_note: str = "no reconstruction:\nfeature-space method"
+    map_title: str = "residual map"
+    calibrated: bool = True
 
 
 def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = None, aspect: float = 1.0,
@@ -145,11 +163,15 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
             p_ph = Image.new("RGB", (PANEL, PANEL), (30, 30, 30))
             ImageDraw.Draw(p_ph).text((10, PANEL // 2 - 14), row.empty_note, fill=(200, 200, 200), font=_font(12))
             ph_label = "pseudo-healthy"
-        p_map = fit_panel(heatmap_rgb(row.cal_map, cfg), aspect=aspect)
-        p_ov = draw_orientation(fit_panel(overlay_rgb(row.image_u8, row.cal_map, cfg), aspect=aspect), plane)
-        for c, (p, t) in enumerate(((p_in, "input"), (p_ph, ph_label), (p_map, "residual map"), (p_ov, "overlay"))):
+        # an uncalibrated map runs from 0 to its own reference (1.0), not on the shared 0-3 scale
+        rcfg = cfg if row.calibrated else replace(cfg, vmax=1.0)
+        p_map = fit_panel(heatmap_rgb(row.cal_map, rcfg), aspect=aspect)
+        ov = overlay_rgb(row.image_u8, row.cal_map, cfg) if row.calibrated else blend_rgb(row.image_u8, row.cal_map, rcfg)
+        p_ov = draw_orientation(fit_panel(ov, aspect=aspect), plane)
+        titles = ("input", ph_label, row.map_title, "overlay" if row.calibrated else "blend (no threshold)")
+        for c, (p, t) in enumerate(zip((p_in, p_ph, p_map, p_ov), titles)):
             out.paste(label_panel(p, t), (c * PANEL, y))
-        cb = colorbar(cfg, PANEL, bar_w - 4)
+        cb = colorbar(rcfg, PANEL, bar_w - 4, threshold_line=row.calibrated)
         out.paste(cb, (cols * PANEL + 2, y))
     d.text((cols * PANEL + 2, H - 14), scale_note[:14], fill=(200, 200, 200), font=_font(10))
     return out

@@ -32,6 +32,25 @@ def test_overlay_only_above_threshold_and_contour():
     assert tuple(cont[10, 15]) == RenderConfig().contour_rgb and (cont[15, 15] == 100).all()
 
 
+def test_uncalibrated_rows_blend_without_a_threshold():
+    from anomaly.render import blend_rgb
+
+    img = np.full((40, 40), 100, np.uint8)
+    m = np.zeros((40, 40), np.float32)
+    m[10:20, 10:20] = 0.6  # below the threshold: a thresholded overlay would show nothing here
+    m[25:30, 25:30] = 3.0
+    cfg = RenderConfig(threshold=1.0, mode="both", alpha=0.5)
+    b = blend_rgb(img, m, cfg)
+    assert (b[0, 0] == 100).all() and not (b[15, 15] == 100).all()
+    assert np.abs(b[27, 27].astype(int) - 100).sum() > np.abs(b[15, 15].astype(int) - 100).sum()  # in proportion
+    assert not (b == cfg.contour_rgb).all(axis=-1).any()  # no threshold contour
+    rows = [GridRow("ddad", img, img, m), GridRow("ddad · intra discrepancy", img, None, m, map_title="intra discrepancy",
+                                                  calibrated=False)]
+    g = np.asarray(compose_grid(rows, cfg))
+    ov_cal, ov_extra = g[20:276, 3 * 256:4 * 256], g[20 + 278:276 + 278, 3 * 256:4 * 256]
+    assert not np.array_equal(ov_cal, ov_extra)
+
+
 def test_grid_has_one_row_per_method():
     img = np.zeros((64, 64), np.uint8)
     rows = [GridRow("a", img, img, np.zeros((64, 64))), GridRow("b", img, None, np.ones((64, 64)))]

@@ -279,7 +279,9 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     for extra, emap in r.extra_maps.items():
         ref = float(np.percentile(emap[one.masks], 99.5)) if one.masks.any() else 1.0
         rows.append(GridRow(f"{method} · {extra}", img, None, one.to_original(emap / max(ref, 1e-8))[0],
-                            "per-slice scale, not calibrated", empty_note=f"{extra}:\nextra map of {method}"))
+                            "per-slice scale (1.0 = its 99.5th percentile in this slice), not calibrated",
+                            empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {method}",
+                            map_title=extra.replace("_", " "), calibrated=False))
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
     grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None)
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
