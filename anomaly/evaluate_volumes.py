@@ -3,8 +3,10 @@
 For each NIfTI volume (with or without a 3D lesion mask): every method scores every axial
 slice through the one scoring path (``anomaly.analysis.analyse``); the volume score is the
 contract's ``volume_score`` (max over scored slices). Reports, per method, volume AUROC
-(lesion volumes vs healthy ones) and whether the highest-scoring slice lies inside the lesion
-(the slice the app jumps to). Writes OUT/volumes.json and OUT/volumes.md.
+(lesion volumes vs healthy ones) and whether the method's highest-scoring slice lies inside the
+lesion; and whether the slice the app opens on (``Analysis.most_anomalous_slice``, rule
+``anomaly.analysis.OPENING_RULE``) does, beside what a slice drawn at random from the same
+candidate slices would do (chance). Writes OUT/volumes.json and OUT/volumes.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly import metrics as M
-from anomaly.analysis import analyse
+from anomaly.analysis import OPENING_RULE, analyse
 from anomaly.data.folder import read_folder, read_mask
 from anomaly.errors import AnomalyError, DatasetError
 from anomaly.io import load_scan
@@ -42,6 +44,11 @@ def evaluate_volumes(data_dir, methods: list[str], checkpoint_root: Path | None 
             top = r.most_anomalous_slice
             row["methods"][name] = {"volume_score": r.volume_score, "top_slice": top,
                                     "top_slice_in_lesion": (top in lesion_slices) if lesion_slices else None}
+        opening = a.most_anomalous_slice()
+        cand = np.nonzero(a.opening_candidates())[0]
+        row["app"] = {"opening_slice": opening,
+                      "opening_slice_in_lesion": (opening in lesion_slices) if lesion_slices else None,
+                      "chance": (float(np.mean([c in lesion_slices for c in cand])) if lesion_slices and len(cand) else None)}
         rows.append(row)
     labels = np.array([r["label"] for r in rows])
     out = {"schema_version": 1, "data": str(data_dir), "n_volumes": len(rows), "n_lesion_volumes": int(labels.sum()),
@@ -51,6 +58,10 @@ def evaluate_volumes(data_dir, methods: list[str], checkpoint_root: Path | None 
         hits = [r["methods"][name]["top_slice_in_lesion"] for r in rows if r["label"] == 1]
         out["methods"][name] = {"volume_auroc": M.image_auroc(labels, scores),
                                 "top_slice_in_lesion": float(np.mean(hits)) if hits else None}
+    les = [r["app"] for r in rows if r["label"] == 1]
+    out["app"] = {"opening_slice_in_lesion": float(np.mean([x["opening_slice_in_lesion"] for x in les])) if les else None,
+                  "chance": float(np.mean([x["chance"] for x in les])) if les else None,
+                  "rule": OPENING_RULE}
     return out
 
 
@@ -62,6 +73,11 @@ def markdown(res: dict) -> str:
         au = "n/a" if m["volume_auroc"] is None or not np.isfinite(m["volume_auroc"]) else f"{m['volume_auroc']:.3f}"
         tl = "n/a" if m["top_slice_in_lesion"] is None else f"{m['top_slice_in_lesion']:.0%}"
         lines.append(f"| {n} | {au} | {tl} |")
+    app = res.get("app") or {}
+    if app.get("opening_slice_in_lesion") is not None:
+        lines += ["", f"The slice the app opens on ({app['rule']}) lies inside the lesion in "
+                      f"{app['opening_slice_in_lesion']:.0%} of the lesion volumes; a slice drawn at random from the "
+                      f"same candidate slices would in {app['chance']:.0%}."]
     return "\n".join(lines) + "\n"
 
 

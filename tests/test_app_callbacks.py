@@ -183,3 +183,25 @@ def test_pseudo_healthy_and_extra_maps_go_back_through_their_own_slices_crop(met
         assert np.allclose(by_name[f"consensus · {extra}"].cal_map, want)
     one = p.slice_to_original(ae.pseudo_healthy[idx], idx)
     assert np.array_equal(one, p.to_original(ae.pseudo_healthy)[idx])
+
+
+def test_the_opening_slice_is_chosen_among_large_brain_sections(methods_root, lesion_volume):
+    """The viewer opens on the highest mean percentile among slices with a large brain section:
+    skull-base and vertex slices (small sections) would otherwise win on most scans."""
+    from anomaly.analysis import OPENING_MIN_SECTION
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial")
+    area = a.prepared.original_masks.reshape(a.n_slices, -1).sum(1)
+    cand = a.opening_candidates()
+    valid = np.asarray(a.prepared.valid, bool)
+    assert cand.any() and not cand[valid & (area < OPENING_MIN_SECTION * area[valid].max())].any()
+    assert (~cand & valid).any()  # some scored slices (the smallest sections) are left out
+    top = a.most_anomalous_slice()
+    assert cand[top]
+    _, z = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    assert 28 <= z.most_anomalous_slice() <= 35  # the blob's slices
+    # ties at the 100th percentile are broken by the mean score, not by the lowest slice index
+    for r in a.results.values():
+        r.percentiles[:] = 100.0
+    s = np.mean([r.scores for r in a.results.values()], axis=0)
+    assert a.most_anomalous_slice() == int(np.argmax(np.where(cand, s, -np.inf)))

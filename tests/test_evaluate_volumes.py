@@ -35,9 +35,14 @@ def test_volume_metrics_on_a_lesion_and_a_healthy_volume(volume_set, tiny_checkp
     z = res["methods"]["zscore"]
     assert z["volume_auroc"] == 1.0
     assert z["top_slice_in_lesion"] == 1.0
+    app = res["app"]  # the slice the app opens on, with the chance of a random candidate slice
+    assert app["opening_slice_in_lesion"] == 1.0 and 0 < app["chance"] < 0.5 and "brain section" in app["rule"]
+    row = next(r for r in res["volumes"] if r["label"] == 1)
+    assert 30 <= row["app"]["opening_slice"] <= 33
     rc = main(["--data", str(volume_set), "--methods", "zscore", "--out", str(tmp_path / "o"),
                "--checkpoints", str(tiny_checkpoints)])
     assert rc == 0 and (tmp_path / "o" / "volumes.json").exists() and (tmp_path / "o" / "volumes.md").exists()
+    assert "The slice the app opens on" in (tmp_path / "o" / "volumes.md").read_text()
 
 
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):

@@ -78,6 +78,9 @@ class AnomalyMethod:
     # same results (to float rounding) in 60-80% of the CPU time of conv nets; a method whose
     # network reshapes conv outputs with ``view`` (MONAI's VarAutoEncoder) sets it False
     channels_last: ClassVar[bool] = True
+    # a method that summarises the others (the consensus): where it is shown, the slice the
+    # viewer opens on follows it alone (``anomaly.analysis.OPENING_RULE``)
+    summarises: ClassVar[bool] = False
 
     def __init__(self, checkpoint_dir: Path | None = None):
         from anomaly.checkpoints import load_card

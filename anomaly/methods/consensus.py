@@ -22,6 +22,7 @@ class Consensus(AnomalyMethod):
     name = "consensus"
     title = "Consensus of calibrated methods"
     no_reconstruction_note = "no reconstruction:\nagreement map of\nthe calibrated methods"
+    summarises = True
     paper = "Agreement of calibrated per-method maps (ensemble view; cf. Zimmerer et al., MOOD challenge, IEEE TMI 2022)"
     citation = "Zimmerer D, et al. MOOD 2020: A public benchmark for out-of-distribution detection and localization on medical images. IEEE TMI 41(10), 2022."
 
