@@ -62,13 +62,27 @@ def test_clicking_an_example_analyses_it(live_app, browser):
     """The bundled examples are one click away for a first-time visitor: a click loads and scores."""
     page = browser.new_page(viewport={"width": 1500, "height": 1800})
     page.goto(live_app, wait_until="load")
+    # first a volume (the slider moves to a slice > 1), then a one-slice image: the annotation
+    # panel follows the new scan (it once sent the old slider value against the new maximum)
+    page.get_by_text("Annotate: flag false positives").first.click()
+    page.get_by_text("healthy_t1.nii.gz").first.click()
+    page.wait_for_selector("text=plane axial, 90 slices", timeout=180_000)
+    page.wait_for_selector("text=scored in", timeout=180_000)  # the whole volume, not its first slice
+    page.wait_for_function("() => +document.querySelector('#slice-slider input[type=number]').value > 1", timeout=180_000)
+    page.wait_for_timeout(3000)
     name = "synthetic_tumour_t1_axial.png"
     assert (ROOT / "assets" / "examples" / name).exists()
     page.get_by_text(name).first.click()
     page.wait_for_function("() => [...document.querySelectorAll('img')].some(i => i.src.includes('.png') && i.naturalWidth > 800)",
                            timeout=120_000)
     page.wait_for_selector("text=area above threshold", timeout=60_000)
+    for _ in range(10):  # the refusal, if any, is a toast that comes and goes
+        page.wait_for_timeout(500)
+        assert "greater than maximum" not in page.inner_text("body")
     body = page.inner_text("body")
     assert "Error" not in body.split("Annotate")[0], "an error badge in the viewer"
+    assert "greater than maximum" not in body
+    assert page.locator("#anomaly-annotate .error").count() == 0
+
     assert "PNG image" in body or "png" in body.lower()
     page.screenshot(path=str(ARTIFACTS / "after_example.png"), full_page=True)

@@ -106,15 +106,20 @@ def _case_outputs(study_key):
             gr.update(value=info["status"])]
 
 
-def on_scan(key, case_key, methods, index, threshold):
-    """A scan was loaded (or re-analysed in another plane): its case, method choices, flags, preview."""
+def on_scan(key, case_key, methods, threshold):
+    """A scan was loaded (or re-analysed in another plane): its case, method choices, flags, preview.
+
+    The preview shows the slice the viewer opens on. The slider is not an input here: when a scan
+    with fewer slices replaces one with more, this event can see the old slider value against the
+    new maximum, which Gradio refuses ("Value 24 is greater than maximum value 1") before any code
+    runs, leaving the panel on the previous case."""
     try:
         a = svc._analysis(key)
     except AnomalyError:
         return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [None]
     names = list(a.results)
     chosen = next((m for m in (methods or []) if m in names), names[0] if names else None)
-    idx = int(index) if index is not None and 0 <= int(index) < a.n_slices else a.most_anomalous_slice()
+    idx = a.most_anomalous_slice()
     try:
         prev = svc.preview(key, idx, chosen, threshold)
     except AnomalyError:
@@ -411,7 +416,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                  api_visibility="private")
     logout_btn.click(lambda: on_logout(nb), None, [token, *access_out], api_visibility="private")
 
-    key_state.change(on_scan, [key_state, case_key, methods, slider, threshold],
+    key_state.change(on_scan, [key_state, case_key, methods, threshold],
                      [method_dd, *case_out, preview_img], api_visibility="private").then(
         lambda k, m: gr.update(choices=["(any)", *svc.queue_methods(k)], value=m), [key_state, qmethod], [qmethod],
         api_visibility="private")
