@@ -52,7 +52,15 @@ def test_open_folder_ranks_by_score(results):
     assert table.iloc[-1]["result"].startswith("failed:")  # the corrupt file, last
     assert "source" not in table and not table.astype(str).apply(lambda c: c.str.contains("/")).any().any()
     assert len(gallery) == 4 and gallery[0][0].shape == (64, 64, 3)  # the ranking method's own
-    assert "5 studies" in info
+    assert "5 studies" in info and "another study-key salt" not in info
+    # results keyed with another salt (another machine's data folder): said, not silent
+    df = wl.load_results(results)
+    assert wl.keyed_with_this_salt(df) is True
+    from anomaly.keys import study_key
+
+    other = df.assign(study_key=[study_key(str(h), salt="another-salt") for h in df["content_hash"]])
+    assert wl.keyed_with_this_salt(other) is False
+    assert "another study-key salt" in wl.summary(other, table, "consensus")
     zt = wl.worklist_rows(wl.load_results(results), "zscore", review={})
     zs = zt["score"].dropna().tolist()
     assert zs == sorted(zs, reverse=True)
@@ -90,6 +98,8 @@ def test_thumbnail_and_open_study_at_top_slice(results):
     files = wl.open_study(str(results), key)
     k, a = cb.load_and_analyse(files, METHODS)
     assert a.study_key == key and a.most_anomalous_slice() == row["top_slice"]
+    shown = wl.worklist_rows(df, "ae", review={}).set_index("study").loc[key]
+    assert shown["opens at slice"] == row["top_slice"] and shown["method's top slice"] == row["ae__top_slice"]
     np.testing.assert_allclose(a.results["ae"].scores, row["ae__curve"], rtol=1e-6)
     out = on_upload(files, None, "axial", METHODS, "auto", 0.5, 1.0, "both")
     if inspect.isgenerator(out):  # a progressive upload callback: its last update is the full view
@@ -104,8 +114,19 @@ def test_thumbnail_and_open_study_at_top_slice(results):
 def test_missing_folder_is_a_clear_error(tmp_path):
     import gradio as gr
 
-    with pytest.raises(gr.Error, match="no batch results"):
+    with pytest.raises(gr.Error, match="'nothing' does not exist"):
         wl.on_open_folder(str(tmp_path / "nothing"), None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(gr.Error, match="no batch results in 'empty'"):
+        wl.on_open_folder(str(tmp_path / "empty"), None)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(gr.Error, match="is a file"):
+        wl.on_open_folder(str(tmp_path / "notes.txt"), None)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "part-0.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(gr.Error, match="none of the 1 results part"):
+        wl.on_open_folder(str(bad), None)
 
 
 def test_app_has_a_worklist_tab_with_named_events():

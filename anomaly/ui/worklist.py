@@ -40,9 +40,15 @@ def load_results(folder: str | Path) -> pd.DataFrame:
     from anomaly.batch.results import part_files, read_results
 
     folder = Path(str(folder or "").strip() or default_results_dir())
+    name = folder.name or str(folder)
+    if not folder.exists():
+        raise AnomalyError(f"results folder '{name}' does not exist: run `python -m anomaly.batch "
+                           "--input COHORT --out FOLDER` first, then give that FOLDER")
+    if not folder.is_dir():
+        raise AnomalyError(f"'{name}' is a file, not a results folder")
     parts = part_files(folder)
     if not parts:
-        raise AnomalyError(f"no batch results in '{folder.name or folder}': run `python -m anomaly.batch "
+        raise AnomalyError(f"no batch results in '{name}' (no .parquet parts in it): run `python -m anomaly.batch "
                            "--input COHORT --out FOLDER` first")
     memo = (str(folder.resolve()), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in parts))
     with _LOCK:
@@ -50,6 +56,9 @@ def load_results(folder: str | Path) -> pd.DataFrame:
             _CACHE.move_to_end(memo)
             return _CACHE[memo]
     df = read_results(folder)
+    if df.empty:
+        raise AnomalyError(f"none of the {len(parts)} results part(s) in '{name}' could be read (truncated "
+                           "or not written by `python -m anomaly.batch`)")
     with _LOCK:
         _CACHE[memo] = df
         while len(_CACHE) > 4:
@@ -102,7 +111,10 @@ def worklist_rows(df: pd.DataFrame, method: str | None = None, min_percentile: f
             "study": r["study_key"],
             "score": round(score, 5) if np.isfinite(score) else None,
             "percentile": round(pct, 1) if np.isfinite(pct) else None,
-            "top slice": int(top) if top is not None and np.isfinite(_num(top)) else None,
+            # where the Review tab opens the study (the app's rule, all methods) and, apart, the
+            # ranking method's own highest-scoring slice, which may differ
+            "opens at slice": int(r["top_slice"]) if ok and np.isfinite(_num(r.get("top_slice"))) else None,
+            "method's top slice": int(top) if top is not None and np.isfinite(_num(top)) else None,
             "top-slice score": round(_num(r.get(f"{method}__top_score")), 5) if method and ok else None,
             "OOD": ("yes: " + str(r.get("ood_reasons") or "")) if ok and bool(r.get("ood")) else ("no" if ok else ""),
             "review": rv["status"], "flags": rv["flags"], "false positives": rv["false positives"],
@@ -111,7 +123,8 @@ def worklist_rows(df: pd.DataFrame, method: str | None = None, min_percentile: f
             "result": "ok" if ok else f"failed: {r.get('error_type')}: {r.get('error')}",
             "_sort": score if np.isfinite(score) else -np.inf,
         })
-    t = pd.DataFrame(out, columns=["study", "score", "percentile", "top slice", "top-slice score", "OOD", "review",
+    t = pd.DataFrame(out, columns=["study", "score", "percentile", "opens at slice", "method's top slice",
+                                   "top-slice score", "OOD", "review",
                                    "flags", "false positives", "modality", "slices", "result", "_sort"])
     if min_percentile and float(min_percentile) > 0:
         t = t[t["percentile"].fillna(-1) >= float(min_percentile)]
@@ -173,11 +186,32 @@ def study_files(df: pd.DataFrame, study_key: str) -> list[str]:
     return [str(folder)]
 
 
+def keyed_with_this_salt(df: pd.DataFrame) -> bool | None:
+    """Were these results keyed with this app's study-key salt? None when no row can tell.
+
+    A batch run keys each study as ``study_key(content hash)`` with the salt of the machine that
+    ran it; rows whose key this app recomputes from their content hash were keyed with its salt."""
+    from anomaly.keys import study_key
+
+    if not {"content_hash", "study_key"} <= set(df.columns):
+        return None
+    rows = df[df["content_hash"].notna() & ~df["content_hash"].astype(str).str.startswith("unreadable-")]
+    if rows.empty:
+        return None
+    return any(study_key(str(h)) == k for h, k in zip(rows["content_hash"], rows["study_key"]))
+
+
 def summary(df: pd.DataFrame, table: pd.DataFrame, method: str | None) -> str:
     n_ok = int((df["status"] == "ok").sum())
-    return (f"**{len(df)} studies** in the results ({n_ok} scored, {len(df) - n_ok} failed); "
+    text = (f"**{len(df)} studies** in the results ({n_ok} scored, {len(df) - n_ok} failed); "
             f"{len(table)} shown, ranked by **{method or 'n/a'}** volume score (percentile vs healthy). "
             "Click a row to open the study in the Review tab at its most anomalous slice.")
+    if keyed_with_this_salt(df) is False:
+        text += ("\n\n**These results were keyed with another study-key salt than this app's** (the batch ran "
+                 "with another `ANOMALY_STUDY_SALT` or data folder): a study opened here gets another key, so "
+                 "its flags and review status will not show in these rows. Run the batch and the app with the "
+                 "same `ANOMALY_STUDY_SALT` (or `ANOMALY_DATA_DIR`).")
+    return text
 
 
 # ----------------------------------------------------------------------------- gradio
