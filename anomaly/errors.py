@@ -58,3 +58,7 @@ class UnknownMethodError(AnomalyError):
 class StaleResultsError(AnomalyError):
     """Stored batch results do not fit the scan or the checkpoints any more (changed file, retrained
     model, missing maps): the study must be scored again."""
+
+
+class InvalidRequestError(AnomalyError, ValueError):
+    """A request's argument is not one the app accepts (an unknown plane, ...); also a ValueError."""

@@ -93,7 +93,9 @@ class Scan:
 
 def _check_plane(plane: str) -> str:
     if plane not in PLANES:
-        raise ValueError(f"plane must be one of {PLANES}, got {plane!r}")
+        from anomaly.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
     return plane
 
 

@@ -104,6 +104,11 @@ def test_bad_inputs_give_typed_errors(methods_root, tmp_path):
         cb.load_and_analyse(str(empty), ["zscore"])
     with pytest.raises(AnomalyError):
         cb.render_view("no-such-key", 0)
+    from anomaly.errors import InvalidRequestError
+
+    png = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
+    with pytest.raises(InvalidRequestError, match="plane must be one of axial, coronal, sagittal, got 'foo'"):
+        cb.load_and_analyse(str(png), ["zscore"], "foo")
 
 
 def test_preview_scores_one_slice_with_the_same_numbers_as_the_full_analysis(methods_root, lesion_volume):
