@@ -189,3 +189,12 @@ def test_opening_a_study_uses_its_stored_maps_without_rescoring(results, monkeyp
                           progress=lambda *a, **k: None, first_slice=int(row["top_slice"]), stored=gone))
     assert len(outs) == 2 and "not used" in outs[0][2]["value"]
     np.testing.assert_array_equal(cb.get_analysis(outs[-1][0]).results["ae"].scores, row["ae__curve"])
+
+
+def test_the_tab_reports_a_bad_folder_without_an_error_state(tmp_path, monkeypatch):
+    """In the tab a refusal is a warning and a line in the summary (the API endpoint raises)."""
+    warned = []
+    monkeypatch.setattr(wl.gr, "Warning", lambda m, *a, **k: warned.append(m))
+    out = wl._ui(wl.on_open_folder, 4)(str(tmp_path / "nothing"), None)
+    assert len(out) == 4 and "does not exist" in out[-1] and out[-1].startswith("**Not opened:**")
+    assert all(o == wl.gr.update() for o in out[:-1]) and warned and "does not exist" in warned[0]
