@@ -60,5 +60,9 @@ class StaleResultsError(AnomalyError):
     model, missing maps): the study must be scored again."""
 
 
+class TrainingInterrupted(AnomalyError):
+    """Training was stopped (Ctrl-C, SIGTERM) after its state was saved: ``--resume`` continues it."""
+
+
 class InvalidRequestError(AnomalyError, ValueError):
     """A request's argument is not one the app accepts (an unknown plane, ...); also a ValueError."""

@@ -3,7 +3,7 @@
 DIR is a folder in the data-set format. If it has ``train/`` and ``val_normal/`` sub-folders
 (as ``python -m anomaly.data build`` writes), those are used, and ``val_lesion/`` if present
 gives validation figures; otherwise DIR itself is the healthy training set and a
-subject-free 10% of its files (by name, deterministic) is held back for calibration.
+subject-free 10% of it, whole files drawn with a fixed seed, is held back for calibration.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from anomaly import __version__
 from anomaly.calibration import brain_fill, fit_calibration
 from anomaly.checkpoints import load_card, save_checkpoint, write_card
 from anomaly.data.prepared import PreparedSet, load_prepared
-from anomaly.errors import AnomalyError, DatasetError
+from anomaly.errors import AnomalyError, DatasetError, TrainingInterrupted
 from anomaly.methods.base import CHECKPOINT_ROOT, clear_cache, get_method, method_class
 from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
 from anomaly.scoring import run_method
@@ -59,15 +59,36 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
         train, val, val_lesion = allset, None, None
     train = train.subset(np.nonzero(train.labels != 1)[0])
     if val is None:
-        rng = np.random.default_rng(0)
-        idx = rng.permutation(len(train))
-        k = max(1, len(train) // 10)
-        val, train = train.subset(np.sort(idx[:k])), train.subset(np.sort(idx[k:]))
+        val, train = hold_out_files(train)
     else:
         val = val.subset(np.nonzero(val.labels != 1)[0])
     if len(train) == 0:
         raise DatasetError(f"no healthy slices to train on in {data}")
     return train, val, val_lesion
+
+
+def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0) -> tuple[PreparedSet, PreparedSet]:
+    """(validation, training): whole files (a volume's slices stay together) drawn at random (fixed
+    seed) until about ``fraction`` of the slices is held out, so calibration never sees a neighbour
+    of a training slice. With one file only, its slices are split (said on stderr)."""
+    files = np.array([n.rsplit(":", 1)[0] for n in ps.names]) if ps.names else np.arange(len(ps)).astype(str)
+    uniq = np.unique(files)
+    rng = np.random.default_rng(seed)
+    if len(uniq) < 2:
+        if len(ps) > 1:
+            print(f"note: one file only: {max(1, len(ps) // 10)} of its {len(ps)} slices are held out for "
+                  "calibration (neighbours of training slices)", file=sys.stderr)
+        idx = rng.permutation(len(ps))
+        k = max(1, len(ps) // 10) if len(ps) > 1 else 0
+        return ps.subset(np.sort(idx[:k])), ps.subset(np.sort(idx[k:]))
+    held, n_held = [], 0
+    for f in rng.permutation(uniq):
+        if n_held >= max(1, fraction * len(ps)) or len(held) == len(uniq) - 1:
+            break
+        held.append(f)
+        n_held += int((files == f).sum())
+    val = np.isin(files, held)
+    return ps.subset(np.nonzero(val)[0]), ps.subset(np.nonzero(~val)[0])
 
 
 def validation_figures(method, val_lesion: PreparedSet | None, seed: int) -> dict:
@@ -154,16 +175,30 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     return load_card(out)
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return v
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m anomaly.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("method", help="registered method name (e.g. zscore, ae)")
     p.add_argument("--data", required=True, type=Path, help="data-set folder (see README)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default checkpoints/METHOD)")
-    p.add_argument("--minutes", type=float, default=20.0, help="wall-time budget")
-    p.add_argument("--steps", type=int, default=100_000, help="maximum optimiser steps")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--minutes", type=_positive(float), default=20.0, help="wall-time budget")
+    p.add_argument("--steps", type=_positive(int), default=100_000, help="maximum optimiser steps")
+    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.add_argument("--lr", type=_positive(float), default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available); inference stays on CPU")
     p.add_argument("--resume", action="store_true", help="continue from OUT/work/state.safetensors")
@@ -177,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         card = train(a.method, a.data, a.out, cfg, command=cmd, train_split=a.train_split, val_split=a.val_split,
                      calibrate_only=a.calibrate_only)
+    except TrainingInterrupted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

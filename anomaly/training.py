@@ -6,8 +6,12 @@ method's ``fit`` and then calibrates and writes the card.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +44,13 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def resolve_device(name: str | None) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; other names pass through."""
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without a GPU is an error."""
     if name in (None, "", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        from anomaly.errors import InvalidRequestError
+
+        raise InvalidRequestError(f"--device {name}: no CUDA GPU is visible to torch here; use cpu or auto")
     return name
 
 
@@ -53,6 +61,31 @@ def device_label(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(torch.device(device))} GPU (torch {torch.__version__})"
     return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+
+
+def _say(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """While a training loop runs: Ctrl-C or SIGTERM is noted (a list that holds the signal's name)
+    instead of killing the process mid-step, so that the loop saves its state after the step in
+    progress and stops. Main thread only (elsewhere signals cannot be caught); handlers restored."""
+    stop: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def note(signum, _frame):
+        stop.append(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def set_threads() -> None:
@@ -96,11 +129,11 @@ class TrainLoop:
         self.step = 0
         self.elapsed_before = 0.0
         self.history: list[dict] = []
+        self.desc = desc
         for m in modules.values():
             m.to(cfg.device)
         if cfg.resume:
             self._load()
-        self.desc = desc
 
     @property
     def state_path(self) -> Path:
@@ -131,11 +164,19 @@ class TrainLoop:
 
     def _load(self) -> None:
         if not self.state_path.exists():
+            _say(f"{self.desc}: --resume: no saved state in {self.work_dir}, starting from step 0")
             return
         flat = load_file(str(self.state_path))
-        for name, m in self.modules.items():
-            pre = f"model.{name}."
-            m.load_state_dict({k[len(pre):]: v for k, v in flat.items() if k.startswith(pre)})
+        try:
+            for name, m in self.modules.items():
+                pre = f"model.{name}."
+                m.load_state_dict({k[len(pre):]: v for k, v in flat.items() if k.startswith(pre)})
+        except (RuntimeError, KeyError) as e:
+            from anomaly.errors import CheckpointError
+
+            raise CheckpointError(f"the saved state in {self.work_dir} is not that of this model (another method or "
+                                  f"architecture: {str(e).splitlines()[0][:120]}); train without --resume or give "
+                                  "another --out") from None
         for name, o in self.optimizers.items():
             sd = o.state_dict()
             pre = f"optim.{name}."
@@ -150,6 +191,7 @@ class TrainLoop:
             o.load_state_dict(sd)
         self.step = int(flat["meta.step"][0])
         self.elapsed_before = float(flat["meta.elapsed"][0])
+        _say(f"{self.desc}: resuming from step {self.step} ({self.elapsed_before / 60:.1f} min already trained)")
 
     def __iter__(self):
         cfg = self.cfg
@@ -157,15 +199,23 @@ class TrainLoop:
         budget = cfg.minutes * 60 - self.elapsed_before
         last_save = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.desc, dynamic_ncols=True, mininterval=2)
-        while self.step < cfg.max_steps and self._run_time() < budget:
-            yield self.step
-            self.step += 1
-            bar.update(1)
-            if self.history and self.step % 10 == 0:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in self.history[-1].items() if k != "step"})
-            if time.perf_counter() - last_save > cfg.save_every_s:
-                self.save()
-                last_save = time.perf_counter()
+        with _stop_requests() as stop:
+            while self.step < cfg.max_steps and self._run_time() < budget:
+                yield self.step
+                self.step += 1
+                bar.update(1)
+                if self.history and self.step % 10 == 0:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in self.history[-1].items() if k != "step"})
+                if stop:
+                    bar.close()
+                    self.save()
+                    from anomaly.errors import TrainingInterrupted
+
+                    raise TrainingInterrupted(f"{self.desc} stopped ({stop[0]}) at step {self.step}; its state is "
+                                              f"saved in {self.work_dir}: run the same command with --resume to continue")
+                if time.perf_counter() - last_save > cfg.save_every_s:
+                    self.save()
+                    last_save = time.perf_counter()
         bar.close()
         self.save()
 

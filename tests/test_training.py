@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -11,7 +13,16 @@ from anomaly.training import TrainConfig, TrainLoop, batches, device_label, reso
 def test_resolve_device_and_label():
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device(None) == resolve_device("") == resolve_device("auto")
-    assert resolve_device("cpu") == "cpu" and resolve_device("cuda") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == "cuda"
+    else:  # asking for a GPU that is not there is a typed error, not a crash at the first tensor
+        import pytest
+
+        from anomaly.errors import InvalidRequestError
+
+        with pytest.raises(InvalidRequestError, match="no CUDA GPU"):
+            resolve_device("cuda")
     assert "CPU" in device_label("cpu") and torch.__version__ in device_label("cpu")
 
 
@@ -69,4 +80,82 @@ def test_a_named_split_that_does_not_exist_is_a_clear_error(tiny_dataset, tmp_pa
     (only / "train").symlink_to(tiny_dataset / "train", target_is_directory=True)
     train, val, _ = load_training_data(only, "train", "val_normal")
     full, _, _ = load_training_data(tiny_dataset)
-    assert len(val) == len(full) // 10 and len(train) + len(val) == len(full)
+    assert len(full) // 10 <= len(val) <= len(full) // 5 and len(train) + len(val) == len(full)
+    files = lambda ps: {n.rsplit(":", 1)[0] for n in ps.names}  # noqa: E731
+    assert not files(train) & files(val)  # whole files: no slice of a validation file is trained on
+
+
+def test_hold_out_keeps_the_slices_of_a_volume_together():
+    from anomaly.data.prepared import PreparedSet
+    from anomaly.train import hold_out_files
+
+    names = [f"vol{v}:{i}" for v in range(5) for i in range(20)]
+    ps = PreparedSet(np.zeros((100, 8, 8), np.float32), np.ones((100, 8, 8), bool), np.zeros(100, np.int64), None, names)
+    val, train = hold_out_files(ps)
+    vf, tf = {n.split(":")[0] for n in val.names}, {n.split(":")[0] for n in train.names}
+    assert len(vf) == 1 and not vf & tf and len(val) == 20 and len(train) == 80
+    assert hold_out_files(ps)[0].names == val.names  # deterministic
+    one = PreparedSet(ps.images[:20], ps.masks[:20], ps.labels[:20], None, names[:20])
+    v1, t1 = hold_out_files(one)  # one volume: its slices are split, at least one kept for training
+    assert len(v1) == 2 and len(t1) == 18
+
+
+def _tiny_loop(tmp_path, max_steps, resume=False, out=1):
+    net = torch.nn.Linear(4, out)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    cfg = TrainConfig(seed=0, max_steps=max_steps, minutes=5, device="cpu", resume=resume)
+    return TrainLoop(cfg, tmp_path, {"net": net}, {"opt": opt}, desc="tiny"), net, opt
+
+
+def test_an_interrupted_loop_saves_its_state_and_resume_says_where_it_goes_on(tmp_path, capsys):
+    import os
+    import signal
+
+    import pytest
+
+    from anomaly.errors import CheckpointError, TrainingInterrupted
+
+    before = signal.getsignal(signal.SIGTERM)
+    loop, net, opt = _tiny_loop(tmp_path, 100)
+    with pytest.raises(TrainingInterrupted, match="at step 4.*--resume"):
+        for step in loop:
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a job scheduler would
+            opt.zero_grad()
+            net(torch.ones(2, 4)).pow(2).mean().backward()
+            opt.step()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers are given back
+    again, net2, _ = _tiny_loop(tmp_path, 100, resume=True)
+    assert again.step == 4 and torch.equal(net2.weight, net.weight)
+    assert "resuming from step 4" in capsys.readouterr().err
+    _tiny_loop(tmp_path / "none", 10, resume=True)
+    assert "no saved state" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="not that of this model"):
+        _tiny_loop(tmp_path, 100, resume=True, out=3)  # another architecture's state
+
+
+def test_train_cli_refuses_budgets_that_train_nothing(tiny_dataset, tmp_path, capsys):
+    import pytest
+
+    from anomaly.train import main
+
+    for bad in (["--steps", "0"], ["--minutes", "-1"], ["--batch-size", "0"], ["--lr", "abc"]):
+        with pytest.raises(SystemExit) as e:
+            main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "x")] + bad)
+        assert e.value.code == 2
+    assert "must be above 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_blank_image_in_a_training_folder_is_skipped_by_name(tmp_path, capsys):
+    from anomaly.data.folder import read_image, write_image
+    from anomaly.data.prepared import load_prepared
+
+    v = read_image(Path(__file__).resolve().parents[1] / "assets/templates/mni152_2009a_t1_1mm.nii.gz")
+    d = tmp_path / "mine"
+    for i in (70, 80, 90):
+        write_image(d, f"s{i}", v[i])
+    write_image(d, "blank", np.zeros_like(v[80]))
+    ps = load_prepared(d, cache=False)
+    assert len(ps) == 3 and not any(n.startswith("blank") for n in ps.names)
+    assert "skipped blank.png" in capsys.readouterr().err

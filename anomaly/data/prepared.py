@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anomaly.data.folder import read_folder, read_image, read_mask
+from anomaly.errors import InvalidImageError
 from anomaly.preprocess import MODEL_SIZE, PREPROCESS_VERSION, extractor_id, preprocess_slices
 
 
@@ -71,9 +73,13 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
     any_lesion = False
     brain_dir = root / "brainmasks"
     for item in tqdm(read_folder(root), desc=desc or f"preprocess {root.name}", leave=False):
-        a = read_image(item.image_path)
-        bm = brain_dir / item.image_path.name
-        prep = preprocess_slices(a, masks=read_mask(bm) if (use_brainmasks and bm.exists()) else None, size=size)
+        try:
+            a = read_image(item.image_path)
+            bm = brain_dir / item.image_path.name
+            prep = preprocess_slices(a, masks=read_mask(bm) if (use_brainmasks and bm.exists()) else None, size=size)
+        except InvalidImageError as e:  # blank or tiny: nothing to learn from, not a reason to stop
+            tqdm.write(f"skipped {item.image_path.name}: {e}", file=sys.stderr)
+            continue
         lesion_model = np.zeros_like(prep.masks)
         if item.mask_path is not None:
             any_lesion = True
