@@ -58,6 +58,8 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
         allset = load_prepared(data, desc="preprocess")
         train, val, val_lesion = allset, None, None
     train = train.subset(np.nonzero(train.labels != 1)[0])
+    if len(train) == 0:
+        raise DatasetError(f"no healthy slices to train on in {data}")
     if val is None:
         val, train = hold_out_files(train)
     else:
@@ -74,12 +76,14 @@ def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0) -> tup
     files = np.array([n.rsplit(":", 1)[0] for n in ps.names]) if ps.names else np.arange(len(ps)).astype(str)
     uniq = np.unique(files)
     rng = np.random.default_rng(seed)
+    if len(ps) < 2:
+        raise DatasetError(f"{len(ps)} usable healthy slice(s): at least 2 are needed, one to train on and one "
+                           "to calibrate with")
     if len(uniq) < 2:
-        if len(ps) > 1:
-            print(f"note: one file only: {max(1, len(ps) // 10)} of its {len(ps)} slices are held out for "
-                  "calibration (neighbours of training slices)", file=sys.stderr)
+        print(f"note: one file only: {max(1, len(ps) // 10)} of its {len(ps)} slices are held out for "
+              "calibration (neighbours of training slices)", file=sys.stderr)
         idx = rng.permutation(len(ps))
-        k = max(1, len(ps) // 10) if len(ps) > 1 else 0
+        k = max(1, len(ps) // 10)
         return ps.subset(np.sort(idx[:k])), ps.subset(np.sort(idx[k:]))
     held, n_held = [], 0
     for f in rng.permutation(uniq):

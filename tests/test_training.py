@@ -98,6 +98,12 @@ def test_hold_out_keeps_the_slices_of_a_volume_together():
     one = PreparedSet(ps.images[:20], ps.masks[:20], ps.labels[:20], None, names[:20])
     v1, t1 = hold_out_files(one)  # one volume: its slices are split, at least one kept for training
     assert len(v1) == 2 and len(t1) == 18
+    import pytest
+
+    from anomaly.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="at least 2 are needed"):
+        hold_out_files(one.subset([0]))
 
 
 def _tiny_loop(tmp_path, max_steps, resume=False, out=1):
