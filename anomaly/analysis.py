@@ -80,10 +80,9 @@ class Analysis:
         rs = [r for n, r in self.results.items() if method_class(n).summarises] or list(self.results.values())
         p = np.mean([np.nan_to_num(r.percentiles, nan=0.0) if r.calibration else np.zeros(self.n_slices) for r in rs], axis=0)
         s = np.mean([np.nan_to_num(r.scores, nan=0.0) for r in rs], axis=0)
-        order = np.lexsort((s, p))  # by percentile, then score
-        cand = self.opening_candidates()
-        best = [i for i in order[::-1] if cand[i]]
-        return int(best[0]) if best else self.n_slices // 2
+        order = np.lexsort((s, p))  # ascending by percentile, then score
+        order = order[self.opening_candidates()[order]]
+        return int(order[-1]) if len(order) else self.n_slices // 2
 
     def full_map(self, method: str) -> np.ndarray:
         """Calibrated map of every slice at the input's pixel grid (S, H, W), cached."""

@@ -458,29 +458,36 @@ def _paired_differences(reference: str | None, meta: list[dict], accs: dict, sto
     """Each method minus ``reference`` on the same slices: image AUROC, image AP, pixel AP, paired CIs."""
     if reference is None or reference not in accs or len(accs) < 2:
         return None
-    labels = np.array([-1 if m["label"] is None else m["label"] for m in meta])
+    labels = _labels(meta)
     known = labels >= 0
     y = labels[known]
-
-    def scores(name: str) -> np.ndarray:
-        return np.array([accs[name].scores.get(i, np.nan) for i in range(len(meta))])[known]
-
+    scores = {name: _score_vector(acc, len(meta))[known] for name, acc in accs.items()}
     sids = sorted(store.idx)
     masks = [store.labels[s] for s in sids]
+    ref_maps = [store.values[reference][s] for s in sids]
     out = {}
     for name in accs:
         if name == reference:
             continue
         diffs = {
-            "image_auroc": M.paired_bootstrap(M.image_auroc, y, scores(name), scores(reference), n=bootstrap, seed=seed),
-            "image_ap": M.paired_bootstrap(M.image_ap, y, scores(name), scores(reference), n=bootstrap, seed=seed),
-            "pixel_ap": M.paired_pixel_ap_bootstrap(
-                masks, [store.values[name][s] for s in sids], [store.values[reference][s] for s in sids],
-                n=bootstrap, seed=seed),
+            "image_auroc": M.paired_bootstrap(M.image_auroc, y, scores[name], scores[reference], n=bootstrap, seed=seed),
+            "image_ap": M.paired_bootstrap(M.image_ap, y, scores[name], scores[reference], n=bootstrap, seed=seed),
+            "pixel_ap": M.paired_pixel_ap_bootstrap(masks, [store.values[name][s] for s in sids], ref_maps,
+                                                    n=bootstrap, seed=seed),
         }
         out[name] = {k: {"difference": d.difference, "ci": [d.low, d.high], "share_not_better": d.share_not_better}
                      for k, d in diffs.items()}
     return {"reference": reference, "bootstrap": int(bootstrap), "methods": out}
+
+
+def _labels(meta: list[dict]) -> np.ndarray:
+    """(N,) image labels, -1 where unknown."""
+    return np.array([-1 if m["label"] is None else m["label"] for m in meta])
+
+
+def _score_vector(acc: _MethodAcc, n: int) -> np.ndarray:
+    """(N,) a method's image scores in sample order, NaN where it scored none."""
+    return np.array([acc.scores.get(i, np.nan) for i in range(n)])
 
 
 def _group_image_auroc(labels: np.ndarray, scores: np.ndarray, group: np.ndarray) -> float:
@@ -504,7 +511,7 @@ def _size_bin(size: float | None) -> str | None:
 
 def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_invalid, max_slices,
                val_data, lesion_px, lesion_px_in_brain) -> dict:
-    labels = np.array([-1 if m["label"] is None else m["label"] for m in meta])
+    labels = _labels(meta)
     has_mask = np.array([m["has_mask"] for m in meta])
     kinds = sorted({m["kind"] for m in meta if m["kind"] and m["label"] == 1})
     bins = np.array([_size_bin(m["size_mm"]) for m in meta], dtype=object)
@@ -525,7 +532,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
 
     methods_out = {}
     for name, acc in accs.items():
-        scores = np.array([acc.scores.get(i, np.nan) for i in range(len(meta))])
+        scores = _score_vector(acc, len(meta))
         y, s = labels[known], scores[known]
         r: dict = {}
         for key, fn in IMAGE_METRICS.items():
@@ -698,13 +705,13 @@ def _new_figure(w: float, h: float):
 def _curve_figure(path: Path, meta, accs, kind: str, member: np.ndarray | None = None, title: str = "") -> bool:
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    labels = np.array([-1 if m["label"] is None else m["label"] for m in meta])
+    labels = _labels(meta)
     sel = (labels == 0) | ((labels == 1) & (member if member is not None else True))
     fig = _new_figure(5, 5)
     ax = fig.add_subplot(1, 1, 1)
     drawn = False
     for name, acc in accs.items():
-        s = np.array([acc.scores.get(i, np.nan) for i in range(len(meta))])
+        s = _score_vector(acc, len(meta))
         ok = sel & np.isfinite(s)
         y, sc = labels[ok], s[ok]
         if len(set(y.tolist())) < 2:

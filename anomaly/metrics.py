@@ -179,6 +179,18 @@ def _fast_equivalent(fn: Callable) -> Callable:
     return fn
 
 
+def _two_class_resamples(labels: np.ndarray, n: int, seed: int):
+    """Indices of ``n`` bootstrap resamples of the images (seeded), skipping those with one class."""
+    yb = np.asarray(labels, np.float64) > 0
+    m = len(yb)
+    rng = np.random.default_rng(seed)
+    for _ in range(int(n)):
+        idx = rng.integers(0, m, m)
+        k = int(yb[idx].sum())
+        if 0 < k < m:
+            yield idx
+
+
 def bootstrap_ci(fn: Callable, labels, scores, n: int = 1000, seed: int = 0,
                  alpha: float = 0.05) -> tuple[float, float]:
     """Percentile bootstrap (1 - alpha) CI of ``fn(labels, scores)``, resampling images.
@@ -194,14 +206,8 @@ def bootstrap_ci(fn: Callable, labels, scores, n: int = 1000, seed: int = 0,
     if n <= 0 or m == 0:
         return (NAN, NAN)
     fn = _fast_equivalent(fn)
-    yb = np.asarray(y, np.float64) > 0
-    rng = np.random.default_rng(seed)
     vals = []
-    for _ in range(int(n)):
-        idx = rng.integers(0, m, m)
-        k = int(yb[idx].sum())
-        if k == 0 or k == m:
-            continue
+    for idx in _two_class_resamples(y, n, seed):
         v = fn(y[idx], s[idx])
         if np.isfinite(v):
             vals.append(v)
@@ -209,7 +215,6 @@ def bootstrap_ci(fn: Callable, labels, scores, n: int = 1000, seed: int = 0,
         return (NAN, NAN)
     lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return (float(lo), float(hi))
-
 
 
 class PairedDifference(NamedTuple):
@@ -253,22 +258,12 @@ def paired_bootstrap(fn: Callable, labels, scores_a, scores_b, n: int = 1000, se
     point = fast(y, a) - fast(y, b) if len(y) else NAN
     if n <= 0 or len(y) == 0:
         return _paired_summary(point, [], alpha)
-    yb = np.asarray(y, np.float64) > 0
-    rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(int(n)):
-        idx = rng.integers(0, len(y), len(y))
-        k = int(yb[idx].sum())
-        if k == 0 or k == len(y):
-            continue
+    for idx in _two_class_resamples(y, n, seed):
         d = fast(y[idx], a[idx]) - fast(y[idx], b[idx])
         if np.isfinite(d):
             diffs.append(d)
     return _paired_summary(point, diffs, alpha)
-
-
-def _exact_ap(y: np.ndarray, v: np.ndarray) -> float:
-    return _fast_ap(y, v) if _two_classes(y) else NAN
 
 
 class _BinnedPixelCounts:
@@ -318,7 +313,7 @@ def paired_pixel_ap_bootstrap(masks: Sequence[np.ndarray], maps_a: Sequence[np.n
     va, vb = _flat(maps_a, np.float64), _flat(maps_b, np.float64)
     if not (len(y) == len(va) == len(vb)):
         raise ValueError("masks and maps differ in number of pixels")
-    point = _exact_ap(y, va) - _exact_ap(y, vb)
+    point = _fast_ap(y, va) - _fast_ap(y, vb)
     if n <= 0 or not np.isfinite(point):
         return _paired_summary(point, [], alpha)
     image_of = np.concatenate([np.full(np.asarray(m).size, i, np.int64) for i, m in enumerate(masks)])

@@ -195,6 +195,6 @@ def test_the_tab_reports_a_bad_folder_without_an_error_state(tmp_path, monkeypat
     """In the tab a refusal is a warning and a line in the summary (the API endpoint raises)."""
     warned = []
     monkeypatch.setattr(wl.gr, "Warning", lambda m, *a, **k: warned.append(m))
-    out = wl._ui(wl.on_open_folder, 4)(str(tmp_path / "nothing"), None)
+    out = wl.refusal_as_message(wl.on_open_folder, 4, 3, "Not opened")(str(tmp_path / "nothing"), None)
     assert len(out) == 4 and "does not exist" in out[-1] and out[-1].startswith("**Not opened:**")
     assert all(o == wl.gr.update() for o in out[:-1]) and warned and "does not exist" in warned[0]

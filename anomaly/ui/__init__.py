@@ -1,1 +1,21 @@
 """The Gradio review app: layout in ``app``, plain-function callbacks in ``callbacks``."""
+
+
+def refusal_as_message(fn, n_out: int, message_at: int, prefix: str):
+    """A page event's version of ``fn`` (a callback that raises ``gr.Error`` to refuse): the refusal
+    becomes a warning and ``**{prefix}:** message`` in output ``message_at``, the other ``n_out - 1``
+    outputs are left as they are. A raised error would mark every output "Error" until its next
+    update (and an image output would swallow the next click). API endpoints keep ``fn`` itself,
+    so that ``gradio_client`` callers still get the failure."""
+    import gradio as gr
+
+    def run(*args):
+        try:
+            return fn(*args)
+        except gr.Error as e:
+            gr.Warning(f"{prefix}: {e.message}")
+            out = [gr.update()] * n_out
+            out[message_at] = f"**{prefix}:** {e.message}"
+            return out
+
+    return run

@@ -20,6 +20,7 @@ from anomaly.annotations import InvalidRegionError
 from anomaly.annotations import service as svc
 from anomaly.annotations.store import LABELS, REASONS, STATUSES, StaleEditError
 from anomaly.errors import AnomalyError
+from anomaly.ui import refusal_as_message
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +175,6 @@ def on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc
     gr.Info(msg)
     prev = on_preview(key, index, method, threshold, None, r0, c0, r1, c1, pr, pc)
     return _case_outputs(f.study_key) + [msg, prev, ""]
-
-
-def on_add_ui(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc, threshold, token):
-    """The Add button: as ``on_add``, but a refusal is a message and a warning, not an error state:
-    a raised error would leave the flag list, the preview and the note marked "Error" and swallow
-    the next click on the preview. The note is kept, so nothing typed is lost."""
-    try:
-        return on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc, threshold, token)
-    except gr.Error as e:
-        gr.Warning(f"Not added: {e.message}")
-        return [gr.update()] * 4 + [f"**Not added:** {e.message}", gr.update(), gr.update()]
 
 
 def on_reviewed(key, index, token):
@@ -436,7 +426,9 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     summary_out = [fp_df, fp_plot]
     add_in = [key_state, slider, method_dd, label_dd, reason_dd, note_tb, mode_rb, *region_in, threshold, token]
     add_out = [*case_out, msg_md, preview_img, note_tb]
-    add_ev = add_btn.click(on_add_ui, add_in, add_out, api_visibility="private")
+    # the button: a refusal is a message beside it (the note typed so far is kept)
+    add_ev = add_btn.click(refusal_as_message(on_add, len(add_out), add_out.index(msg_md), "Not added"), add_in,
+                           add_out, api_visibility="private")
     add_ev.then(on_summary, [scope, case_key], summary_out, api_visibility="private")
     # the API endpoint raises its errors (a typed failure for gradio_client callers)
     api_add.click(on_add, add_in, add_out, api_name="add_flag")

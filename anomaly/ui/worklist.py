@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.errors import AnomalyError
+from anomaly.ui import refusal_as_message
 
 RESULTS_ENV = "ANOMALY_RESULTS"
 ANY = "(any)"
@@ -229,21 +230,6 @@ def on_open_folder(folder, method):
     return (gr.update(choices=ms, value=method), table, gallery(df, table, method), summary(df, table, method))
 
 
-def _ui(fn, n_out: int):
-    """The tab's own events: a refusal (bad folder, ...) is a warning and a line in the summary
-    instead of an error state on the table and gallery, which would stay marked "Error" until the
-    next load. The API endpoints keep raising."""
-
-    def run(*args):
-        try:
-            return fn(*args)
-        except gr.Error as e:
-            gr.Warning(e.message)
-            return (*[gr.update()] * (n_out - 1), f"**Not opened:** {e.message}")
-
-    return run
-
-
 def on_filter(folder, method, min_percentile, ood_only, status):
     try:
         df = load_results(folder)
@@ -331,13 +317,16 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
 
     filters = [folder, method, min_pct, ood_only, status]
     open_out = [method, table, thumbs, info]
-    open_btn.click(_ui(on_open_folder, len(open_out)), [folder, method], open_out, api_visibility="private")
-    folder.submit(_ui(on_open_folder, len(open_out)), [folder, method], open_out, api_visibility="private")
+    # the tab's own events: a refusal (bad folder, ...) is a line in the summary, not error badges
+    open_ui = refusal_as_message(on_open_folder, len(open_out), open_out.index(info), "Not opened")
+    open_btn.click(open_ui, [folder, method], open_out, api_visibility="private")
+    folder.submit(open_ui, [folder, method], open_out, api_visibility="private")
     api_open = gr.Button("open results (API)", visible=False)
     api_open.click(on_open_folder, [folder, method], open_out, api_name="worklist_open_folder")
     flt = [method, min_pct, ood_only, status]
     for c in flt:  # the slider: any user change (keyboard too), the latest position only
-        (c.input if c is min_pct else c.change)(_ui(on_filter, 3), filters, [table, thumbs, info],
+        (c.input if c is min_pct else c.change)(refusal_as_message(on_filter, 3, 2, "Not opened"), filters,
+                                                 [table, thumbs, info],
                                                  api_visibility="private", trigger_mode="always_last")
 
     outs = [*review_outputs, *([tabs] if tabs is not None else [])]
