@@ -33,6 +33,7 @@ Bad input (missing/empty folder, unreadable file, mask of the wrong size, ...) e
 from __future__ import annotations
 
 import argparse
+import csv
 import functools
 import heapq
 import json
@@ -65,6 +66,10 @@ MONTAGE_K = 4
 SIZE_BINS = (("<10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), (">=20 mm", 20.0, math.inf))
 # labels.csv size columns: the lesion's largest 3D diameter, and its largest diameter within the slice
 SIZE_COLUMNS = ("size_mm", "slice_extent_mm")
+# labels.csv conspicuity column (the cohort writes it: anomaly.data.cohort.lesion_contrast) and its bins
+CONTRAST_COLUMN = "lesion_contrast"
+CONTRAST_BINS = (("<0.1", 0.0, 0.1), ("0.1-0.2", 0.1, 0.2), (">=0.2", 0.2, math.inf))
+NUMERIC_COLUMNS = (*SIZE_COLUMNS, CONTRAST_COLUMN)  # optional labels.csv columns read as numbers
 IMAGE_METRICS = {
     "image_auroc": M.image_auroc,
     "image_ap": M.image_ap,
@@ -86,7 +91,7 @@ def _check_folder(root: Path, what: str = "data") -> list[Item]:
     for it in items:
         if it.label not in (None, 0, 1):
             raise DatasetError(f"{csv_path}: label of {it.name} must be 0 or 1, got {it.label}")
-        for col in SIZE_COLUMNS:
+        for col in NUMERIC_COLUMNS:
             s = str(it.extras.get(col, "") or "").strip()
             if s:
                 try:
@@ -370,7 +375,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     for chunk in _chunks(items, selection, exclude_invalid, skipped, progress, "evaluate"):
         for e in chunk:
             kind = str(e.item.extras.get("kind", "") or "").strip() or None
-            sizes = {c: str(e.item.extras.get(c, "") or "").strip() for c in SIZE_COLUMNS}
+            sizes = {c: str(e.item.extras.get(c, "") or "").strip() for c in NUMERIC_COLUMNS}
             for k, s in enumerate(e.samples):
                 sid = len(meta)
                 e.ids.append(sid)
@@ -428,10 +433,32 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     result["paired"] = _paired_differences(reference, meta, accs, store, bootstrap, seed)
     figures = _write_figures(out_dir, meta, accs)
     result["figures"] = figures
+    _write_scores_csv(out_dir / SCORES_FILE, meta, accs)
     clean = _jsonable(result)
     (out_dir / "metrics.json").write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
     (out_dir / "metrics.md").write_text(markdown_report(clean))
     return clean
+
+
+SCORES_FILE = "scores.csv"
+
+
+def _write_scores_csv(path: Path, meta: list[dict], accs: dict[str, _MethodAcc]) -> None:
+    """One row per evaluated sample: where it comes from, its label and every method's image score.
+
+    For analyses the summary does not make (a score against a lesion property, two methods'
+    scores against each other). Empty cells: no label / size / score.
+    """
+    n = len(meta)
+    vectors = {name: _score_vector(acc, n) for name, acc in accs.items()}
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "slice", "label", "valid", "kind", *NUMERIC_COLUMNS, *vectors])
+        for i, m in enumerate(meta):
+            sizes = ["" if m.get(c) is None else f"{m[c]:g}" for c in NUMERIC_COLUMNS]
+            scores = ["" if not np.isfinite(v[i]) else f"{v[i]:.6g}" for v in vectors.values()]
+            w.writerow([m["file"], m["index"], "" if m["label"] is None else m["label"], int(m["valid"]),
+                        m["kind"] or "", *sizes, *scores])
 
 
 # ----------------------------------------------------------------------------- summary
@@ -500,10 +527,10 @@ def _at_least(meta: list[dict], column: str, mm: float) -> np.ndarray:
     return np.array([m.get(column) is not None and m[column] >= mm for m in meta], bool)
 
 
-def _size_bin(size: float | None) -> str | None:
+def _size_bin(size: float | None, bins=SIZE_BINS) -> str | None:
     if size is None or not np.isfinite(size):
         return None
-    for name, lo, hi in SIZE_BINS:
+    for name, lo, hi in bins:
         if lo <= size < hi:
             return name
     return None
@@ -529,6 +556,13 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         in_slice = _at_least(meta, "slice_extent_mm", 10.0)
         if np.any(in_slice & (labels == 1)):
             groups["slice_extent_ge_10mm"] = {">=10 mm in the slice": in_slice}
+    con = np.array([_size_bin(m.get(CONTRAST_COLUMN), CONTRAST_BINS) for m in meta], dtype=object)
+    if np.any(np.array([b is not None for b in con], bool) & (labels == 1)):
+        groups["contrast_bin"] = {b: con == b for b, _, _ in CONTRAST_BINS if np.any((con == b) & (labels == 1))}
+        if np.any(ge10 & (labels == 1)):
+            groups["size_ge_10mm_contrast_bin"] = {
+                f">=10 mm, contrast {b}": ge10 & (con == b) for b, _, _ in CONTRAST_BINS
+                if np.any(ge10 & (con == b) & (labels == 1))}
 
     methods_out = {}
     for name, acc in accs.items():
@@ -659,7 +693,9 @@ def markdown_report(res: dict) -> str:
     titles = {"kind": "lesion kind", "size_bin": "lesion size (largest 3D diameter)",
               "size_ge_10mm": "lesions >= 10 mm (3D diameter)",
               "slice_extent_bin": "lesion extent in the slice (largest 2D diameter)",
-              "slice_extent_ge_10mm": "lesions >= 10 mm across in the scored slice"}
+              "slice_extent_ge_10mm": "lesions >= 10 mm across in the scored slice",
+              "contrast_bin": "lesion contrast (mean intensity change inside the lesion)",
+              "size_ge_10mm_contrast_bin": "lesion contrast, lesions >= 10 mm"}
     for gname, title in titles.items():
         rows = [(name, label, g) for name, r in res["methods"].items()
                 for label, g in r["breakdowns"].get(gname, {}).items()]

@@ -111,8 +111,26 @@ def test_masks_align_with_labels(builds):
                 ys, xs = np.nonzero(np.squeeze(m))
                 diag_px = np.hypot(np.ptp(ys) + 1, np.ptp(xs) + 1)
                 assert 0 < float(r["slice_extent_mm"]) <= diag_px * 3.0 + 0.1  # spacing <= 3 mm
+                assert 0 < float(r["lesion_contrast"]) < 5
             else:
-                assert not mp.exists() and r["slice_extent_mm"] == ""
+                assert not mp.exists() and r["slice_extent_mm"] == "" and r["lesion_contrast"] == ""
+
+
+def test_lesion_contrast_is_the_mean_change_in_units_of_bright_brain():
+    from anomaly.data.cohort import lesion_contrast
+
+    healthy = np.full((20, 20), 2.0)
+    brain = np.zeros((20, 20), bool)
+    brain[2:18, 2:18] = True
+    lesion = np.zeros((20, 20), bool)
+    lesion[5:9, 5:9] = True
+    lesioned = healthy.copy()
+    lesioned[5:9, 5:7] = 1.0  # half the lesion darker by 1.0, half brighter by 0.2
+    lesioned[5:9, 7:9] = 2.2
+    assert lesion_contrast(lesioned, healthy, lesion, brain) == pytest.approx(0.6 / 2.0)
+    assert lesion_contrast(lesioned, healthy, np.zeros_like(lesion), brain) == 0.0
+    lesioned[~brain] = 50.0  # outside the lesion: no effect
+    assert lesion_contrast(lesioned, healthy, lesion, brain) == pytest.approx(0.3)
 
 
 def test_lesion_changes_intensity_inside_mask(builds):

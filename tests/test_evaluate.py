@@ -97,8 +97,10 @@ def data(tmp_path_factory):
         # the in-slice extent of a 2D blob is its diameter; the 6 mm one is labelled as the 2 mm
         # pole of a larger lesion, to tell the two size columns apart
         extent = "" if not lesion else (2.0 if size == 6 else float(size))
+        # conspicuity: the cohort's lesion_contrast column, set by hand here to cover its three bins
+        contrast = "" if not lesion else (0.05, 0.15, 0.5)[(j // 2) % 3]
         rows.append({"file": f"s{i:03d}.png", "label": int(lesion), "kind": kind, "size_mm": size,
-                     "slice_extent_mm": extent})
+                     "slice_extent_mm": extent, "lesion_contrast": contrast})
     vol = v[80:86].copy()
     vm = np.zeros(vol.shape, bool)
     c = _brain_point(vol[2], rng)
@@ -235,6 +237,11 @@ def test_breakdowns_by_kind_and_size(report):
     assert br["slice_extent_ge_10mm"][">=10 mm in the slice"]["n_positive"] == 4
     ext = {k: g["n_positive"] for k, g in br["slice_extent_bin"].items()}
     assert ext == {"<10 mm": 2, "10-20 mm": 2, ">=20 mm": 2}
+    # lesion contrast: radii 3..13 -> contrasts 0.05, 0.15, 0.5, 0.05, 0.15, 0.5 (the volume has none)
+    assert {k: g["n_positive"] for k, g in br["contrast_bin"].items()} == {"<0.1": 2, "0.1-0.2": 2, ">=0.2": 2}
+    # >= 10 mm: sizes 12 (0.5), 16 (0.05), 22 (0.15), 26 (0.5); the 14 mm volume has no contrast
+    assert {k: g["n_positive"] for k, g in br["size_ge_10mm_contrast_bin"].items()} == {
+        ">=10 mm, contrast <0.1": 1, ">=10 mm, contrast 0.1-0.2": 1, ">=10 mm, contrast >=0.2": 2}
 
 
 def test_report_files(report):
@@ -456,3 +463,25 @@ def test_subprocess_cli_end_to_end_with_zscore(data, tmp_path):
     for k in METHOD_FIELDS[:7]:
         assert r[k] is None or (0 <= r[k] <= 1 and not math.isnan(r[k]))
     assert (out / "metrics.md").exists() and (out / "montage_zscore.png").exists()
+
+
+def test_scores_csv_has_one_row_per_sample_with_the_metrics_scores(report, data):
+    """scores.csv: the per-sample scores behind the image metrics (AUROC recomputed from it)."""
+    import csv
+
+    from sklearn.metrics import roc_auc_score
+
+    out, res = report
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == res["n_images"]
+    assert list(rows[0])[:8] == ["file", "slice", "label", "valid", "kind", "size_mm", "slice_extent_mm",
+                                 "lesion_contrast"]
+    assert list(rows[0])[8:] == [NAME]
+    assert sorted(r["lesion_contrast"] for r in rows if r["lesion_contrast"]) == ["0.05"] * 2 + ["0.15"] * 2 + ["0.5"] * 2
+    vol = [r for r in rows if r["file"] == "vol.nii.gz"]
+    assert [int(r["slice"]) for r in vol] == list(range(6)) and {r["size_mm"] for r in vol} == {"14"}
+    assert {r["kind"] for r in rows if r["label"] == "0" and r["file"] != "vol.nii.gz"} <= {"", "none"}
+    y = [int(r["label"]) for r in rows]
+    s = [float(r[NAME]) for r in rows]
+    assert roc_auc_score(y, s) == pytest.approx(res["methods"][NAME]["image_auroc"], abs=1e-5)

@@ -41,7 +41,7 @@ _CODES = {s: i + 1 for i, s in enumerate(SPLITS)}
 MAIN_VARIANTS = (("mni152", "stripped"), ("colin27", "skull"), ("colin27", "stripped"))
 SIZE_RANGE = (3.0, 40.0)
 COLUMNS = ("file", "label", "truth", "kind", "size_mm", "subject", "source", "skull", "slice", "lesion_px",
-           "slice_extent_mm")
+           "slice_extent_mm", "lesion_contrast")
 STATEMENT = ("All lesions in this cohort are SYNTHETIC: drawn by anomaly.data.lesions on real healthy "
              "anatomy (MNI152 2009a, Colin27, one ITK subject). No slice shows real pathology.")
 

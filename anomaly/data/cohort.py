@@ -126,6 +126,23 @@ class Job:
     level_matched: bool = False  # normals at the lesion slices' levels, one per lesion slice (_level_matched)
 
 
+def lesion_contrast(lesioned: np.ndarray, healthy: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> float:
+    """How much a lesion changes its slice: mean |lesioned - healthy| inside the lesion mask, in
+    units of the healthy slice's 99th-percentile brain intensity (about what preprocessing maps to 1).
+
+    ``healthy`` is the same slice of the same pseudo-subject without the lesion, with the same
+    intensity variation. 0.1 = the lesion moves its pixels by a tenth of bright white matter's
+    intensity on average.
+    """
+    lesion = np.asarray(lesion, bool)
+    if not lesion.any():
+        return 0.0
+    b = np.asarray(brain, bool)
+    ref = float(np.percentile(healthy[b], 99)) if b.any() else float(np.percentile(healthy, 99))
+    d = np.abs(np.asarray(lesioned, np.float64) - np.asarray(healthy, np.float64))[lesion]
+    return float(d.mean() / max(ref, 1e-6))
+
+
 def _evenly(idx: list[int], k: int, rng: np.random.Generator | None = None) -> list[int]:
     if k <= 0 or not idx:
         return []
@@ -239,6 +256,8 @@ def run_job(job: Job) -> list[dict]:
 
     used: set[int] = set()
     picks: list[tuple[int, np.ndarray, np.ndarray | None, object]] = []  # (z, slice, lesion2d, info)
+    contrast: dict[int, float] = {}  # lesion slice z -> lesion_contrast
+    healthy = finish(img) if job.lesions else None  # the lesion-free twin (no draw from rng)
 
     # ---- lesion variants
     for kind, size in job.lesions:
@@ -253,6 +272,7 @@ def run_job(job: Job) -> list[dict]:
         vol = finish(vol)
         for z in zs:
             picks.append((z, vol[z], m[z], info))
+            contrast[z] = lesion_contrast(vol[z], healthy[z], m[z], brain[z])
             used.add(z)
         # keep a guard band of one slice around each lesion's extent for normal slices
         lz = np.flatnonzero(areas)
@@ -270,7 +290,7 @@ def run_job(job: Job) -> list[dict]:
         off = int(rng.integers(max(1, job.normal_step)))
         zs = free[off :: max(1, job.normal_step)]
     if zs:
-        healthy = finish(img)
+        healthy = finish(img) if healthy is None else healthy
         for z in zs:
             picks.append((z, healthy[z], None, None))
 
@@ -290,7 +310,8 @@ def run_job(job: Job) -> list[dict]:
                    kind=info.kind if lab else "none",
                    size_mm=round(float(info.size_mm), 1) if lab else "",
                    slice=int(z), lesion_px=int(les.sum()) if lab else 0,
-                   slice_extent_mm=round(feret_diameter(les, spacing), 1) if lab else "")
+                   slice_extent_mm=round(feret_diameter(les, spacing), 1) if lab else "",
+                   lesion_contrast=round(contrast[z], 4) if lab else "")
         row[job.label_column] = lab
         if job.label_column != "label":
             row["label"] = ""
