@@ -2,7 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/readme_tables.py runs/benchmark
 The README's tables are these rows, copied as printed (main table, the >= 10 mm groups by 3D
-diameter and by in-slice extent, the paired differences against the AE); nothing is typed by hand.
+diameter, by in-slice extent and by lesion contrast, the paired differences against the AE);
+nothing is typed by hand.
 """
 import sys
 from pathlib import Path
@@ -36,6 +37,7 @@ if __name__ == "__main__":
             continue
         md = p.read_text()
         for heading in (None, "## By lesions >= 10 mm (3D diameter)", "## By lesions >= 10 mm across in the scored slice",
+                        "## By lesion contrast, lesions >= 10 mm",
                         "## Paired differences: each method minus ae"):
             rows = section(md, heading)
             if rows:
