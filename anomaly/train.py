@@ -61,7 +61,8 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     if len(train) == 0:
         raise DatasetError(f"no healthy slices to train on in {data}")
     if val is None:
-        val, train = hold_out_files(train)
+        folder = data / train_split if (data / train_split).is_dir() else data
+        val, train = hold_out_files(train, subjects=_subjects_of(folder))
     else:
         val = val.subset(np.nonzero(val.labels != 1)[0])
     if len(train) == 0:
@@ -69,18 +70,34 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     return train, val, val_lesion
 
 
-def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0) -> tuple[PreparedSet, PreparedSet]:
+def _subjects_of(folder: Path) -> dict[str, str]:
+    """File name -> ``subject`` from the folder's labels.csv (files without one are left out)."""
+    from anomaly.data.folder import read_folder
+
+    try:
+        items = read_folder(folder)
+    except AnomalyError:
+        return {}
+    return {it.name: str(it.extras.get("subject") or "").strip() for it in items
+            if str(it.extras.get("subject") or "").strip()}
+
+
+def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0,
+                   subjects: dict[str, str] | None = None) -> tuple[PreparedSet, PreparedSet]:
     """(validation, training): whole files (a volume's slices stay together) drawn at random (fixed
     seed) until about ``fraction`` of the slices is held out, so calibration never sees a neighbour
-    of a training slice. With one file only, its slices are split (said on stderr)."""
+    of a training slice. ``subjects`` (file name -> subject, from labels.csv) keeps all files of one
+    subject on the same side. With one file (or subject) only, its slices are split (said on stderr)."""
     files = np.array([n.rsplit(":", 1)[0] for n in ps.names]) if ps.names else np.arange(len(ps)).astype(str)
+    if subjects:
+        files = np.array([f"subject {subjects[f]}" if f in subjects else f for f in files])
     uniq = np.unique(files)
     rng = np.random.default_rng(seed)
     if len(ps) < 2:
         raise DatasetError(f"{len(ps)} usable healthy slice(s): at least 2 are needed, one to train on and one "
                            "to calibrate with")
     if len(uniq) < 2:
-        print(f"note: one file only: {max(1, len(ps) // 10)} of its {len(ps)} slices are held out for "
+        print(f"note: one {'subject' if subjects else 'file'} only: {max(1, len(ps) // 10)} of its {len(ps)} slices are held out for "
               "calibration (neighbours of training slices)", file=sys.stderr)
         idx = rng.permutation(len(ps))
         k = max(1, len(ps) // 10)
@@ -142,6 +159,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
         write_card(out, card)
     else:
+        resumed = bool(cfg.resume) and (out / "work").is_dir() and any((out / "work").rglob("state.safetensors"))
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
         card = save_checkpoint(out, tensors, {
             "method": cls.name,
@@ -157,6 +175,8 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             "seed": cfg.seed,
             "config": {k: v for k, v in vars(cfg).items()},
             "trained_on": device_label(cfg.device),
+            # config.resume is what was asked; this says whether a saved state was there to continue
+            "resumed_from_saved_state": resumed,
             "project_version": __version__,
             **extra,
         })
@@ -173,7 +193,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     clear_cache()
     m = get_method(cls.name, out)
     card["validation"].update(validation_figures(m, val_lesion, cfg.seed))
-    card["total_wall_time_s"] = round(time.time() - t0, 1)
+    card["total_wall_time_s"] = round(time.time() - t0, 1)  # this command (wall_time_s: training over all runs)
     write_card(out, card)
     clear_cache()
     return load_card(out)

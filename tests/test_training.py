@@ -106,6 +106,33 @@ def test_hold_out_keeps_the_slices_of_a_volume_together():
         hold_out_files(one.subset([0]))
 
 
+def test_hold_out_keeps_the_files_of_a_subject_together(tmp_path):
+    """labels.csv's subject column: a subject's files are all held out or all trained on."""
+    from anomaly.data.folder import write_image, write_labels
+    from anomaly.data.prepared import PreparedSet
+    from anomaly.train import _subjects_of, hold_out_files
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(6):
+        for k in range(3):  # three 2D slices per subject, one file each
+            write_image(tmp_path, f"s{s}_{k}", rng.random((16, 16)).astype(np.float32) + 0.1)
+            rows.append({"file": f"s{s}_{k}.png", "label": 0, "subject": f"subj{s}"})
+    write_labels(tmp_path, rows)
+    subjects = _subjects_of(tmp_path)
+    assert subjects["s3_1"] == "subj3" and len(subjects) == 18  # keyed like PreparedSet names: file stem
+    names = [f"s{s}_{k}:0" for s in range(6) for k in range(3)]
+    ps = PreparedSet(np.zeros((18, 8, 8), np.float32), np.ones((18, 8, 8), bool), np.zeros(18, np.int64), None, names)
+    subj = lambda p: {subjects[n.split(":")[0]] for n in p.names}  # noqa: E731
+    for seed in range(5):
+        val, train = hold_out_files(ps, seed=seed, subjects=subjects)
+        assert len(val) == 3 and len(subj(val)) == 1 and not subj(val) & subj(train)
+    # without subjects, files are drawn one by one: slices of a subject end up on both sides for some seed
+    split = [hold_out_files(ps, seed=seed)[0] for seed in range(5)]
+    assert any(len(subj(v)) > 1 for v in split)
+    assert _subjects_of(tmp_path / "nothing here") == {}
+
+
 def _tiny_loop(tmp_path, max_steps, resume=False, out=1):
     net = torch.nn.Linear(4, out)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -165,3 +192,18 @@ def test_a_blank_image_in_a_training_folder_is_skipped_by_name(tmp_path, capsys)
     ps = load_prepared(d, cache=False)
     assert len(ps) == 3 and not any(n.startswith("blank") for n in ps.names)
     assert "skipped blank.png" in capsys.readouterr().err
+
+
+def test_the_card_says_whether_a_saved_state_was_resumed(tiny_dataset, tmp_path):
+    from anomaly.checkpoints import load_card
+    from anomaly.train import train
+
+    out = tmp_path / "ae"
+    c0 = train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=2, batch_size=4, resume=True))
+    assert c0["config"]["resume"] is True and c0["resumed_from_saved_state"] is False  # nothing to resume
+    c1 = train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=4, batch_size=4, resume=True))
+    assert c1["resumed_from_saved_state"] is True and c1["train_steps"] == 4
+    assert c1["wall_time_s"] >= c0["wall_time_s"]  # training time adds up over the runs
+    assert load_card(out)["resumed_from_saved_state"] is True
+    c2 = train("ae", tiny_dataset, tmp_path / "fresh", TrainConfig(seed=0, max_steps=2, batch_size=4))
+    assert c2["resumed_from_saved_state"] is False
