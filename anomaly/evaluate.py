@@ -18,14 +18,17 @@ post-processing). Maps are brought back to each image's own pixel grid with
   validation threshold (its calibration pixel threshold, or recomputed from ``--val-data``).
 * Slices that preprocessing marks as not ``valid`` (too little brain) are evaluated with the
   score the method gives them, unless ``--exclude-invalid``; ``metrics.json`` says which.
-* Breakdowns by ``kind`` and size bin (labels.csv columns ``kind``, ``size_mm``).
+* Breakdowns by ``kind``, size bin and lesions >= 10 mm (labels.csv ``kind``, ``size_mm``), and
+  where given by the in-slice extent (``slice_extent_mm``) and the lesion contrast
+  (``lesion_contrast``: all lesions and lesions >= 10 mm).
 * Paired differences against a reference method (``--reference``, default ``ae`` when it is
   evaluated): image AUROC, image AP and pixel AP of each method minus the reference's, with a
   paired bootstrap CI (the same resampled slices for both), so "does X beat the plain AE?" is
   answered by the CI of the difference, not by two overlapping marginal CIs.
 
-Writes OUT/metrics.json (schema: docs/metrics_schema.md), OUT/metrics.md, OUT/roc.png,
-OUT/pr.png, OUT/roc_ge10mm.png (when lesions >= 10 mm exist) and OUT/montage_METHOD.png.
+Writes OUT/metrics.json (schema: docs/metrics_schema.md), OUT/metrics.md, OUT/scores.csv (every
+sample's image score per method), OUT/roc.png, OUT/pr.png, OUT/roc_ge10mm.png (when lesions
+>= 10 mm exist) and OUT/montage_METHOD.png.
 Bad input (missing/empty folder, unreadable file, mask of the wrong size, ...) ends with
 ``error: <message>`` on stderr and exit status 2.
 """
@@ -49,7 +52,7 @@ from tqdm import tqdm
 from anomaly import metrics as M
 from anomaly.calibration import brain_fill, fit_calibration
 from anomaly.data.folder import Item, Sample, item_samples, read_folder, read_image
-from anomaly.errors import AnomalyError, CheckpointError, DatasetError
+from anomaly.errors import AnomalyError, CheckpointError, DatasetError, InvalidRequestError
 from anomaly.methods.base import AnomalyMethod, get_method, resolve_methods
 
 if TYPE_CHECKING:
@@ -84,20 +87,25 @@ def _check_folder(root: Path, what: str = "data") -> list[Item]:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise DatasetError(f"{what} folder {root} is a file, not a folder")
+    if not root.exists():
+        raise DatasetError(f"{what} folder {root} does not exist")
     if root.is_dir() and not any(root.iterdir()):
         raise DatasetError(f"{what} folder {root} is empty (expected images/, optional masks/ and labels.csv)")
     items = read_folder(root)
     csv_path = root / "labels.csv"
     for it in items:
         if it.label not in (None, 0, 1):
-            raise DatasetError(f"{csv_path}: label of {it.name} must be 0 or 1, got {it.label}")
+            raise DatasetError(f"{csv_path}: label of {it.image_path.name} must be 0 or 1, got {it.label}")
         for col in NUMERIC_COLUMNS:
             s = str(it.extras.get(col, "") or "").strip()
             if s:
                 try:
-                    float(s)
+                    v = float(s)
                 except ValueError:
-                    raise DatasetError(f"{csv_path}: {col} of {it.name} is not a number: {s!r}") from None
+                    v = None
+                if v is None or not math.isfinite(v) or v < 0:
+                    raise DatasetError(f"{csv_path}: {col} of {it.image_path.name} must be a number >= 0 "
+                                       f"(or empty), got {s!r}")
     return items
 
 
@@ -341,6 +349,8 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     if val_data is not None:
         _check_folder(Path(val_data), "validation")
     spec = ",".join(methods) if not isinstance(methods, str) else methods
+    if not spec.strip(" ,"):
+        raise InvalidRequestError("no method named: give --methods all or NAME[,NAME]")
     names = resolve_methods(spec, Path(checkpoint_root) if checkpoint_root else None)
     if not names:
         raise CheckpointError(
@@ -455,10 +465,12 @@ def _write_scores_csv(path: Path, meta: list[dict], accs: dict[str, _MethodAcc])
         w = csv.writer(f)
         w.writerow(["file", "slice", "label", "valid", "kind", *NUMERIC_COLUMNS, *vectors])
         for i, m in enumerate(meta):
-            sizes = ["" if m.get(c) is None else f"{m[c]:g}" for c in NUMERIC_COLUMNS]
+            # a file's kind and sizes describe its lesion: not the lesion-free slices of a lesion volume
+            lesion_free = m["label"] == 0
+            sizes = ["" if m.get(c) is None or lesion_free else f"{m[c]:g}" for c in NUMERIC_COLUMNS]
             scores = ["" if not np.isfinite(v[i]) else f"{v[i]:.6g}" for v in vectors.values()]
             w.writerow([m["file"], m["index"], "" if m["label"] is None else m["label"], int(m["valid"]),
-                        m["kind"] or "", *sizes, *scores])
+                        "" if lesion_free else (m["kind"] or ""), *sizes, *scores])
 
 
 # ----------------------------------------------------------------------------- summary
@@ -837,6 +849,16 @@ def _write_figures(out_dir: Path, meta, accs) -> list[str]:
 # ----------------------------------------------------------------------------- CLI
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m anomaly.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -848,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint root (default checkpoints/)")
     p.add_argument("--max-slices", type=int, default=None, help="evaluate a seeded random subset of N slices")
     p.add_argument("--seed", type=int, default=0, help="seed for methods, bootstrap and subsets")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000, help="bootstrap resamples for the CIs (0: none)")
     p.add_argument("--reference", default="auto",
                    help="method the others are compared with, paired (default: ae when evaluated; 'none': no comparison)")
     p.add_argument("--exclude-invalid", action="store_true",

@@ -7,6 +7,10 @@ contract's ``volume_score`` (max over scored slices). Reports, per method, volum
 lesion; and whether the slice the app opens on (``Analysis.most_anomalous_slice``, rule
 ``anomaly.analysis.OPENING_RULE``) does, beside what a slice drawn at random from the same
 candidate slices would do (chance). Writes OUT/volumes.json and OUT/volumes.md.
+
+A volume's label: from its mask if it has one (a lesion voxel -> lesion volume), else from
+labels.csv, else healthy (a folder of healthy volumes needs neither masks nor labels.csv). ``--methods all`` is every single-pass method with a
+checkpoint: the diffusion model runs on demand in the app and is left out unless named.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from anomaly import metrics as M
 from anomaly.analysis import OPENING_RULE, analyse
 from anomaly.data.folder import read_folder, read_mask
 from anomaly.errors import AnomalyError, DatasetError
+from anomaly.evaluate import _jsonable
 from anomaly.io import load_scan
-from anomaly.methods.base import resolve_methods
+from anomaly.methods.base import method_class, resolve_methods
 
 
 def evaluate_volumes(data_dir, methods: list[str], checkpoint_root: Path | None = None) -> dict:
@@ -37,8 +42,12 @@ def evaluate_volumes(data_dir, methods: list[str], checkpoint_root: Path | None 
         if lesion.shape != scan.shape:
             raise DatasetError(f"mask {item.mask_path} does not match volume {item.image_path} ({lesion.shape} vs {scan.shape})")
         lesion_slices = set(np.nonzero(lesion.reshape(len(lesion), -1).any(1))[0].tolist())
+        if item.mask_path is not None:
+            label = int(bool(lesion_slices))
+        else:
+            label = item.label if item.label is not None else 0  # labels.csv, else healthy
         a = analyse(scan, methods, checkpoint_root=checkpoint_root)
-        row = {"file": item.image_path.name, "label": int(bool(lesion_slices)), "n_slices": a.n_slices,
+        row = {"file": item.image_path.name, "label": label, "n_slices": a.n_slices,
                "lesion_slices": [min(lesion_slices), max(lesion_slices)] if lesion_slices else None, "methods": {}}
         for name, r in a.results.items():
             top = r.most_anomalous_slice
@@ -50,15 +59,18 @@ def evaluate_volumes(data_dir, methods: list[str], checkpoint_root: Path | None 
                       "opening_slice_in_lesion": (opening in lesion_slices) if lesion_slices else None,
                       "chance": (float(np.mean([c in lesion_slices for c in cand])) if lesion_slices and len(cand) else None)}
         rows.append(row)
-    labels = np.array([r["label"] for r in rows])
-    out = {"schema_version": 1, "data": str(data_dir), "n_volumes": len(rows), "n_lesion_volumes": int(labels.sum()),
+    labels = np.array([-1 if r["label"] is None else r["label"] for r in rows])
+    known = labels >= 0
+    out = {"schema_version": 1, "data": str(data_dir), "n_volumes": len(rows), "n_lesion_volumes": int((labels == 1).sum()),
+           "n_unlabelled_volumes": int((~known).sum()),
            "volume_score": "max over scored slices (anomaly.calibration.volume_score)", "methods": {}, "volumes": rows}
     for name in methods:
         scores = np.array([r["methods"][name]["volume_score"] for r in rows])
-        hits = [r["methods"][name]["top_slice_in_lesion"] for r in rows if r["label"] == 1]
-        out["methods"][name] = {"volume_auroc": M.image_auroc(labels, scores),
+        hits = [r["methods"][name]["top_slice_in_lesion"] for r in rows if r["label"] == 1 and r["lesion_slices"]]
+        auroc = M.image_auroc(labels[known], scores[known]) if known.any() else None
+        out["methods"][name] = {"volume_auroc": auroc if auroc is not None and np.isfinite(auroc) else None,
                                 "top_slice_in_lesion": float(np.mean(hits)) if hits else None}
-    les = [r["app"] for r in rows if r["label"] == 1]
+    les = [r["app"] for r in rows if r["label"] == 1 and r["lesion_slices"]]  # lesion volumes with a mask
     out["app"] = {"opening_slice_in_lesion": float(np.mean([x["opening_slice_in_lesion"] for x in les])) if les else None,
                   "chance": float(np.mean([x["chance"] for x in les])) if les else None,
                   "rule": OPENING_RULE}
@@ -84,20 +96,26 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m anomaly.evaluate_volumes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--methods", default="all")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--checkpoints", type=Path, default=None)
+    p.add_argument("--data", required=True, type=Path,
+                   help="data-set folder whose images/ holds NIfTI volumes (optional masks/ and labels.csv)")
+    p.add_argument("--methods", default="all",
+                   help="'all' (every single-pass method with a checkpoint) or NAME[,NAME] (anoddpm only if named)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for volumes.json and volumes.md")
+    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoint root (default checkpoints/)")
     a = p.parse_args(argv)
     try:
+        if a.out.exists() and not a.out.is_dir():
+            raise AnomalyError(f"output path {a.out} exists and is not a folder")
         names = resolve_methods(a.methods, a.checkpoints)
-        names = [n for n in names if n != "anoddpm"] if a.methods == "all" else names
+        if a.methods.strip().lower() == "all":
+            names = [n for n in names if not method_class(n).on_demand]
         res = evaluate_volumes(a.data, names, a.checkpoints)
-    except AnomalyError as e:
+        a.out.mkdir(parents=True, exist_ok=True)
+    except (AnomalyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "volumes.json").write_text(json.dumps(res, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    text = json.dumps(_jsonable(res), indent=2, allow_nan=False)  # NaN -> null: strict JSON
+    (a.out / "volumes.json").write_text(text)
     (a.out / "volumes.md").write_text(markdown(res))
     print(markdown(res))
     return 0

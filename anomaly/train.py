@@ -44,6 +44,11 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     A folder without ``train/`` is a plain folder of healthy scans (10% held out for validation);
     so is a missing ``val_normal/``. A split named on purpose (not the default name) must exist:
     a typo is a ``DatasetError``, not a silent fall-back.
+
+    Training slices use a folder's ground-truth ``brainmasks/`` where it has them (the training
+    data then does not depend on the brain extractor); the validation sets never do: calibration
+    and validation figures are fitted on the masks the app and ``evaluate`` will use, those of the
+    brain extractor (``--val-data`` in ``evaluate`` then reproduces a card's calibration).
     """
     data = Path(data)
     for name, default in ((train_split, "train"), (val_split, "val_normal")):
@@ -51,9 +56,10 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
             raise DatasetError(f"no split folder {name!r} in {data}")
     if (data / train_split).is_dir():
         train = load_prepared(data / train_split, desc="preprocess train")
-        val = load_prepared(data / val_split, desc="preprocess val") if (data / val_split).is_dir() else None
+        val = (load_prepared(data / val_split, desc="preprocess val", use_brainmasks=False)
+               if (data / val_split).is_dir() else None)
         vl = data / "val_lesion"
-        val_lesion = load_prepared(vl, desc="preprocess val_lesion") if vl.is_dir() else None
+        val_lesion = load_prepared(vl, desc="preprocess val_lesion", use_brainmasks=False) if vl.is_dir() else None
     else:
         allset = load_prepared(data, desc="preprocess")
         train, val, val_lesion = allset, None, None
@@ -63,6 +69,12 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     if val is None:
         folder = data / train_split if (data / train_split).is_dir() else data
         val, train = hold_out_files(train, subjects=_subjects_of(folder))
+        if (folder / "brainmasks").is_dir():  # the held-out files again, with the extractor's masks
+            extracted = load_prepared(folder, desc="preprocess held-out", use_brainmasks=False)
+            held = set(val.names)
+            val = extracted.subset(np.array([i for i, n in enumerate(extracted.names) if n in held], np.int64))
+            if len(val) == 0:
+                raise DatasetError(f"none of the held-out slices of {folder} is usable with the brain extractor's masks")
     else:
         val = val.subset(np.nonzero(val.labels != 1)[0])
     if len(train) == 0:

@@ -117,3 +117,35 @@ def test_app_callback_exports_seg_of_the_loaded_dicom_scan(tmp_path, monkeypatch
     out = on_export_seg(k)
     ds = pydicom.dcmread(out)
     assert ds.Modality == "SEG" and str(ds.PatientName) == a.study_key
+
+
+def test_seg_carries_no_institution_or_identifier_anywhere(tmp_path, series):
+    """Identifiers of the source go nowhere in the SEG, nested sequences included (highdicom copies
+    the source's equipment into ContributingEquipmentSequence)."""
+    files, scan, key = series
+    named = tmp_path / "named"
+    named.mkdir()
+    secrets = {"PatientName": "Doe^Jane", "PatientID": "MRN-123456", "InstitutionName": "St Secret Hospital",
+               "StationName": "MRS1", "AccessionNumber": "ACC987", "PatientBirthDate": "19700101",
+               "ReferringPhysicianName": "Dr^Who", "OperatorsName": "Op^Erator", "StudyID": "STUDY-42",
+               "InstitutionalDepartmentName": "Neuro Secret Dept"}
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        for kw, v in secrets.items():
+            setattr(ds, kw, v)
+        for tag in [t for t in ds.keys() if t.group == 0]:  # command-set leftovers pydicom will not write
+            del ds[tag]
+        ds.save_as(str(named / f.name))
+    nfiles = sorted(named.glob("*.dcm"))
+    nscan = load_scan(nfiles)
+    nkey = study_key(nscan.study_uid)
+    s, h, w = nscan.shape
+    store = Store(tmp_path / "a.sqlite")
+    store.add_flag(study_key=nkey, plane="axial", slice_index=s // 2, shape=(h, w), n_slices=s, method="dae",
+                   label="confirmed_finding", reviewer="alice", mask=_box_mask(h, w, 20, 30, 20, 30))
+    out = export_dicom_seg(store, nkey, nfiles, tmp_path / "seg.dcm")
+    raw = out.read_bytes()
+    for v in secrets.values():
+        assert v.encode() not in raw, v
+    seg = pydicom.dcmread(str(out))
+    assert str(seg.PatientName) == nkey and seg.StudyID == ""

@@ -403,14 +403,37 @@ def _bad_folders(data, tmp: Path) -> dict[str, tuple[Path, str]]:
     badext = tmp / "badextent"
     write_image(badext, "a", img)
     write_labels(badext, [{"file": "a.png", "label": 1, "size_mm": 12, "slice_extent_mm": "wide"}])
+    labels_cases = {  # labels.csv content (header file,label,size_mm,lesion_contrast) -> expected message
+        "label 1.5": ("a.png,1.5,,\n", "label of a.png must be 0 or 1"),
+        "label -0.5": ("a.png,-0.5,,\n", "label of a.png must be 0 or 1"),
+        "label inf": ("a.png,inf,,\n", "label of a.png must be 0 or 1"),
+        "short row": ("a.png\n", "line 2: 4 columns expected"),
+        "row for a missing file": ("a.png,0,,\nb.png,1,,\n", "line 3: b.png is not in images/"),
+        "file listed twice": ("a.png,0,,\na.png,1,,\n", "a.png is listed twice (lines 2 and 3)"),
+        "another suffix": ("a.nii.gz,0,,\n", "a.nii.gz is not in images/"),
+        "size nan": ("a.png,1,nan,\n", "size_mm of a.png must be a number >= 0"),
+        "size negative": ("a.png,1,-5,\n", "size_mm of a.png must be a number >= 0"),
+        "contrast inf": ("a.png,1,,inf\n", "lesion_contrast of a.png must be a number >= 0"),
+    }
+    cases = {}
+    for k, (body, needle) in labels_cases.items():
+        d = tmp / ("labels_" + k.replace(" ", "_").replace(".", "_"))
+        write_image(d, "a", img)
+        (d / "labels.csv").write_text("file,label,size_mm,lesion_contrast\n" + body)
+        cases[k] = (d, needle)
+    twins = tmp / "twins"  # one name, two images: labels.csv and masks could not tell them apart
+    write_image(twins, "a", img)
+    write_image(twins, "a", img[None].repeat(3, 0))
+    cases["two images, one name"] = (twins, "holds both a.nii.gz and a.png")
     return {
+        **cases,
         "missing": (tmp / "nonexistent", "nonexistent"),
         "empty": (empty, str(empty)),
         "no images/": (noimg, "images/"),
         "mask size": (mism, "a.png"),
         "corrupt png": (corrupt, "broken.png"),
         "bad label": (badlab, "labels.csv"),
-        "bad in-slice extent": (badext, "slice_extent_mm of a is not a number"),
+        "bad in-slice extent": (badext, "slice_extent_mm of a.png must be a number >= 0"),
     }
 
 
@@ -480,8 +503,21 @@ def test_scores_csv_has_one_row_per_sample_with_the_metrics_scores(report, data)
     assert list(rows[0])[8:] == [NAME]
     assert sorted(r["lesion_contrast"] for r in rows if r["lesion_contrast"]) == ["0.05"] * 2 + ["0.15"] * 2 + ["0.5"] * 2
     vol = [r for r in rows if r["file"] == "vol.nii.gz"]
-    assert [int(r["slice"]) for r in vol] == list(range(6)) and {r["size_mm"] for r in vol} == {"14"}
-    assert {r["kind"] for r in rows if r["label"] == "0" and r["file"] != "vol.nii.gz"} <= {"", "none"}
+    assert [int(r["slice"]) for r in vol] == list(range(6))
+    # the volume's kind and size belong to its lesion slices (2, 3), not to its lesion-free ones
+    assert [(r["label"], r["kind"], r["size_mm"]) for r in vol] == [("0", "", "")] * 2 + [("1", "bright", "14")] * 2 + [("0", "", "")] * 2
+    assert {r["kind"] for r in rows if r["label"] == "0"} == {""}
     y = [int(r["label"]) for r in rows]
     s = [float(r[NAME]) for r in rows]
     assert roc_auc_score(y, s) == pytest.approx(res["methods"][NAME]["image_auroc"], abs=1e-5)
+
+
+def test_cli_usage_errors_say_what_is_wrong(data, tmp_path, capsys):
+    base = ["--data", data["test"], "--out", tmp_path / "o", "--checkpoints", data["ckpt"]]
+    rc, _, err = _run([*base, "--methods", ""], capsys)
+    assert rc == 2 and "no method named" in err
+    rc, _, err = _run([*base, "--methods", NAME, "--val-data", tmp_path / "novaldir"], capsys)
+    assert rc == 2 and "validation folder" in err and "does not exist" in err
+    with pytest.raises(SystemExit) as e:
+        _run([*base, "--methods", NAME, "--bootstrap", "-5"], capsys)
+    assert e.value.code == 2 and "must be 0 or more" in capsys.readouterr().err

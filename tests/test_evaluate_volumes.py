@@ -48,3 +48,29 @@ def test_volume_metrics_on_a_lesion_and_a_healthy_volume(volume_set, tiny_checkp
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "nope"), "--methods", "zscore", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_labels_csv_labels_a_volume_without_mask_and_the_json_is_strict(volume_set, tiny_checkpoints, tmp_path, capsys):
+    """A lesion volume known only from labels.csv counts as one; one class only: AUROC null, not NaN."""
+    import json
+    import shutil
+
+    from anomaly.data.folder import write_labels
+
+    d = tmp_path / "vols"
+    shutil.copytree(volume_set, d)
+    shutil.rmtree(d / "masks")
+    write_labels(d, [{"file": "lesion.nii.gz", "label": 1}, {"file": "healthy.nii.gz", "label": 0}])
+    res = evaluate_volumes(d, ["zscore"], tiny_checkpoints)
+    assert res["n_lesion_volumes"] == 1 and res["methods"]["zscore"]["volume_auroc"] is not None
+    assert res["methods"]["zscore"]["top_slice_in_lesion"] is None  # no mask: where the lesion is is unknown
+    (d / "images" / "healthy.nii.gz").unlink()
+    write_labels(d, [{"file": "lesion.nii.gz", "label": 1}])
+    assert main(["--data", str(d), "--methods", "zscore", "--out", str(tmp_path / "o"),
+                 "--checkpoints", str(tiny_checkpoints)]) == 0
+    text = (tmp_path / "o" / "volumes.json").read_text()
+    assert "NaN" not in text and json.loads(text)["methods"]["zscore"]["volume_auroc"] is None
+    (tmp_path / "afile").write_text("x")
+    assert main(["--data", str(d), "--methods", "zscore", "--out", str(tmp_path / "afile"),
+                 "--checkpoints", str(tiny_checkpoints)]) == 2
+    assert "is not a folder" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from anomaly.training import TrainConfig, TrainLoop, batches, device_label, resolve_device
@@ -207,3 +208,35 @@ def test_the_card_says_whether_a_saved_state_was_resumed(tiny_dataset, tmp_path)
     assert load_card(out)["resumed_from_saved_state"] is True
     c2 = train("ae", tiny_dataset, tmp_path / "fresh", TrainConfig(seed=0, max_steps=2, batch_size=4))
     assert c2["resumed_from_saved_state"] is False
+
+
+def test_calibration_uses_the_extractor_masks_like_evaluate(tiny_dataset, tmp_path):
+    """A folder with ground-truth brainmasks/: training may use them, calibration must not, so that
+    evaluate --val-data (the real pipeline) reproduces the card's calibration."""
+    import shutil
+
+    from PIL import Image
+
+    from anomaly.data.prepared import load_prepared
+    from anomaly.evaluate import calibrate_on
+    from anomaly.methods.base import get_method
+    from anomaly.train import load_training_data, train
+
+    data = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, data)
+    for split in ("train", "val_normal"):  # "ground truth" masks unlike the extractor's: a centred box
+        (data / split / "brainmasks").mkdir()
+        for p in sorted((data / split / "images").glob("*.png")):
+            with Image.open(p) as im:
+                w, h = im.size
+            m = np.zeros((h, w), np.uint8)
+            m[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+            Image.fromarray(m).save(data / split / "brainmasks" / p.name)
+    tr, val, _ = load_training_data(data)
+    extracted = load_prepared(data / "val_normal", use_brainmasks=False)
+    gt = load_prepared(data / "val_normal")
+    assert not np.array_equal(gt.masks, extracted.masks)  # the two kinds of masks differ here
+    assert val.names == extracted.names and np.array_equal(val.masks, extracted.masks)
+    card = train("zscore", data, tmp_path / "z", TrainConfig(seed=0))
+    cal = calibrate_on(data / "val_normal", {"zscore": get_method("zscore", tmp_path / "z")}, progress=False)["zscore"]
+    assert cal.pixel_threshold == pytest.approx(card["calibration"]["pixel_threshold"], rel=1e-6)

@@ -29,9 +29,26 @@ from anomaly.keys import study_key as make_study_key
 SEG_LABELS = ("confirmed_finding",)
 _TITLES = {"confirmed_finding": "confirmed finding", "missed_lesion": "missed lesion",
            "false_positive": "false positive"}
+# removed wherever they occur, nested sequences included (highdicom copies e.g. the source's
+# equipment, with its institution and station, into ContributingEquipmentSequence)
 _PATIENT_KEYWORDS_REMOVED = ("PatientBirthDate", "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames",
                              "PatientAddress", "PatientTelephoneNumbers", "PatientMotherBirthName",
-                             "ReferringPhysicianName", "AccessionNumber", "InstitutionName", "InstitutionAddress")
+                             "ReferringPhysicianName", "AccessionNumber", "InstitutionName", "InstitutionAddress",
+                             "InstitutionalDepartmentName", "StationName", "OperatorsName", "PerformingPhysicianName",
+                             "PhysiciansOfRecord", "RequestingPhysician", "PatientAge", "PatientBirthTime",
+                             "PatientWeight", "PatientSize")
+_BLANKED = ("StudyID",)  # type 2 (must be present): emptied instead
+
+
+def _strip_identifiers(ds) -> None:
+    """Delete ``_PATIENT_KEYWORDS_REMOVED`` from ``ds`` and from every dataset nested in it."""
+    for kw in _PATIENT_KEYWORDS_REMOVED:
+        if kw in ds:
+            delattr(ds, kw)
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _strip_identifiers(item)
 
 
 def display_to_stored(mask: np.ndarray, transform: dict) -> np.ndarray:
@@ -127,11 +144,12 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="anomaly review station",
         manufacturer_model_name="anomaly", software_versions=anomaly.__version__, device_serial_number="none",
         series_description="anomaly review: " + ", ".join(_TITLES.get(x, x) for x in labels))
+    _strip_identifiers(seg)
+    for kw in _BLANKED:
+        if kw in seg:
+            setattr(seg, kw, "")
     seg.PatientName = study_key
     seg.PatientID = study_key
-    for kw in _PATIENT_KEYWORDS_REMOVED:
-        if kw in seg:
-            delattr(seg, kw)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(str(path))

@@ -5,8 +5,11 @@
     DIR/labels.csv                      optional: file,label[,kind,size_mm,subject,...]
 
 A 3D NIfTI is read in the project's display order (``anomaly.scan.ras_to_display``),
-so each axial slice is one sample. Labels: from labels.csv if given, else from the mask
-(any lesion pixel -> 1), else unknown (None).
+so each axial slice is one sample. A sample's label: from its mask if the file has one (any
+lesion pixel -> 1, else 0), else from labels.csv (a volume's label 0 says all its slices are
+normal), else unknown (None). labels.csv names each image by its file name (a name without
+suffix also matches); a row for a file that is not in images/, a file listed twice and a label
+other than 0, 1 or empty are ``DatasetError``s.
 """
 
 from __future__ import annotations
@@ -86,28 +89,65 @@ def read_folder(root: Path) -> list[Item]:
     masks = {}
     if (root / "masks").is_dir():
         masks = {_stem(p): p for p in (root / "masks").iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)}
-    labels: dict[str, dict] = {}
-    csv_path = root / "labels.csv"
-    if csv_path.exists():
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "file" not in reader.fieldnames or "label" not in reader.fieldnames:
-                raise DatasetError(f"{csv_path} must have the columns file,label")
-            for row in reader:
-                labels[_stem(Path(row["file"]))] = row
+    by_stem: dict[str, Path] = {}
+    for p in images:
+        if _stem(p) in by_stem:
+            raise DatasetError(f"{img_dir} holds both {by_stem[_stem(p)].name} and {p.name}: one image per "
+                               "name (masks and labels.csv rows are matched by it)")
+        by_stem[_stem(p)] = p
+    labels = _read_labels(root / "labels.csv", {p.name for p in images}, set(by_stem))
     items = []
     for p in images:
         stem = _stem(p)
-        row = labels.get(stem, {})
-        label = None
-        if row.get("label", "") != "":
-            try:
-                label = int(float(row["label"]))
-            except ValueError:
-                raise DatasetError(f"{csv_path}: label of {row['file']} is not 0 or 1: {row['label']!r}") from None
+        row = labels.get(p.name) or labels.get(stem) or {}
+        label = _parse_label(row.get("label"), root / "labels.csv", p.name) if row else None
         extras = {k: v for k, v in row.items() if k not in ("file", "label")}
         items.append(Item(stem, p, masks.get(stem), label, extras))
     return items
+
+
+def _parse_label(text: str | None, csv_path: Path, name: str) -> int | None:
+    """labels.csv's label cell: empty -> None (unknown), else exactly 0 or 1."""
+    t = (text or "").strip()
+    if t == "":
+        return None
+    try:
+        v = float(t)
+    except ValueError:
+        v = None
+    if v not in (0.0, 1.0):
+        raise DatasetError(f"{csv_path}: label of {name} must be 0 or 1 (or empty for unknown), got {t!r}")
+    return int(v)
+
+
+def _read_labels(csv_path: Path, names: set[str], stems: set[str]) -> dict[str, dict]:
+    """labels.csv rows keyed by their ``file`` cell; every row must name an image of the folder once."""
+    if not csv_path.exists():
+        return {}
+    rows: dict[str, dict] = {}
+    seen: dict[str, int] = {}
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "file" not in reader.fieldnames or "label" not in reader.fieldnames:
+            raise DatasetError(f"{csv_path} must have the columns file,label")
+        for row in reader:
+            line = reader.line_num
+            if None in row or any(v is None for v in row.values()):
+                raise DatasetError(f"{csv_path} line {line}: {len(reader.fieldnames)} columns expected "
+                                   f"({','.join(reader.fieldnames)})")
+            name = (row.get("file") or "").strip()
+            if not name:
+                raise DatasetError(f"{csv_path} line {line}: the file column is empty")
+            key = name if name in names else (name if name in stems else None)
+            if key is None:
+                raise DatasetError(f"{csv_path} line {line}: {name} is not in images/ (file names with their "
+                                   "suffix, e.g. case01.png or case01.nii.gz)")
+            ident = key if key in stems else _stem(Path(key))
+            if ident in seen:
+                raise DatasetError(f"{csv_path}: {name} is listed twice (lines {seen[ident]} and {line})")
+            seen[ident] = line
+            rows[key] = row
+    return rows
 
 
 @dataclass
