@@ -101,9 +101,15 @@ class Analysis:
         for name, r in self.results.items():
             pct = float(r.percentiles[index]) if r.calibration else float("nan")
             area = float((self.full_map(name)[index] >= threshold).sum() * self.pixel_area_mm2())
+            if not r.valid[index]:
+                decision = "not scored"
+            elif not np.isfinite(pct):
+                decision = "uncalibrated"
+            else:
+                decision = "anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal"
             rows.append({  # what a reader needs first comes first (a narrow screen scrolls the rest)
                 "method": name,
-                "decision": ("anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal") if np.isfinite(pct) else "uncalibrated",
+                "decision": decision,
                 "percentile vs healthy": round(pct, 1) if np.isfinite(pct) else None,
                 "area above threshold (mm²)": round(area, 1),
                 "score": round(float(r.scores[index]), 5),
@@ -161,10 +167,12 @@ class Analysis:
                 ph_full = self.prepared.slice_to_original(r.pseudo_healthy[index], index)
                 ph = (np.clip(ph_full / 1.2, 0, 1) * 255).astype(np.uint8)
             pct = r.percentiles[index]
-            cap = (f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy" if np.isfinite(pct)
-                   else f"score {r.scores[index]:.4f} (uncalibrated)")
             if not r.valid[index]:
-                cap += " - slice has too little brain to score"
+                cap = "not scored: too little brain in this slice (or not scored yet)"
+            elif np.isfinite(pct):
+                cap = f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy"
+            else:
+                cap = f"score {r.scores[index]:.4f} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
                                 empty_note=method_class(name).no_reconstruction_note))
             for extra, emap in r.extra_maps.items():

@@ -84,9 +84,13 @@ class MethodResult:
 
     @property
     def percentiles(self) -> np.ndarray:
+        """(N,) healthy percentile of each slice score; NaN where uncalibrated or not scored
+        (``valid`` False: too little brain, or not scored yet), so no decision is made there."""
         if self.calibration is None:
             return np.full(len(self.scores), np.nan)
-        return self.calibration.percentile(self.scores)
+        p = np.asarray(self.calibration.percentile(self.scores), np.float64).copy()
+        p[~np.asarray(self.valid, bool)] = np.nan
+        return p
 
     @property
     def volume_score(self) -> float:

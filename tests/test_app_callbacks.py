@@ -210,3 +210,46 @@ def test_the_opening_slice_is_chosen_among_large_brain_sections(methods_root, le
         r.percentiles[:] = 100.0
     s = np.mean([r.scores for r in a.results.values()], axis=0)
     assert a.most_anomalous_slice() == int(np.argmax(np.where(cand, s, -np.inf)))
+
+
+def test_a_refused_upload_clears_the_viewer_so_flags_cannot_go_to_the_previous_scan(methods_root, lesion_volume,
+                                                                                   tmp_path):
+    """The page's upload: a bad file after a good one leaves no scan key behind (the API keeps raising)."""
+    import gradio as gr
+
+    from anomaly.ui.app import on_upload, on_upload_page
+
+    good = list(on_upload_page([str(lesion_volume)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                               progress=lambda *a, **k: None))
+    assert good[-1][0] is not None
+    bad = tmp_path / "corrupt.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not a nifti at all")
+    outs = list(on_upload_page([str(bad)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                               progress=lambda *a, **k: None))
+    assert len(outs) == 1
+    key, slider, banner, summary, curve, grid, table, findings, compare, _ = outs[0]
+    assert key is None and grid is None and table is None and slider["interactive"] is False
+    assert banner["visible"] and banner["value"].startswith("**Not loaded:**")
+    from anomaly.annotations import service as svc
+
+    with pytest.raises(AnomalyError):  # what Add flag does with the session's key now: refused
+        svc._analysis(key)
+    with pytest.raises(gr.Error):
+        list(on_upload([str(bad)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both", progress=lambda *a, **k: None))
+
+
+def test_a_slice_that_was_not_scored_gets_no_percentile_and_no_decision(methods_root, tmp_path):
+    from anomaly.data.folder import read_image, write_image
+
+    v = read_image(ROOT / "assets/templates/mni152_2009a_t1_1mm.nii.gz")[::3, ::2, ::2].copy()  # skull base to top
+    _, a = cb.load_and_analyse([str(write_image(tmp_path, "whole", v, spacing=(3.0, 2.0, 2.0)))], ["zscore"], "axial")
+    valid = np.asarray(a.prepared.valid, bool)
+    assert (~valid).any() and valid.any()
+    i = int(np.nonzero(~valid)[0][0])
+    row = a.score_table(i)[0]
+    assert row["decision"] == "not scored" and row["percentile vs healthy"] is None and row["scored"] is False
+    j = int(np.nonzero(valid)[0][0])
+    assert a.score_table(j)[0]["decision"] in ("normal", "anomalous")
+    api = cb.api_summary(a, i, 1.0)
+    assert api["methods"]["zscore"]["slice_percentiles"][i] is None
+    assert api["methods"]["zscore"]["slice_percentiles"][j] is not None

@@ -116,6 +116,19 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
     yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods)
 
 
+def on_upload_page(*args, **kw):
+    """The page's upload events: ``on_upload``, but a refused file clears the viewer and says why
+    in the banner (the API endpoint ``analyse_view`` keeps raising). Raising would leave the previous
+    scan in the session, with its key, behind "Error" badges: flags added next went to that scan."""
+    try:
+        yield from on_upload(*args, **kw)
+    except gr.Error as e:
+        gr.Warning(f"Not loaded: {e.message}")
+        yield (None, gr.update(minimum=0, maximum=1, value=0, interactive=False),
+               gr.update(value=f"**Not loaded:** {e.message}", visible=True), "", None, None, None, None, None,
+               gr.update(visible=False))
+
+
 def on_view(key, index, preset, opacity, threshold, mode, methods):
     try:
         grid, table, pair = cb.render_view(key, index, preset, opacity, threshold, mode, methods)
@@ -188,6 +201,7 @@ def build_app() -> gr.Blocks:
                                         type="filepath")
                         series = gr.Dropdown(label="Series", choices=[], visible=False)
                         analyse_btn = gr.Button("Analyse", variant="primary")
+                        api_analyse = gr.Button("analyse (API)", visible=False)  # raises its errors
                         methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
                         preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset")
@@ -228,8 +242,9 @@ def build_app() -> gr.Blocks:
                 view_inputs = [key, slider, preset, opacity, threshold, mode, methods]
                 upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
                 up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode]
-                analyse_btn.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
-                files.upload(on_upload, up_inputs, upload_outputs, api_visibility="private")
+                analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
+                api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
+                files.upload(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
                              trigger_mode="always_last")
@@ -244,7 +259,7 @@ def build_app() -> gr.Blocks:
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
                              api_name="run_on_demand")
                 if examples is not None:  # a click on an example analyses it, as an upload does
-                    examples.load_input_event.then(on_upload, up_inputs, upload_outputs, api_visibility="private")
+                    examples.load_input_event.then(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 gr.api(analyze_api, api_name="analyze")
                 annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
             with gr.Tab("Worklist", id="worklist"):
