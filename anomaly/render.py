@@ -82,7 +82,8 @@ def draw_orientation(panel: Image.Image, plane: str | None) -> Image.Image:
     d = ImageDraw.Draw(panel)
     f = _font(13)
     w, h = panel.size
-    for txt, xy in ((top, (w // 2 - 4, 2)), (bottom, (w // 2 - 4, h - 16)), (left, (3, h // 2 - 7)), (right, (w - 11, h // 2 - 7))):
+    # the top letter sits below the 17-px title bar ``label_panel`` paints over each panel's top
+    for txt, xy in ((top, (w // 2 - 4, 19)), (bottom, (w // 2 - 4, h - 16)), (left, (3, h // 2 - 7)), (right, (w - 11, h // 2 - 7))):
         d.text(xy, txt, fill=(255, 255, 0), font=f)
     return panel
 

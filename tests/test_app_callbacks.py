@@ -91,6 +91,8 @@ def test_png_slice_and_dicom_series(methods_root):
     assert a.n_slices == 20
     assert not a.ood.in_distribution  # a proton-density series: not what the models learned
     assert "PD" in " ".join(a.ood.reasons) or "T1" in " ".join(a.ood.reasons) or "timing" in " ".join(a.ood.reasons)
+    # the series is tilted by 8 degrees: the summary says so (it was only in an unseen string)
+    assert "acquired oblique (tilted 8 deg)" in cb.scan_summary(a)
 
 
 def test_bad_inputs_give_typed_errors(methods_root, tmp_path):
@@ -253,3 +255,17 @@ def test_a_slice_that_was_not_scored_gets_no_percentile_and_no_decision(methods_
     api = cb.api_summary(a, i, 1.0)
     assert api["methods"]["zscore"]["slice_percentiles"][i] is None
     assert api["methods"]["zscore"]["slice_percentiles"][j] is not None
+
+
+def test_thick_slices_keep_their_shape_in_the_compare_slider(methods_root, tmp_path):
+    """Coronal view of a 6 mm-slice volume: the compare pair is stretched like the main grid."""
+    from anomaly.data.folder import read_image, write_image
+
+    v = read_image(ROOT / "assets/templates/mni152_2009a_t1_1mm.nii.gz")[40:150:6, ::2, ::2].copy()
+    p = write_image(tmp_path, "thick", v, spacing=(6.0, 2.0, 2.0))
+    key, a = cb.load_and_analyse([str(p)], ["zscore"], "coronal")
+    i = a.n_slices // 2
+    _, _, (inp, ph) = cb.render_view(key, i)
+    raw = a.display_u8(i)
+    assert raw.shape[0] < raw.shape[1] / 3  # 19 rows of 6 mm under ~109 columns of 2 mm
+    assert inp.shape[1] == raw.shape[1] and inp.shape[0] == round(raw.shape[0] * 3.0) and ph.shape == inp.shape

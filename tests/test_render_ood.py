@@ -95,3 +95,17 @@ def test_ood_from_the_pixels_a_head_has_dark_background_noise_has_not():
     assert content_reasons(Scan(np.zeros((3, 8, 8)))) == []  # blank slices are no evidence either way
     with_nan = np.zeros((20, 20)); with_nan[5:15, 5:15] = 1.0; with_nan[0, 0] = np.nan
     assert rim_level(with_nan) == 0.0
+
+
+def test_all_four_orientation_letters_are_visible_on_the_input_panel():
+    """The top letter (A on axial) was painted over by the panel's title bar."""
+    from anomaly.render import PANEL
+
+    img = np.full((100, 100), 40, np.uint8)
+    grid = np.asarray(compose_grid([GridRow("m", img, None, np.zeros((100, 100)), "c")], RenderConfig(), "axial"))
+    panel = grid[20:20 + PANEL, :PANEL]  # the first row's input panel, below the row caption
+    yellow = (panel[..., 0] > 200) & (panel[..., 1] > 200) & (panel[..., 2] < 80)
+    h, w = yellow.shape
+    top, bottom = yellow[: h // 4, w // 3: 2 * w // 3], yellow[3 * h // 4:, w // 3: 2 * w // 3]
+    left, right = yellow[h // 3: 2 * h // 3, : w // 6], yellow[h // 3: 2 * h // 3, 5 * w // 6:]
+    assert top.any() and bottom.any() and left.any() and right.any()

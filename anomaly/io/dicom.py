@@ -652,6 +652,10 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
     if pixel_spacing is None:
         notes.append("no pixel spacing in the file: 1 mm assumed")
     vol, disp = _to_display(vol, iop, by_pos)
+    tilt = re.search(r"oblique by (\d+) deg", disp.orientation)
+    if tilt:
+        notes.append(f"acquired oblique (tilted {tilt.group(1)} deg), shown as stored without resampling: "
+                     "coronal and sagittal views are reformats of the tilted stack")
     if disp.transposed:
         dh, dw = dw, dh
     if disp.flip_slices:

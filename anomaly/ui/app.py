@@ -173,6 +173,11 @@ def on_demand(key, index, method, preset, threshold, opacity, mode, progress=gr.
         _fail(e)
 
 
+def clear_on_demand():
+    """The on-demand panel's outputs, emptied (a new scan or plane was loaded)."""
+    return None, None
+
+
 def analyze_api(files: list[str], methods: str = "", plane: str = "axial", threshold: float = 1.0) -> str:
     """API: analyse a scan; returns JSON (study key, per-method volume/slice scores, percentiles,
     score table at the most anomalous slice, findings, out-of-distribution verdict)."""
@@ -258,6 +263,8 @@ def build_app() -> gr.Blocks:
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
                              api_name="run_on_demand")
+                # another scan or plane: the on-demand result of the previous one goes
+                key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
                 if examples is not None:  # a click on an example analyses it, as an upload does
                     examples.load_input_event.then(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 gr.api(analyze_api, api_name="analyze")
