@@ -456,6 +456,14 @@ def test_service_flags_need_a_login_and_go_through_the_loaded_analysis(loaded):
     img = svc.preview(key, mid, "ae", 1.0, "box", [10, 10, 20, 25], [r, c])
     k = svc.preview_scale(a.scan.slice(mid).shape)
     assert img.shape == (a.scan.shape[1] * k, a.scan.shape[2] * k, 3) and img.dtype == np.uint8
+    # a flag of the same study drawn on another series of it (other slice count) is not drawn here
+    h, w = a.scan.slice(mid).shape
+    other = np.zeros((h, w), bool)
+    other[h // 3: h // 2, w // 3: w // 2] = True
+    svc.get_store().add_flag(study_key=a.study_key, plane="axial", slice_index=mid, shape=(h, w), n_slices=a.n_slices + 3,
+                             method="dae", label="confirmed_finding", reviewer="alice", mask=other)
+    assert np.array_equal(svc.preview(key, mid, "ae", 1.0, "box", [10, 10, 20, 25], [r, c]), img)
+    assert sorted({row["of"] for row in svc.flag_table(a.study_key)}) == [a.n_slices, a.n_slices + 3]
     # queue, status, summaries
     assert svc.mark_slice_reviewed(key, 1, tok) is True
     assert svc.mark_slice_reviewed(key, 1, tok) is False

@@ -149,3 +149,21 @@ def test_seg_carries_no_institution_or_identifier_anywhere(tmp_path, series):
         assert v.encode() not in raw, v
     seg = pydicom.dcmread(str(out))
     assert str(seg.PatientName) == nkey and seg.StudyID == ""
+
+
+def test_flags_of_one_file_of_the_study_are_left_out_of_the_series_seg(tmp_path, series):
+    """A flag drawn on one file of the series opened alone (same study key, 1 slice) does not block
+    the series' export, and alone it is a clear refusal."""
+    files, scan, key = series
+    s, h, w = scan.shape
+    store = Store(tmp_path / "a.sqlite")
+    store.add_flag(study_key=key, plane="axial", slice_index=0, shape=(h, w), n_slices=1, method="dae",
+                   label="confirmed_finding", reviewer="alice", mask=_box_mask(h, w, 5, 9, 5, 9))
+    with pytest.raises(AnnotationError, match="was drawn on this series"):
+        export_dicom_seg(store, key, files, tmp_path / "none.dcm")
+    store.add_flag(study_key=key, plane="axial", slice_index=3, shape=(h, w), n_slices=s, method="dae",
+                   label="confirmed_finding", reviewer="alice", mask=_box_mask(h, w, 20, 30, 20, 30))
+    seg = pydicom.dcmread(str(export_dicom_seg(store, key, files, tmp_path / "seg.dcm")))
+    assert int(seg.NumberOfFrames) == 1
+    ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == scan.meta["SOPInstanceUIDs"][3]

@@ -100,6 +100,13 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
     groups = _segments(store, study_key, labels)
     if not groups:
         raise AnnotationError(f"study {study_key} has no flags labelled {', '.join(labels)} to export")
+    # flags drawn on another series or subset of the study (e.g. one file of it, opened alone) do
+    # not belong to this series' frames: left out, not a reason to refuse the others
+    groups = {k: [f for f in fl if f.n_slices == scan.n_slices] for k, fl in groups.items()}
+    groups = {k: fl for k, fl in groups.items() if fl}
+    if not groups:
+        raise AnnotationError(f"none of the study's flags labelled {', '.join(labels)} was drawn on this series "
+                              f"({scan.n_slices} slices): they belong to another series or file of the study")
 
     if scan.source != "dicom":
         raise AnnotationError("the source files are not a DICOM series")

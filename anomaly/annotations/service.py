@@ -260,7 +260,7 @@ def flag_table(study_key: str | None, include_deleted: bool = False) -> list[dic
         return []
     rows = []
     for f in get_store().list_flags(study_key, include_deleted=include_deleted):
-        rows.append({"slice": f.slice_index, "plane": f.plane, "method": f.method, "label": f.label,
+        rows.append({"slice": f.slice_index, "of": f.n_slices, "plane": f.plane, "method": f.method, "label": f.label,
                      "reason": f.reason or "", "note": f.note, "region": _region_text(f), "by": f.updated_by,
                      "version": f.version, "updated (UTC)": f.updated_at[:19].replace("T", " "), "id": f.id})
     return rows
@@ -404,7 +404,8 @@ def preview(key, index, method: str | None = None, threshold: float = 1.0, mode:
         thr = (a.full_map(method)[idx] >= float(threshold)) & np.asarray(a.prepared.original_masks[idx], bool)
         outline(thr, (255, 220, 0))
     for f in get_store().list_flags(a.study_key, plane=a.plane, slice_index=idx):
-        if f.mask.shape == img.shape:
+        # the same study opened as another series or as one file of it: its flags are not on this image
+        if f.mask.shape == img.shape and f.n_slices == a.n_slices:
             outline(f.mask, _LABEL_RGB[f.label])
     if mode:
         try:

@@ -28,7 +28,7 @@ LABEL_CHOICES = [("false positive", "false_positive"), ("missed lesion", "missed
                  ("confirmed finding", "confirmed_finding")]
 PANEL_ID = "anomaly-annotate"
 REASON_CHOICES = list(REASONS) + [svc.NO_REASON]
-FLAG_COLUMNS = ["slice", "plane", "method", "label", "reason", "note", "region", "by", "version", "updated (UTC)", "id"]
+FLAG_COLUMNS = ["slice", "of", "plane", "method", "label", "reason", "note", "region", "by", "version", "updated (UTC)", "id"]
 QUEUE_COLUMNS = ["study_key", "status", "flags", "false positives", "methods", "reviewed slices", "series",
                  "updated (UTC)"]
 HELP = """
