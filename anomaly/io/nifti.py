@@ -164,10 +164,11 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
     n, h, w = vox.shape
     ds, dh, dw = spacing
     modality = _modality_hint(header, name)
+    kind = "NIfTI" if modality == "unknown" else f"NIfTI {modality}"  # not "NIfTI unknown"
     if n > 1:
-        description = f"NIfTI {modality}, {n} slices {h}x{w}, {dh:.2f}x{dw:.2f}x{ds:.1f} mm"
+        description = f"{kind}, {n} slices {h}x{w}, {dh:.2f}x{dw:.2f}x{ds:.1f} mm"
     else:
-        description = f"NIfTI {modality}, 2D image {h}x{w}, {dh:.2f}x{dw:.2f} mm"
+        description = f"{kind}, 2D image {h}x{w}, {dh:.2f}x{dw:.2f} mm"
     try:
         intent = int(header.get("intent_code", 0))
         qform, sform = int(header["qform_code"]), int(header["sform_code"])

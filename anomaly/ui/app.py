@@ -32,7 +32,7 @@ HOW_TO_READ = """
   percentile of its maps on healthy validation slices), on one shared scale for all methods. They are *not*
   rescaled per image: per-image min-max makes every normal scan look anomalous.
 * The **percentile** in the score table says how a slice's score ranks among healthy validation slices
-  (99 = higher than 99% of healthy slices); *anomalous* means above the 95th percentile.
+  (99 = higher than 99% of healthy slices); *anomalous* means at or above the 95th percentile; *not scored*: the slice has too little brain to score.
 * **Findings** are connected regions above the threshold in 3D; click one to jump to it.
 * The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation).
   Other images still get maps, under a banner that says the scores are not calibrated for them.

@@ -205,7 +205,7 @@ def score_curve_figure(a: Analysis, index: int | None = None):
 
 def scan_summary(a: Analysis) -> str:
     s = a.scan
-    lines = [f"**Scan**: {s.description or repr(s)}", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slices; "
+    lines = [f"**Scan**: {s.description or repr(s)}", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slice{'s' if a.n_slices != 1 else ''}; "
              + (f"loaded from {a.origin} in {a.seconds:.2f} s" if a.origin else f"scored in {a.seconds:.2f} s")]
     if s.notes:
         lines.append("Notes: " + "; ".join(s.notes))
