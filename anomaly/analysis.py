@@ -107,6 +107,8 @@ class Analysis:
                 decision = "uncalibrated"
             else:
                 decision = "anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal"
+                if not self.ood.in_distribution:  # the banner's warning, where the decision is read
+                    decision += " (not calibrated for this scan)"
             rows.append({  # what a reader needs first comes first (a narrow screen scrolls the rest)
                 "method": name,
                 "decision": decision,

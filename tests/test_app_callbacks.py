@@ -91,6 +91,8 @@ def test_png_slice_and_dicom_series(methods_root):
     assert a.n_slices == 20
     assert not a.ood.in_distribution  # a proton-density series: not what the models learned
     assert "PD" in " ".join(a.ood.reasons) or "T1" in " ".join(a.ood.reasons) or "timing" in " ".join(a.ood.reasons)
+    # out of distribution: every decision in the table carries the banner's warning
+    assert all(r["decision"].endswith("(not calibrated for this scan)") for r in a.score_table(10))
     # the series is tilted by 8 degrees: the summary says so (it was only in an unseen string)
     assert "acquired oblique (tilted 8 deg)" in cb.scan_summary(a)
 
