@@ -713,3 +713,23 @@ def test_read_only_mode_stores_nothing(env, monkeypatch, loaded):
     monkeypatch.setenv("SPACE_ID", "someone/space")
     monkeypatch.setenv("ANOMALY_READ_ONLY", "0")
     assert not config.is_read_only()
+
+
+def test_the_same_flag_submitted_twice_in_a_row_is_stored_once(loaded, monkeypatch):
+    """A double click on Add flag: the second identical flag within seconds is refused, clearly."""
+    from anomaly.annotations import service as svc
+    from anomaly.annotations.store import InvalidFlagError
+
+    a, key = loaded.a, loaded.key
+    tok = _token()
+    f = svc.add_flag(key, 2, "ae", "false_positive", "noise", "first", "box", box=[10, 10, 20, 25], token=tok)
+    with pytest.raises(InvalidFlagError, match=f"just added \\(flag {f.id[:8]}"):
+        svc.add_flag(key, 2, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=tok)
+    # another region, label or reviewer is another flag
+    svc.add_flag(key, 2, "ae", "false_positive", "noise", "", "box", box=[10, 10, 21, 25], token=tok)
+    svc.add_flag(key, 2, "ae", "confirmed_finding", None, "", "box", box=[10, 10, 20, 25], token=tok)
+    svc.add_flag(key, 2, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=_token("bob", "hunter2"))
+    # later than the double-click window: a deliberate second flag is stored
+    monkeypatch.setattr(svc, "DOUBLE_SUBMIT_S", 0.0)
+    svc.add_flag(key, 2, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=tok)
+    assert len([x for x in svc.flag_table(a.study_key) if x["slice"] == 2]) == 5

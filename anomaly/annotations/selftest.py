@@ -60,10 +60,12 @@ def _writer(url: str, password: str, wid: int, n: int, prefix: str, acked: list,
         if stop.is_set():
             return
         note = f"{prefix}-w{wid}-{i}"
-        r0 = 4 + (i % 40)
+        # a region of its own per writer and flag (the same flag again within seconds is refused as a
+        # double click): slice x row cycle over 400 flags, one column offset per writer
+        r0, c0 = 4 + (i // 10) % 40, 10 + wid % 16
         try:
-            c.predict(20 + i % 10, "zscore", "false_positive", "noise", note, "box", r0, 10, r0 + 12, 30, None, None,
-                      1.0, token, api_name="/add_flag")
+            c.predict(20 + i % 10, "zscore", "false_positive", "noise", note, "box", r0, c0, r0 + 12, c0 + 20, None,
+                      None, 1.0, token, api_name="/add_flag")
         except Exception:  # noqa: BLE001 - the app was killed: this flag is not acknowledged
             return
         acked.append(note)
