@@ -425,6 +425,10 @@ def _bad_folders(data, tmp: Path) -> dict[str, tuple[Path, str]]:
     write_image(twins, "a", img)
     write_image(twins, "a", img[None].repeat(3, 0))
     cases["two images, one name"] = (twins, "holds both a.nii.gz and a.png")
+    stray = tmp / "straymask"  # a mask named unlike its image: it would silently label nothing
+    write_image(stray, "a", img)
+    write_mask(stray, "a_seg", np.zeros(img.shape, bool))
+    cases["mask without image"] = (stray, "a_seg.png has no image of the same name")
     return {
         **cases,
         "missing": (tmp / "nonexistent", "nonexistent"),

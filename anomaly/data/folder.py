@@ -8,8 +8,8 @@ A 3D NIfTI is read in the project's display order (``anomaly.scan.ras_to_display
 so each axial slice is one sample. A sample's label: from its mask if the file has one (any
 lesion pixel -> 1, else 0), else from labels.csv (a volume's label 0 says all its slices are
 normal), else unknown (None). labels.csv names each image by its file name (a name without
-suffix also matches); a row for a file that is not in images/, a file listed twice and a label
-other than 0, 1 or empty are ``DatasetError``s.
+suffix also matches); a row for a file that is not in images/, a file listed twice, a label
+other than 0, 1 or empty and a mask without an image of its name are ``DatasetError``s.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ def read_folder(root: Path) -> list[Item]:
             raise DatasetError(f"{img_dir} holds both {by_stem[_stem(p)].name} and {p.name}: one image per "
                                "name (masks and labels.csv rows are matched by it)")
         by_stem[_stem(p)] = p
+    stray = sorted(m.name for st, m in masks.items() if st not in by_stem)
+    if stray:
+        raise DatasetError(f"{root / 'masks'}: {', '.join(stray[:3])}{' ...' if len(stray) > 3 else ''} "
+                           "has no image of the same name in images/ (a mask is matched to its image by name)")
     labels = _read_labels(root / "labels.csv", {p.name for p in images}, set(by_stem))
     items = []
     for p in images:
