@@ -94,6 +94,11 @@ class Analysis:
         r, c = self.scan.slice_spacing(self.plane)
         return r * c
 
+    def pixel_aspect(self) -> float:
+        """Row / column pixel size (mm) of the plane in view (coronal or sagittal of thick slices: > 1)."""
+        r, c = self.scan.slice_spacing(self.plane)
+        return float(r / c) if c else 1.0
+
     def score_table(self, index: int, threshold: float = 1.0) -> list[dict]:
         """Per method at slice ``index``: decision, percentile, area mm², score (brain-fill conditioned
         where calibrated so), the raw top-1% map mean, volume score, ms."""
@@ -184,10 +189,9 @@ class Analysis:
                                     "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated",
                                     empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {name}",
                                     map_title=extra.replace("_", " "), calibrated=False))
-        r, c = self.scan.slice_spacing(self.plane)
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
-        return compose_grid(rows, cfg, plane, aspect=r / c if c else 1.0, scale_note=note)
+        return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note)
 
 
 def _embed(r: MethodResult, idx: np.ndarray, n: int) -> MethodResult:

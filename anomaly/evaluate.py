@@ -91,11 +91,9 @@ def _check_folder(root: Path, what: str = "data") -> list[Item]:
         raise DatasetError(f"{what} folder {root} does not exist")
     if root.is_dir() and not any(root.iterdir()):
         raise DatasetError(f"{what} folder {root} is empty (expected images/, optional masks/ and labels.csv)")
-    items = read_folder(root)
+    items = read_folder(root)  # labels are checked there (0, 1 or empty)
     csv_path = root / "labels.csv"
     for it in items:
-        if it.label not in (None, 0, 1):
-            raise DatasetError(f"{csv_path}: label of {it.image_path.name} must be 0 or 1, got {it.label}")
         for col in NUMERIC_COLUMNS:
             s = str(it.extras.get(col, "") or "").strip()
             if s:

@@ -59,16 +59,14 @@ def evaluate_volumes(data_dir, methods: list[str], checkpoint_root: Path | None 
                       "opening_slice_in_lesion": (opening in lesion_slices) if lesion_slices else None,
                       "chance": (float(np.mean([c in lesion_slices for c in cand])) if lesion_slices and len(cand) else None)}
         rows.append(row)
-    labels = np.array([-1 if r["label"] is None else r["label"] for r in rows])
-    known = labels >= 0
+    labels = np.array([r["label"] for r in rows])  # every volume has one (mask, labels.csv, else healthy)
     out = {"schema_version": 1, "data": str(data_dir), "n_volumes": len(rows), "n_lesion_volumes": int((labels == 1).sum()),
-           "n_unlabelled_volumes": int((~known).sum()),
            "volume_score": "max over scored slices (anomaly.calibration.volume_score)", "methods": {}, "volumes": rows}
     for name in methods:
         scores = np.array([r["methods"][name]["volume_score"] for r in rows])
         hits = [r["methods"][name]["top_slice_in_lesion"] for r in rows if r["label"] == 1 and r["lesion_slices"]]
-        auroc = M.image_auroc(labels[known], scores[known]) if known.any() else None
-        out["methods"][name] = {"volume_auroc": auroc if auroc is not None and np.isfinite(auroc) else None,
+        auroc = M.image_auroc(labels, scores)  # NaN with one class only
+        out["methods"][name] = {"volume_auroc": auroc if np.isfinite(auroc) else None,
                                 "top_slice_in_lesion": float(np.mean(hits)) if hits else None}
     les = [r["app"] for r in rows if r["label"] == 1 and r["lesion_slices"]]  # lesion volumes with a mask
     out["app"] = {"opening_slice_in_lesion": float(np.mean([x["opening_slice_in_lesion"] for x in les])) if les else None,

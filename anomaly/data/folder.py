@@ -142,7 +142,7 @@ def _read_labels(csv_path: Path, names: set[str], stems: set[str]) -> dict[str, 
             name = (row.get("file") or "").strip()
             if not name:
                 raise DatasetError(f"{csv_path} line {line}: the file column is empty")
-            key = name if name in names else (name if name in stems else None)
+            key = name if name in names or name in stems else None
             if key is None:
                 raise DatasetError(f"{csv_path} line {line}: {name} is not in images/ (file names with their "
                                    "suffix, e.g. case01.png or case01.nii.gz)")

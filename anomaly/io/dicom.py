@@ -452,6 +452,7 @@ class Display:
     flip_rows: bool = False
     flip_cols: bool = False
     flip_slices: bool = False
+    oblique_deg: float = 0.0  # tilt of the slice normal from the nearest axis (>= 1: said, not resampled)
 
 
 def _to_display(vol: np.ndarray, iop: np.ndarray | None, sorted_by_position: bool) -> tuple[np.ndarray, Display]:
@@ -472,14 +473,14 @@ def _to_display(vol: np.ndarray, iop: np.ndarray | None, sorted_by_position: boo
     flip_s = sorted_by_position and normal[k] < 0
     if plane != "axial":
         d = Display(f"DICOM {plane}{oblique}, as stored (not reoriented to axial)", known_frame=False,
-                    flip_slices=bool(flip_s))
+                    flip_slices=bool(flip_s), oblique_deg=angle)
     else:
         transposed = abs(row[1]) > abs(row[0])
         if transposed:
             row, col = col, row
         d = Display(f"DICOM axial -> radiological axial{oblique}", known_frame=True,
                     transposed=bool(transposed), flip_rows=bool(col[1] < 0),
-                    flip_cols=bool(row[0] < 0), flip_slices=bool(flip_s))
+                    flip_cols=bool(row[0] < 0), flip_slices=bool(flip_s), oblique_deg=angle)
     if d.transposed:
         vol = np.swapaxes(vol, 1, 2)
     if d.flip_rows:
@@ -652,9 +653,8 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
     if pixel_spacing is None:
         notes.append("no pixel spacing in the file: 1 mm assumed")
     vol, disp = _to_display(vol, iop, by_pos)
-    tilt = re.search(r"oblique by (\d+) deg", disp.orientation)
-    if tilt:
-        notes.append(f"acquired oblique (tilted {tilt.group(1)} deg), shown as stored without resampling: "
+    if disp.oblique_deg >= 1.0:
+        notes.append(f"acquired oblique (tilted {disp.oblique_deg:.0f} deg), shown as stored without resampling: "
                      "coronal and sagittal views are reformats of the tilted stack")
     if disp.transposed:
         dh, dw = dw, dh

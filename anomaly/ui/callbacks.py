@@ -159,14 +159,8 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
             full = a.prepared.slice_to_original(r.pseudo_healthy[index], index)
             ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
             break
-    aspect = _aspect(a)
+    aspect = a.pixel_aspect()
     return grid, table, (square_pixels(img, aspect), square_pixels(ph if ph is not None else img, aspect))
-
-
-def _aspect(a: Analysis) -> float:
-    """Row / column pixel size (mm) of the plane in view (coronal or sagittal of thick slices: > 1)."""
-    r, c = a.scan.slice_spacing(a.plane)
-    return float(r / c) if c else 1.0
 
 
 def square_pixels(u8: np.ndarray, aspect: float) -> np.ndarray:
@@ -299,7 +293,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
                             empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {method}",
                             map_title=extra.replace("_", " "), calibrated=False))
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
-    grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=_aspect(a))
+    grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect())
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
                   "percentile vs healthy": None if not np.isfinite(pct) else round(pct, 1),
                   "ms": round(r.ms_per_slice, 1), "seed": seed}
