@@ -12,7 +12,8 @@ post-processing). Maps are brought back to each image's own pixel grid with
 
 * Image level (2D samples with a known label): AUROC, AP, sensitivity at 95% specificity,
   each with a percentile-bootstrap 95% CI (resampling slices).
-* Pixel level (samples that have a mask file, lesion or empty; pixels inside the brain mask
+* Pixel level (samples that have a mask file, lesion or empty, and normal samples without one,
+  as an empty mask: ``pixel_truth``; pixels inside the brain mask
   ``PreparedSlices.original_masks`` only): AUROC, AP, best Dice over 100 thresholds (an
   optimistic bound: threshold chosen on the test data) and Dice at the method's healthy
   validation threshold (its calibration pixel threshold, or recomputed from ``--val-data``).
@@ -61,7 +62,9 @@ if TYPE_CHECKING:
 # anomaly.preprocess / anomaly.scoring (torch) are imported where used, so that bad input
 # and --help are answered without loading torch.
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+PIXEL_REGION = ("inside the brain mask (PreparedSlices.original_masks) of samples with a mask file and of "
+                "normal samples without one (an empty mask), at the image's size")
 POSTPROCESSING = "brain mask + median filter 5x5 (anomaly.scoring)"
 SPECIFICITY = 0.95
 N_DICE_THRESHOLDS = 100
@@ -153,6 +156,21 @@ class _Entry:
     samples: list[Sample]
     prep: PreparedSlices
     ids: list[int] = field(default_factory=list)  # global sample ids (test set only)
+    truths: list[np.ndarray | None] = field(default_factory=list)  # pixel truth per sample (test set only)
+
+
+def pixel_truth(mask: np.ndarray | None, label: int | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The lesion pixels a sample's map is judged against, or None when unknown.
+
+    The sample's mask where its file has one; an empty mask for a sample labelled normal without
+    one (a healthy slice has no lesion pixel, so every pixel its map flags is a false positive);
+    None for an anomalous or unlabelled sample without a mask (where its lesion lies is unknown).
+    """
+    if mask is not None:
+        return mask
+    if label == 0:
+        return np.zeros(shape, bool)
+    return None
 
 
 def _chunks(items: list[Item], selection: dict[str, set[int]] | None, exclude_invalid: bool,
@@ -387,14 +405,17 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
             for k, s in enumerate(e.samples):
                 sid = len(meta)
                 e.ids.append(sid)
+                truth = pixel_truth(s.mask, s.label, e.prep.original_masks[k].shape)
+                e.truths.append(truth)
                 meta.append({"file": e.item.image_path.name, "index": s.index, "label": s.label,
-                             "has_mask": s.mask is not None, "valid": bool(e.prep.valid[k]),
+                             "has_mask": s.mask is not None, "has_pixel_truth": truth is not None,
+                             "valid": bool(e.prep.valid[k]),
                              "kind": kind, **{c: float(v) if v else None for c, v in sizes.items()}})
-                if s.mask is not None:
+                if truth is not None:
                     brain = e.prep.original_masks[k]
-                    store.add_sample(sid, s.mask[brain])
-                    lesion_px += int(s.mask.sum())
-                    lesion_px_in_brain += int(s.mask[brain].sum())
+                    store.add_sample(sid, truth[brain])
+                    lesion_px += int(truth.sum())
+                    lesion_px_in_brain += int(truth[brain].sum())
         prep = _concat([e.prep for e in chunk])
         for name, acc in accs.items():
             res = run_method(acc.method, prep, seed=seed)
@@ -405,15 +426,15 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
                 n = len(e.samples)
                 is_png = e.item.image_path.name.lower().endswith(".png")
                 maps = e.prep.to_original(res.anomaly_map[off:off + n])
-                for k, (s, sid) in enumerate(zip(e.samples, e.ids)):
+                for k, (s, sid, truth) in enumerate(zip(e.samples, e.ids, e.truths)):
                     score = float(res.scores[off + k])
                     acc.scores[sid] = score
-                    if s.mask is not None:
+                    if truth is not None:
                         brain = e.prep.original_masks[k]
                         v = maps[k][brain]
                         store.add_values(name, sid, v)
                         if acc.threshold is not None:
-                            pred, t = v > acc.threshold, s.mask[brain]
+                            pred, t = v > acc.threshold, truth[brain]
                             tp = int(np.count_nonzero(pred & t))
                             acc.tp += tp
                             acc.fp += int(np.count_nonzero(pred)) - tp
@@ -550,6 +571,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
                val_data, lesion_px, lesion_px_in_brain) -> dict:
     labels = _labels(meta)
     has_mask = np.array([m["has_mask"] for m in meta])
+    has_truth = np.array([m["has_pixel_truth"] for m in meta])
     kinds = sorted({m["kind"] for m in meta if m["kind"] and m["label"] == 1})
     bins = np.array([_size_bin(m["size_mm"]) for m in meta], dtype=object)
     known = labels >= 0
@@ -588,7 +610,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         r["best_dice"] = bd
         r["best_dice_threshold"] = bthr
         r["dice_at_val_threshold"] = (float(M._dice_counts(acc.tp, acc.fp, acc.fn))
-                                      if acc.threshold is not None and store.idx else None)
+                                      if acc.threshold is not None and lesion_px_in_brain else None)
         r["val_pixel_threshold"] = acc.threshold
         r["threshold_source"] = acc.threshold_source
         r["ms_per_slice"] = acc.ms_total / max(acc.n_run, 1)
@@ -598,14 +620,15 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
             br[gname] = {}
             for label, member in gs.items():
                 pos = member & (labels == 1)
-                sids = np.nonzero(pos & has_mask)[0]
-                gy, gv = store.arrays(name, sids)
+                sids = np.nonzero(pos & has_truth)[0]
+                with_normals = np.nonzero((pos | (labels == 0)) & has_truth)[0]
                 br[gname][label] = {
                     "n_positive": int(pos.sum()),
                     "n_normal": int((labels == 0).sum()),
                     "image_auroc": _group_image_auroc(labels, scores, member),
                     "n_positive_with_mask": int(len(sids)),
-                    "pixel_ap": M.pixel_ap(gy, gv),
+                    "pixel_ap": M.pixel_ap(*store.arrays(name, with_normals)),
+                    "pixel_ap_lesion_slices_only": M.pixel_ap(*store.arrays(name, sids)),
                 }
         r["breakdowns"] = br
         r["checkpoint_hash"] = acc.method.checkpoint_hash
@@ -621,11 +644,12 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         "n_anomalous": int((labels == 1).sum()),
         "n_unlabelled": int((labels < 0).sum()),
         "n_with_mask": int(has_mask.sum()),
+        "n_with_pixel_truth": int(has_truth.sum()),
         "n_files": len({m["file"] for m in meta}),
         "n_invalid": int((~valid).sum()),
         "invalid_slices": "excluded" if exclude_invalid else "included",
         "postprocessing": _postprocessing_text(),
-        "pixel_region": "inside the brain mask (PreparedSlices.original_masks) of samples with a mask file, at the mask's size",
+        "pixel_region": PIXEL_REGION,
         "pixel_sample": {"n_pixels": int(store.n_total), "n_used": int(store.n_kept),
                          "fraction": float(store.rate)},
         "lesion_pixels_in_brain_fraction": (lesion_px_in_brain / lesion_px) if lesion_px else None,
@@ -683,7 +707,8 @@ def markdown_report(res: dict) -> str:
         f"# Evaluation on `{res['data']}`",
         "",
         f"{res['n_images']} slices ({res['n_normal']} normal, {res['n_anomalous']} anomalous, "
-        f"{res['n_unlabelled']} unlabelled), {res['n_with_mask']} with a mask. "
+        f"{res['n_unlabelled']} unlabelled), {res['n_with_mask']} with a mask, "
+        f"{res['n_with_pixel_truth']} in the pixel metrics. "
         f"Post-processing: {res['postprocessing']}. Slices with too little brain: {res['invalid_slices']} "
         f"({res['n_invalid']}). Pixel metrics {res['pixel_region']}. "
         f"Image-level 95% CIs: percentile bootstrap, {res['bootstrap']} resamples.",
@@ -711,10 +736,13 @@ def markdown_report(res: dict) -> str:
                 for label, g in r["breakdowns"].get(gname, {}).items()]
         if not rows:
             continue
-        lines += ["", f"## By {title}", "", "| Method | Group | Positives | Image AUROC (vs all normals) | Pixel AP |",
-                  "|---|---|---|---|---|"]
+        lines += ["", f"## By {title}", "",
+                  "| Method | Group | Positives | Image AUROC (vs all normals) | Pixel AP (with all normals) "
+                  "| Pixel AP (lesion slices only) |",
+                  "|---|---|---|---|---|---|"]
         for name, label, g in rows:
-            lines.append(f"| {name} | {label} | {g['n_positive']} | {_fmt(g['image_auroc'])} | {_fmt(g['pixel_ap'])} |")
+            lines.append(f"| {name} | {label} | {g['n_positive']} | {_fmt(g['image_auroc'])} | {_fmt(g['pixel_ap'])} "
+                         f"| {_fmt(g['pixel_ap_lesion_slices_only'])} |")
     paired = res.get("paired")
     if paired and paired["methods"]:
         ref = paired["reference"]

@@ -9,6 +9,7 @@ built-in ``zscore`` method through the subprocess CLI if it is available.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -158,8 +159,9 @@ METHOD_FIELDS = ["image_auroc", "image_ap", "sensitivity_at_95_specificity", "pi
 
 def test_metrics_json_has_schema_and_all_fields(report):
     out, res = report
-    assert res["schema_version"] == 1
-    for k in ("data", "n_images", "n_normal", "n_anomalous", "n_with_mask", "postprocessing", "methods"):
+    assert res["schema_version"] == 2
+    for k in ("data", "n_images", "n_normal", "n_anomalous", "n_with_mask", "n_with_pixel_truth", "postprocessing",
+              "methods"):
         assert k in res
     assert res["n_images"] == 12 + 6 and res["n_with_mask"] == 18
     assert res["n_anomalous"] == 6 + 2 and res["n_normal"] == 6 + 4
@@ -313,6 +315,63 @@ def test_paired_differences_against_a_reference(data, tmp_path, capsys):
         base.clear_cache()
 
 
+def test_normal_slices_without_masks_count_as_empty_masks(data, tmp_path, capsys):
+    """A normal PNG without a mask file enters the pixel metrics with an empty mask: every pixel its
+    map flags is a false positive. The groups give pixel AP with all normals and lesion slices only."""
+    import shutil
+
+    from sklearn.metrics import average_precision_score
+
+    from anomaly.preprocess import preprocess_slices
+    from anomaly.scoring import run_method
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data["test"], mixed)
+    (mixed / "images" / "vol.nii.gz").unlink()
+    (mixed / "masks" / "vol.nii.gz").unlink()
+    rows = list(csv.DictReader(open(mixed / "labels.csv")))
+    rows = [r for r in rows if r["file"] != "vol.nii.gz"]
+    for r in rows:
+        if r["label"] == "0":
+            (mixed / "masks" / r["file"]).unlink()
+    write_labels(mixed, rows)
+    rc, _, err = _run(["--data", mixed, "--methods", NAME, "--out", tmp_path / "o", "--checkpoints", data["ckpt"],
+                       "--bootstrap", "0"], capsys)
+    assert rc == 0, err
+    res = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert res["n_with_mask"] == 6 and res["n_with_pixel_truth"] == 12
+    m = base.get_method(NAME, data["ckpt"] / NAME)
+    y_all, v_all, y_les, v_les, y_ge10, v_ge10 = [], [], [], [], [], []
+    sizes = {r["file"]: r["size_mm"] for r in rows}
+    for s in iter_samples(mixed):
+        prep = preprocess_slices(s.image[None])
+        brain = prep.original_masks[0]
+        v = prep.to_original(run_method(m, prep).anomaly_map)[0][brain]
+        t = (s.mask if s.mask is not None else np.zeros(s.image.shape, bool))[brain]
+        assert (s.mask is None) == (s.label == 0)
+        y_all.append(t), v_all.append(v)
+        if s.label == 1:
+            y_les.append(t), v_les.append(v)
+        if s.label == 0 or float(sizes[s.item.image_path.name]) >= 10:
+            y_ge10.append(t), v_ge10.append(v)
+    r = res["methods"][NAME]
+    ap = lambda ys, vs: average_precision_score(np.concatenate(ys), np.concatenate(vs))  # noqa: E731
+    assert r["pixel_ap"] == pytest.approx(ap(y_all, v_all), abs=1e-5)
+    g = r["breakdowns"]["size_ge_10mm"][">=10 mm"]
+    assert g["pixel_ap"] == pytest.approx(ap(y_ge10, v_ge10), abs=1e-5)
+    assert r["breakdowns"]["kind"]["bright"]["pixel_ap_lesion_slices_only"] is not None
+    lesion_only = sum(g["n_positive"] for g in r["breakdowns"]["kind"].values())
+    assert lesion_only == 6
+    # the normals' pixels only add negatives: AP with them is never above AP without them here
+    assert g["pixel_ap"] <= g["pixel_ap_lesion_slices_only"] + 1e-9
+    assert ap(y_les, v_les) >= r["pixel_ap"] - 1e-9
+    pred = np.concatenate(v_all) > CARD_THRESHOLD
+    t = np.concatenate(y_all)
+    assert r["dice_at_val_threshold"] == pytest.approx(2 * (pred & t).sum() / (pred.sum() + t.sum()))
+    md = (tmp_path / "o" / "metrics.md").read_text()
+    assert "Pixel AP (with all normals)" in md and "12 in the pixel metrics" in md
+
+
 def test_nan_becomes_null_and_labels_csv_only(data, tmp_path, capsys):
     rc, _, err = _run(["--data", data["csvonly"], "--methods", NAME, "--out", tmp_path, "--checkpoints",
                        data["ckpt"], "--bootstrap", "50"], capsys)
@@ -322,6 +381,9 @@ def test_nan_becomes_null_and_labels_csv_only(data, tmp_path, capsys):
     res = json.loads(text)
     r = res["methods"][NAME]
     assert res["n_with_mask"] == 0 and res["n_images"] == 6
+    # the three normal PNGs enter the pixel metrics with empty masks; with no lesion pixel anywhere
+    # the pixel figures stay undefined
+    assert res["n_with_pixel_truth"] == 3
     assert r["pixel_ap"] is None and r["pixel_auroc"] is None and r["best_dice"] is None
     assert r["dice_at_val_threshold"] is None
     assert r["image_auroc"] is not None and 0 <= r["image_auroc"] <= 1
@@ -486,7 +548,7 @@ def test_subprocess_cli_end_to_end_with_zscore(data, tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((out / "metrics.json").read_text())
     r = res["methods"]["zscore"]
-    assert res["schema_version"] == 1 and r["checkpoint_hash"] not in ("", "none")
+    assert res["schema_version"] == 2 and r["checkpoint_hash"] not in ("", "none")
     for k in METHOD_FIELDS[:7]:
         assert r[k] is None or (0 <= r[k] <= 1 and not math.isnan(r[k]))
     assert (out / "metrics.md").exists() and (out / "montage_zscore.png").exists()
