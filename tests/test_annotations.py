@@ -363,6 +363,11 @@ class FakeAnalysis:
     def n_slices(self):
         return len(self.prepared.valid)
 
+    def pixel_aspect(self):
+        from anomaly.analysis import Analysis
+
+        return Analysis.pixel_aspect(self)
+
     def full_map(self, m):
         return self._maps[m]
 
@@ -454,8 +459,9 @@ def test_service_flags_need_a_login_and_go_through_the_loaded_analysis(loaded):
         svc.undo(None, a.study_key, _token("bob", "hunter2"))  # bob changed nothing here
     # preview: upscaled RGB with the flags drawn
     img = svc.preview(key, mid, "ae", 1.0, "box", [10, 10, 20, 25], [r, c])
-    k = svc.preview_scale(a.scan.slice(mid).shape)
-    assert img.shape == (a.scan.shape[1] * k, a.scan.shape[2] * k, 3) and img.dtype == np.uint8
+    kr, kc = svc.preview_scale(a.scan.slice(mid).shape, a.pixel_aspect())
+    assert kr == kc  # square pixels of this axial plane
+    assert img.shape == (a.scan.shape[1] * kr, a.scan.shape[2] * kc, 3) and img.dtype == np.uint8
     # a flag of the same study drawn on another series of it (other slice count) is not drawn here
     h, w = a.scan.slice(mid).shape
     other = np.zeros((h, w), bool)

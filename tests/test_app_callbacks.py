@@ -271,3 +271,106 @@ def test_thick_slices_keep_their_shape_in_the_compare_slider(methods_root, tmp_p
     raw = a.display_u8(i)
     assert raw.shape[0] < raw.shape[1] / 3  # 19 rows of 6 mm under ~109 columns of 2 mm
     assert inp.shape[1] == raw.shape[1] and inp.shape[0] == round(raw.shape[0] * 3.0) and ph.shape == inp.shape
+
+
+@pytest.fixture(scope="module")
+def thick_coronal(methods_root, tmp_path_factory):
+    """A 6 mm-slice MNI152 volume viewed coronally: rows 3x taller than columns (pixel aspect 3)."""
+    from anomaly.data.folder import read_image, write_image
+
+    v = read_image(ROOT / "assets/templates/mni152_2009a_t1_1mm.nii.gz")[40:150:6, ::2, ::2].copy()
+    p = write_image(tmp_path_factory.mktemp("thick"), "thick", v, spacing=(6.0, 2.0, 2.0))
+    key, a = cb.load_and_analyse([str(p)], ["zscore"], "coronal")
+    assert a.pixel_aspect() == pytest.approx(3.0)
+    return key, a
+
+
+def test_annotate_preview_keeps_thick_slices_proportions_and_maps_clicks_back(thick_coronal):
+    """The Annotate preview stretches rows like the grid, and a click lands on the pixel under it."""
+    import gradio as gr
+
+    from anomaly.annotations import service as svc
+    from anomaly.ui.annotate import on_preview_click
+
+    key, a = thick_coronal
+    i = a.n_slices // 2
+    h, w = a.display_u8(i).shape
+    kr, kc = svc.preview_scale((h, w), a.pixel_aspect())
+    assert kr == 3 * kc
+    img = svc.preview(key, i)
+    assert img.shape == (h * kr, w * kc, 3)
+    # a click at display (x, y) is the slice pixel (y // kr, x // kc); corner 0 -> 1 in box mode
+    row, col = h // 2, w // 3
+    evt = gr.SelectData(None, {"index": [col * kc + kc - 1, row * kr + kr - 1], "value": None})
+    out = on_preview_click(key, i, "box", 0, "", "", "", "", evt)
+    assert out[:2] == [row, col] and out[-1] == 1
+    out = on_preview_click(key, i, "component", 0, "", "", "", "", evt)
+    assert out[4:6] == [row, col]
+    # a click on the last display pixel stays inside the slice
+    evt = gr.SelectData(None, {"index": [w * kc - 1, h * kr - 1], "value": None})
+    assert on_preview_click(key, i, "component", 0, "", "", "", "", evt)[4:6] == [h - 1, w - 1]
+
+
+def test_preview_scale_square_and_thick_pixels():
+    from anomaly.annotations.service import preview_scale
+
+    assert preview_scale((128, 128)) == (3, 3)
+    assert preview_scale((19, 109), 3.0) == (9, 3)  # 57 x 109 mm-ish, up-scaled 3x, rows 3x taller
+    assert preview_scale((109, 19), 1 / 3.0) == (3, 9)
+    assert preview_scale((1, 1)) == (6, 6)
+    assert preview_scale((4000, 10)) == (1, 1)
+    assert preview_scale((64, 64), float("nan")) == preview_scale((64, 64))
+
+
+def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root, tiny_dataset, tmp_path_factory,
+                                                    monkeypatch):
+    """The diffusion button's callback end to end: a tiny AnoDDPM trained here, run on the slice in
+    view of a thick-slice coronal plane, seeded (same map twice), drawn with the plane's pixel aspect."""
+    import shutil
+
+    import anomaly.methods.base as base
+    import anomaly.render as render
+    from anomaly.methods.anoddpm import method as am
+    from anomaly.train import train
+    from anomaly.training import TrainConfig
+
+    root = tmp_path_factory.mktemp("od_ckpt")
+    shutil.copytree(methods_root / "zscore", root / "zscore")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(am.DEFAULT_INFERENCE, "n_steps", 2)
+        train("anoddpm", tiny_dataset, root / "anoddpm", TrainConfig(seed=0, max_steps=3, batch_size=4))
+    monkeypatch.setattr(base, "CHECKPOINT_ROOT", root)
+    base.clear_cache()
+    try:
+        assert cb.on_demand_methods() == ["anoddpm"]
+        key, a = thick_coronal
+        aspects = []
+        real = render.compose_grid
+        monkeypatch.setattr(render, "compose_grid", lambda *x, **k: aspects.append(k.get("aspect")) or real(*x, **k))
+        i = a.n_slices // 2
+        grid, row = cb.run_on_demand(key, i, "anoddpm", seed=0)
+        grid2, row2 = cb.run_on_demand(key, i, "anoddpm", seed=0)
+        assert isinstance(grid, Image.Image) and grid.size[0] > 300
+        assert row["method"] == "anoddpm" and row["slice"] == i and np.isfinite(row["score"])
+        assert row["percentile vs healthy"] is None or 0 <= row["percentile vs healthy"] <= 100
+        assert row2["score"] == row["score"] and np.array_equal(np.asarray(grid), np.asarray(grid2))
+        assert aspects == [pytest.approx(3.0)] * 2
+        assert cb.run_on_demand(key, 10_000, "anoddpm")[1]["slice"] == a.n_slices - 1  # clipped into the scan
+    finally:
+        base.clear_cache()
+
+
+def test_a_new_scan_clears_the_on_demand_panel(methods_root):
+    """Wiring: the scan key's change event empties both on-demand outputs."""
+    from anomaly.ui.app import build_app, clear_on_demand
+
+    cfg = build_app().config
+    comps = {c["id"]: c for c in cfg["components"]}
+    deps = [d for d in cfg["dependencies"] if d.get("api_name") == "clear_on_demand"]
+    assert len(deps) == 1
+    (target, event), = deps[0]["targets"]
+    assert event == "change" and comps[target]["type"] == "state"
+    run = [d for d in cfg["dependencies"] if d.get("api_name") == "run_on_demand"][0]
+    assert target in run["inputs"]  # the same key the button runs on
+    assert sorted(deps[0]["outputs"]) == sorted(run["outputs"])
+    assert clear_on_demand() == (None, None)

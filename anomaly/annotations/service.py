@@ -397,9 +397,17 @@ def fp_figure(rows: list[dict]):
 # ----------------------------------------------------------------------------- preview
 
 
-def preview_scale(shape) -> int:
-    """Integer up-scaling of the preview so that small slices are comfortable to click."""
-    return max(1, min(6, 384 // max(int(shape[0]), int(shape[1]), 1)))
+def preview_scale(shape, aspect: float = 1.0) -> tuple[int, int]:
+    """Integer up-scaling (rows, columns) of the preview: small slices comfortable to click, and the
+    plane at its true proportions (``aspect`` = row / column pixel size, ``Analysis.pixel_aspect``:
+    a coronal or sagittal plane of thick axial slices has rows several times taller than columns)."""
+    h, w = max(int(shape[0]), 1), max(int(shape[1]), 1)
+    a = float(aspect) if np.isfinite(aspect) and aspect > 0 else 1.0
+    if a >= 1:
+        kc = max(1, min(6, int(384 // max(h * a, w))))
+        return max(1, round(kc * a)), kc
+    kr = max(1, min(6, int(384 // max(h, w / a))))
+    return kr, max(1, round(kr / a))
 
 
 _LABEL_RGB = {"false_positive": (255, 60, 60), "missed_lesion": (60, 220, 60), "confirmed_finding": (80, 160, 255)}
@@ -407,7 +415,7 @@ _LABEL_RGB = {"false_positive": (255, 60, 60), "missed_lesion": (60, 220, 60), "
 
 def preview(key, index, method: str | None = None, threshold: float = 1.0, mode: str | None = None, box=None,
             point=None) -> np.ndarray:
-    """The slice (windowed) at input resolution x ``preview_scale``: the method's thresholded region in
+    """The slice (windowed) at input resolution x ``preview_scale`` (rows, columns): the method's thresholded region in
     yellow, existing flags in their label colour (red FP, green missed, blue confirmed) and the pending
     region in cyan."""
     a = _analysis(key)
@@ -438,8 +446,8 @@ def preview(key, index, method: str | None = None, threshold: float = 1.0, mode:
         if 0 <= r < img.shape[0] and 0 <= c < img.shape[1]:
             rgb[max(r - 2, 0):r + 3, c] = (255, 0, 255)
             rgb[r, max(c - 2, 0):c + 3] = (255, 0, 255)
-    k = preview_scale(img.shape)
-    return np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
+    kr, kc = preview_scale(img.shape, a.pixel_aspect())
+    return np.repeat(np.repeat(rgb, kr, axis=0), kc, axis=1)
 
 
 __all__ = ["REGION_MODES", "add_flag", "edit_flag", "remove_flag", "undo", "flag_table", "mark_slice_reviewed",
