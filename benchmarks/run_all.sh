@@ -2,6 +2,7 @@
 # Reproduces the README's benchmark tables (after `make data` and the trainings in the cards).
 #   main test:            data/cohort/test, every single-pass method, then diffusion (on demand in the app)
 #   held-out anatomy:     data/cohort/test_heldout with models trained on train_loo (benchmarks/train_loo.sh)
+#   held-out context:     the main models (which saw Colin27) on data/cohort/test_heldout
 #   domain shift:         data/cohort/test_domain_shift (the real ITK subject), main models
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ fi
 if [ -f "$LOO_ROOT/anoddpm/card.json" ]; then
   $PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "anoddpm$( [ -f "$LOO_ROOT/ae/card.json" ] && echo ,ae )" --checkpoints "$LOO_ROOT" --out "$OUT/heldout_anoddpm" --no-progress
 fi
+# context for the held-out rows (not a held-out figure): the main models, which saw Colin27, on the same slices
+$PY -m anomaly.evaluate --data data/cohort/test_heldout --methods "$SINGLE$( [ -f checkpoints/anoddpm/card.json ] && echo ,anoddpm )" --out "$OUT/heldout_main_models" --no-progress
 $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods "$SINGLE" --out "$OUT/domain_shift" --no-progress
 if [ -f checkpoints/anoddpm/card.json ]; then
   $PY -m anomaly.evaluate --data data/cohort/test_domain_shift --methods anoddpm --out "$OUT/domain_shift_anoddpm" --no-progress
