@@ -70,8 +70,9 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
         folder = data / train_split if (data / train_split).is_dir() else data
         val, train = hold_out_files(train, subjects=_subjects_of(folder))
         if (folder / "brainmasks").is_dir():  # the held-out files again, with the extractor's masks
-            extracted = load_prepared(folder, desc="preprocess held-out", use_brainmasks=False)
             held = set(val.names)
+            extracted = load_prepared(folder, desc="preprocess held-out", use_brainmasks=False,
+                                      only_files={n.rsplit(":", 1)[0] for n in held})
             val = extracted.subset(np.array([i for i, n in enumerate(extracted.names) if n in held], np.int64))
             if len(val) == 0:
                 raise DatasetError(f"none of the held-out slices of {folder} is usable with the brain extractor's masks")

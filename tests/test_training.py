@@ -240,3 +240,38 @@ def test_calibration_uses_the_extractor_masks_like_evaluate(tiny_dataset, tmp_pa
     card = train("zscore", data, tmp_path / "z", TrainConfig(seed=0))
     cal = calibrate_on(data / "val_normal", {"zscore": get_method("zscore", tmp_path / "z")}, progress=False)["zscore"]
     assert cal.pixel_threshold == pytest.approx(card["calibration"]["pixel_threshold"], rel=1e-6)
+
+
+def test_plain_folder_with_brainmasks_holds_out_on_the_extractor_masks_preprocessing_only_those_files(
+        tiny_dataset, tmp_path, monkeypatch):
+    """A plain folder of healthy scans with ground-truth brainmasks/: the 10% held out for calibration
+    are preprocessed again with the extractor's masks, and only those files are."""
+    import shutil
+
+    from PIL import Image
+
+    import anomaly.data.prepared as prepared
+    from anomaly.train import load_training_data
+
+    data = tmp_path / "plain"
+    shutil.copytree(tiny_dataset / "train", data)
+    (data / "brainmasks").mkdir()
+    for p in sorted((data / "images").glob("*.png")):
+        with Image.open(p) as im:
+            w, h = im.size
+        m = np.zeros((h, w), np.uint8)
+        m[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 255
+        Image.fromarray(m).save(data / "brainmasks" / p.name)
+    n_files = len(list((data / "images").glob("*.png")))
+    prepared.load_prepared(data)  # the training pass (cached), as load_training_data makes it
+    read = []
+    real = prepared.read_image
+    monkeypatch.setattr(prepared, "read_image", lambda p, *a, **k: read.append(Path(p).stem) or real(p, *a, **k))
+    tr, val, _ = load_training_data(data)
+    held = {n.rsplit(":", 1)[0] for n in val.names}
+    assert 0 < len(held) < n_files and not held & {n.rsplit(":", 1)[0] for n in tr.names}
+    assert sorted(read) == sorted(held)  # the cached training pass, then the held-out files alone
+    extracted = prepared.load_prepared(data, use_brainmasks=False)
+    keep = [i for i, n in enumerate(extracted.names) if n.rsplit(":", 1)[0] in held]
+    assert val.names == [extracted.names[i] for i in keep]
+    assert np.array_equal(val.masks, extracted.masks[keep])

@@ -52,7 +52,8 @@ def _fingerprint(root: Path) -> str:
 
 
 def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, cache: bool = True,
-                  desc: str | None = None, use_brainmasks: bool = True) -> PreparedSet:
+                  desc: str | None = None, use_brainmasks: bool = True,
+                  only_files: set[str] | None = None) -> PreparedSet:
     """Every slice of ``root`` preprocessed (one image/volume at a time), valid slices only.
 
     Lesion masks are carried into model space with the same crop/resize as the image.
@@ -60,11 +61,14 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
     With ``use_brainmasks`` and a ``root/brainmasks/`` folder (same file names, written by the
     cohort builder), its ground-truth brain masks replace brain extraction: training data then
     does not depend on the extractor. Evaluation never uses them (it runs the real pipeline).
+    ``only_files`` (file names as in ``PreparedSet.names`` before the ":"): preprocess those files
+    only, uncached (e.g. a training folder's held-out files again, with the extractor's masks).
     """
     root = Path(root)
     use_bm = use_brainmasks and (root / "brainmasks").is_dir()
     ext = "gtmask" if use_bm else extractor_id()
     cache_path = root / f".prepared-v{PREPROCESS_VERSION}-{ext}-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
+    cache = cache and only_files is None
     if cache and cache_path.exists():
         z = np.load(cache_path, allow_pickle=False)
         les = z["lesions"] if z["has_lesions"] else None
@@ -72,7 +76,8 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
     imgs, msks, labs, less, names = [], [], [], [], []
     any_lesion = False
     brain_dir = root / "brainmasks"
-    for item in tqdm(read_folder(root), desc=desc or f"preprocess {root.name}", leave=False):
+    items = [it for it in read_folder(root) if only_files is None or it.name in only_files]
+    for item in tqdm(items, desc=desc or f"preprocess {root.name}", leave=False):
         try:
             a = read_image(item.image_path)
             bm = brain_dir / item.image_path.name
