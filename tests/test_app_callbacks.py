@@ -374,3 +374,32 @@ def test_a_new_scan_clears_the_on_demand_panel(methods_root):
     assert target in run["inputs"]  # the same key the button runs on
     assert sorted(deps[0]["outputs"]) == sorted(run["outputs"])
     assert clear_on_demand() == (None, None)
+
+
+def test_methods_panel_shows_each_cards_validation_figures(methods_root, tmp_path, monkeypatch):
+    """The "Methods and citations" panel: paper, the card's own val_lesion figures, where it was trained;
+    a card without figures or with a broken file still gives a row."""
+    import anomaly.methods.base as base
+    from anomaly.checkpoints import load_card
+
+    md = cb.citations_markdown()
+    for name in ("zscore", "ae", "consensus"):
+        v = load_card(methods_root / name)["validation"]
+        assert f"{v['val_lesion_image_auroc']:.2f} / {v['val_lesion_pixel_ap']:.3f}" in md, name
+    assert "synthetic" in md and "Kascenas" not in md  # only methods with a checkpoint here
+    ae_steps = load_card(methods_root / "ae")["train_steps"]
+    assert f"{ae_steps:,} steps" in md
+    import shutil
+
+    root = tmp_path / "ck"
+    shutil.copytree(methods_root / "ae", root / "ae")
+    shutil.copytree(methods_root / "zscore", root / "zscore")
+    card = json.loads((root / "ae" / "card.json").read_text())
+    card.pop("validation")
+    (root / "ae" / "card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(base, "CHECKPOINT_ROOT", root)
+    rows = {r.split("|")[1].strip(): r for r in cb.citations_markdown().splitlines() if r.startswith("| `")}
+    assert set(rows) == {"`ae`", "`zscore`"} and "not measured" in rows["`ae`"]
+    (root / "zscore" / "card.json").write_text("{not json")
+    # a card that stopped being JSON: the method is still listed (its use fails elsewhere, with its own message)
+    assert "`zscore`" in cb.citations_markdown()

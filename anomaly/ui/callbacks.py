@@ -251,11 +251,43 @@ def method_choices() -> list[tuple[str, str]]:
 
 
 def citations_markdown() -> str:
-    rows = ["| method | title | paper |", "|---|---|---|"]
+    """The methods panel: each method, its paper, and what its own card measured on the validation
+    split with synthetic lesions, and where it was trained, so a reader weighs the columns."""
+    from anomaly.checkpoints import load_card
+    from anomaly.methods import base
+
+    rows = ["| method | title | paper | validation: image AUROC / pixel AP | trained |", "|---|---|---|---|---|"]
     for m in available_methods():
         c = method_class(m)
-        rows.append(f"| `{m}` | {c.title} | {c.paper} |")
-    return "\n".join(rows)
+        try:
+            card = load_card(base.CHECKPOINT_ROOT / m)
+        except AnomalyError:
+            card = {}
+        rows.append(f"| `{m}` | {c.title} | {c.paper} | {_validation_cell(card)} | {_trained_cell(card)} |")
+    return "\n".join(rows) + (
+        "\n\nValidation figures are each checkpoint card's own: the `val_lesion` split, half healthy slices and "
+        "half with **synthetic** lesions on the template brains, scored like this page scores (0.5 = chance). "
+        "They say how the methods compare, not how they will do on your scans; the README's benchmark has "
+        "the test, held-out-anatomy and real-subject figures.")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _validation_cell(card: dict) -> str:
+    v = card.get("validation") if isinstance(card.get("validation"), dict) else {}
+    auc, ap, n = v.get("val_lesion_image_auroc"), v.get("val_lesion_pixel_ap"), v.get("val_lesion_slices")
+    if not (_number(auc) and _number(ap)):
+        return "not measured"
+    return f"{auc:.2f} / {ap:.3f}" + (f" ({int(n)} slices)" if _number(n) else "")
+
+
+def _trained_cell(card: dict) -> str:
+    steps, where = card.get("train_steps"), card.get("trained_on")
+    parts = [f"{int(steps):,} steps" if _number(steps) and steps > 1 else "",  # zscore records 1 (a single fit)
+             str(where).split(" (")[0] if isinstance(where, str) and where else ""]
+    return ", ".join(p for p in parts if p) or "fitted without a training loop"
 
 
 __all__ = ["load_and_analyse", "render_view", "get_analysis", "MultipleSeriesError", "api_summary", "findings_rows",
