@@ -67,6 +67,7 @@ PIXEL_REGION = ("inside the brain mask (PreparedSlices.original_masks) of sample
                 "normal samples without one (an empty mask), at the image's size")
 POSTPROCESSING = "brain mask + median filter 5x5 (anomaly.scoring)"
 SPECIFICITY = 0.95
+LESION_IN_BRAIN_WARNING = 0.9  # metrics.md warns below this share of lesion pixels inside the brain masks
 N_DICE_THRESHOLDS = 100
 MONTAGE_K = 4
 SIZE_BINS = (("<10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), (">=20 mm", 20.0, math.inf))
@@ -757,6 +758,11 @@ def markdown_report(res: dict) -> str:
             for k in PAIRED_METRICS:
                 cells += [_fmt_signed(d[k]["difference"], d[k]["ci"]), _fmt(d[k]["share_not_better"])]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    frac = res.get("lesion_pixels_in_brain_fraction")
+    if frac is not None and frac < LESION_IN_BRAIN_WARNING:
+        lines[2] += (f"\n\n**Warning:** only {100 * frac:.0f}% of the lesion-mask pixels fall inside the brain masks "
+                     "the pixel metrics use: the brain extraction cuts lesions off (near the brain's edge?), and "
+                     "the pixel figures ignore the rest.")
     if res.get("skipped"):
         lines += ["", "## Skipped files", ""] + [f"- `{s['file']}`: {s['reason']}" for s in res["skipped"]]
     lines += ["", "Best Dice is chosen on the test data (optimistic); Dice @ val thr. uses the healthy-validation "

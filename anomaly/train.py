@@ -2,8 +2,9 @@
 
 DIR is a folder in the data-set format. If it has ``train/`` and ``val_normal/`` sub-folders
 (as ``python -m anomaly.data build`` writes), those are used, and ``val_lesion/`` if present
-gives validation figures; otherwise DIR itself is the healthy training set and a
-subject-free 10% of it, whole files drawn with a fixed seed, is held back for calibration.
+gives validation figures; otherwise DIR itself is the healthy training set and about 10% of
+it, whole files drawn with a fixed seed (all files of one labels.csv ``subject`` on the same
+side), is held back for calibration. Files labelled 1 and lesion slices are never trained on.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     else:
         allset = load_prepared(data, desc="preprocess")
         train, val, val_lesion = allset, None, None
-    train = train.subset(np.nonzero(train.labels != 1)[0])
+    folder = data / train_split if (data / train_split).is_dir() else data
+    train = _healthy_only(train, folder)
     if len(train) == 0:
         raise DatasetError(f"no healthy slices to train on in {data}")
     if val is None:
-        folder = data / train_split if (data / train_split).is_dir() else data
         val, train = hold_out_files(train, subjects=_subjects_of(folder))
         if (folder / "brainmasks").is_dir():  # the held-out files again, with the extractor's masks
             held = set(val.names)
@@ -83,16 +84,40 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     return train, val, val_lesion
 
 
+def _healthy_only(ps: PreparedSet, folder: Path) -> PreparedSet:
+    """The slices a model of healthy anatomy may learn from: not those labelled anomalous (a lesion
+    in their mask, or label 1 of a 2D image), nor any slice of a file labelled 1 in labels.csv (a
+    volume's lesion may lie on any of its slices). Says on stderr how many it leaves out."""
+    from anomaly.data.folder import read_folder
+
+    try:
+        flagged = {it.name for it in read_folder(folder) if it.label == 1}
+    except AnomalyError:
+        flagged = set()
+    files = [n.rsplit(":", 1)[0] for n in ps.names] if ps.names else [""] * len(ps)
+    keep = np.array([lab != 1 and f not in flagged for lab, f in zip(ps.labels, files)], bool)
+    if (~keep).any():
+        n_files = len({f for f, k in zip(files, keep) if not k})
+        print(f"note: {int((~keep).sum())} slice(s) of {n_files} file(s) labelled anomalous (labels.csv or a lesion "
+              "mask) are left out: models learn healthy anatomy only", file=sys.stderr)
+    return ps.subset(np.nonzero(keep)[0])
+
+
 def _subjects_of(folder: Path) -> dict[str, str]:
-    """File name -> ``subject`` from the folder's labels.csv (files without one are left out)."""
+    """File name -> ``subject`` from the folder's labels.csv (files without one are left out; the
+    column name is matched without regard to case)."""
     from anomaly.data.folder import read_folder
 
     try:
         items = read_folder(folder)
     except AnomalyError:
         return {}
-    return {it.name: str(it.extras.get("subject") or "").strip() for it in items
-            if str(it.extras.get("subject") or "").strip()}
+    out = {}
+    for it in items:
+        val = next((v for k, v in it.extras.items() if str(k).strip().lower() == "subject"), None)
+        if str(val or "").strip():
+            out[it.name] = str(val).strip()
+    return out
 
 
 def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0,
@@ -122,6 +147,9 @@ def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0,
         held.append(f)
         n_held += int((files == f).sum())
     val = np.isin(files, held)
+    if val.sum() > 1.5 * fraction * len(ps):
+        print(f"note: {int(val.sum())} of {len(ps)} slices ({100 * val.mean():.0f}%) are held out for calibration: "
+              f"whole {'subjects' if subjects else 'files'} are, and the ones drawn are large", file=sys.stderr)
     return ps.subset(np.nonzero(val)[0]), ps.subset(np.nonzero(~val)[0])
 
 
@@ -173,7 +201,9 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         write_card(out, card)
     else:
         resumed = bool(cfg.resume) and (out / "work").is_dir() and any((out / "work").rglob("state.safetensors"))
+        t_fit = time.time()
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
+        extra.setdefault("wall_time_s", round(time.time() - t_fit, 1))  # methods without a training loop
         card = save_checkpoint(out, tensors, {
             "method": cls.name,
             "title": cls.title,
@@ -181,7 +211,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             "citation": cls.citation,
             "input_size": [MODEL_SIZE, MODEL_SIZE],
             "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
-            "training_data": f"{data} ({train_split} / {val_split})",
+            "training_data": _training_data_text(data, train_split, val_split, val_set),
             "n_train_slices": len(train_set),
             "n_val_normal_slices": len(val_set),
             "command": command or f"python -m anomaly.train {cls.name} --data {data}",
@@ -210,6 +240,17 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     write_card(out, card)
     clear_cache()
     return load_card(out)
+
+
+def _training_data_text(data: Path, train_split: str, val_split: str, val_set: PreparedSet) -> str:
+    """The card's ``training_data``: the split folders, or for a plain folder the files held out."""
+    data = Path(data)
+    if (data / val_split).is_dir():
+        return f"{data} ({train_split} / {val_split})"
+    where = f"{data / train_split} ({train_split}/)" if (data / train_split).is_dir() else f"{data} (plain folder)"
+    held = sorted({n.rsplit(":", 1)[0] for n in val_set.names})
+    shown = ", ".join(held[:20]) + (f", ... ({len(held)} files)" if len(held) > 20 else "")
+    return f"{where}; held out for calibration: {len(val_set)} slices of {shown}"
 
 
 def _positive(kind):

@@ -587,3 +587,15 @@ def test_cli_usage_errors_say_what_is_wrong(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         _run([*base, "--methods", NAME, "--bootstrap", "-5"], capsys)
     assert e.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+
+
+def test_metrics_md_warns_when_the_brain_masks_cut_lesions_off(report):
+    from anomaly.evaluate import markdown_report
+
+    out, res = report
+    # the fixture's blobs are drawn anywhere in the head: some of their pixels lie outside the brain
+    frac = res["lesion_pixels_in_brain_fraction"]
+    assert 0 < frac < 0.9
+    assert f"**Warning:** only {100 * frac:.0f}% of the lesion-mask pixels" in (out / "metrics.md").read_text()
+    assert "Warning" not in markdown_report(dict(res, lesion_pixels_in_brain_fraction=0.95))
+    assert "Warning" not in markdown_report(dict(res, lesion_pixels_in_brain_fraction=None))

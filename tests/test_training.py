@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly.errors import DatasetError
 from anomaly.training import TrainConfig, TrainLoop, batches, device_label, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_resolve_device_and_label():
@@ -275,3 +278,75 @@ def test_plain_folder_with_brainmasks_holds_out_on_the_extractor_masks_preproces
     keep = [i for i, n in enumerate(extracted.names) if n.rsplit(":", 1)[0] in held]
     assert val.names == [extracted.names[i] for i in keep]
     assert np.array_equal(val.masks, extracted.masks[keep])
+
+
+def _plain_folder(tiny_dataset, tmp_path):
+    """A plain folder of the tiny data set's healthy train PNGs plus two small NIfTI volumes."""
+    import shutil
+
+    from anomaly.data.folder import read_image, write_image
+
+    data = tmp_path / "own"
+    shutil.copytree(tiny_dataset / "train", data)
+    v = read_image(ROOT / "assets/templates/mni152_2009a_t1_1mm.nii.gz")
+    write_image(data, "volA", v[60:100:8, ::2, ::2].copy(), spacing=(8.0, 2.0, 2.0))
+    write_image(data, "volB", v[62:102:8, ::2, ::2].copy(), spacing=(8.0, 2.0, 2.0))
+    return data
+
+
+def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_dataset, tmp_path, capsys):
+    """labels.csv label 1 on a PNG or on a volume without a mask: none of its slices is trained or
+    calibrated on (a volume's lesion may be on any slice), with a note; a "Subject" column of any
+    case groups the hold-out; the card names the held-out files and times a fit without a loop."""
+    from anomaly.data.folder import write_labels
+    from anomaly.train import _subjects_of, load_training_data, train
+
+    data = _plain_folder(tiny_dataset, tmp_path)
+    pngs = sorted(p.name for p in (data / "images").glob("*.png"))
+    rows = [{"file": f, "label": 0, "Subject": f"p{k // 4}"} for k, f in enumerate(pngs)]
+    rows[0]["label"] = 1
+    rows += [{"file": "volA.nii.gz", "label": 1, "Subject": "vol"}, {"file": "volB.nii.gz", "label": 0, "Subject": "vol"}]
+    write_labels(data, rows)
+    assert _subjects_of(data)["volB"] == "vol"
+    capsys.readouterr()
+    tr, val, _ = load_training_data(data)
+    err = capsys.readouterr().err
+    files = {n.rsplit(":", 1)[0] for n in tr.names + val.names}
+    assert pngs[0].removesuffix(".png") not in files and "volA" not in files and "volB" in files
+    assert "file(s) labelled anomalous" in err and "2 file(s)" in err
+    held = {n.rsplit(":", 1)[0] for n in val.names}
+    subj = _subjects_of(data)
+    assert not {subj[f] for f in held} & {subj[n.rsplit(":", 1)[0]] for n in tr.names}
+    card = train("zscore", data, tmp_path / "z", TrainConfig(seed=0))
+    assert "(plain folder); held out for calibration" in card["training_data"]
+    assert all(f in card["training_data"] for f in held)
+    assert card["wall_time_s"] >= 0
+
+
+def test_wrong_size_masks_in_a_training_folder_are_named_errors(tiny_dataset, tmp_path):
+    """A brain mask or a lesion mask of another size than its image: a DatasetError naming both,
+    not a crash in preprocessing or a silently dropped slice."""
+    import shutil
+
+    from PIL import Image
+
+    from anomaly.data.prepared import load_prepared
+
+    data = tmp_path / "bm"
+    shutil.copytree(tiny_dataset / "train", data)
+    first = sorted((data / "images").glob("*.png"))[0]
+    (data / "brainmasks").mkdir()
+    for p in sorted((data / "images").glob("*.png")):
+        with Image.open(p) as im:
+            w, h = im.size
+        Image.fromarray(np.full((h, w), 255, np.uint8)).save(data / "brainmasks" / p.name)
+    load_prepared(data)  # cached with these masks
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(data / "brainmasks" / first.name)
+    # the cache knows the brain masks changed: the bad one is read and refused
+    with pytest.raises(DatasetError, match=rf"brain mask .*{first.name}.* is 10x10 pixels .* must match"):
+        load_prepared(data)
+    shutil.rmtree(data / "brainmasks")
+    (data / "masks").mkdir()
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "masks" / first.name)
+    with pytest.raises(DatasetError, match=rf"mask .*{first.name}.* must match"):
+        load_prepared(data)

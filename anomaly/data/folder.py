@@ -170,18 +170,24 @@ def _shape_text(shape) -> str:
     return f"{w}x{h} pixels" + (f" x {s} slices" if s > 1 else "")
 
 
+def read_matching_mask(mask_path: Path, image: np.ndarray, image_path: Path, what: str = "mask") -> np.ndarray:
+    """``read_mask(mask_path)``, which must have the image's shape (``DatasetError`` naming both)."""
+    mask = read_mask(mask_path)
+    if mask.shape != image.shape:
+        raise DatasetError(
+            f"{what} {mask_path} is {_shape_text(mask.shape)} but image {image_path} is "
+            f"{_shape_text(image.shape)}: they must match"
+        )
+    return mask
+
+
 def item_samples(item: Item) -> list[Sample]:
     """All 2D samples of one item: label from the mask (any lesion pixel), else labels.csv
     (a volume's csv label only says 'normal' for all its slices), else unknown."""
     img = read_image(item.image_path)
     mask = None
     if item.mask_path is not None:
-        mask = read_mask(item.mask_path)
-        if mask.shape != img.shape:
-            raise DatasetError(
-                f"mask {item.mask_path} is {_shape_text(mask.shape)} but image {item.image_path} is "
-                f"{_shape_text(img.shape)}: they must match"
-            )
+        mask = read_matching_mask(item.mask_path, img, item.image_path)
     out = []
     for i in range(img.shape[0]):
         m = mask[i] if mask is not None else None

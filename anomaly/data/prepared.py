@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from anomaly.data.folder import read_folder, read_image, read_mask
+from anomaly.data.folder import read_folder, read_image, read_matching_mask
 from anomaly.errors import InvalidImageError
 from anomaly.preprocess import MODEL_SIZE, PREPROCESS_VERSION, extractor_id, preprocess_slices
 
@@ -37,9 +37,9 @@ class PreparedSet:
                            [self.names[i] for i in idx])
 
 
-def _fingerprint(root: Path) -> str:
+def _fingerprint(root: Path, brainmasks: bool = False) -> str:
     h = hashlib.sha256()
-    for sub in ("images", "masks"):
+    for sub in ("images", "masks") + (("brainmasks",) if brainmasks else ()):
         d = root / sub
         if d.is_dir():
             for p in sorted(d.iterdir()):
@@ -67,7 +67,7 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
     root = Path(root)
     use_bm = use_brainmasks and (root / "brainmasks").is_dir()
     ext = "gtmask" if use_bm else extractor_id()
-    cache_path = root / f".prepared-v{PREPROCESS_VERSION}-{ext}-{_fingerprint(root)}-{size}-{int(only_valid)}.npz"
+    cache_path = root / f".prepared-v{PREPROCESS_VERSION}-{ext}-{_fingerprint(root, use_bm)}-{size}-{int(only_valid)}.npz"
     cache = cache and only_files is None
     if cache and cache_path.exists():
         z = np.load(cache_path, allow_pickle=False)
@@ -81,14 +81,15 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
         try:
             a = read_image(item.image_path)
             bm = brain_dir / item.image_path.name
-            prep = preprocess_slices(a, masks=read_mask(bm) if (use_brainmasks and bm.exists()) else None, size=size)
+            gt = read_matching_mask(bm, a, item.image_path, "brain mask") if (use_bm and bm.exists()) else None
+            prep = preprocess_slices(a, masks=gt, size=size)
         except InvalidImageError as e:  # blank or tiny: nothing to learn from, not a reason to stop
             tqdm.write(f"skipped {item.image_path.name}: {e}", file=sys.stderr)
             continue
         lesion_model = np.zeros_like(prep.masks)
         if item.mask_path is not None:
             any_lesion = True
-            lesion_model = prep.to_model(read_mask(item.mask_path))
+            lesion_model = prep.to_model(read_matching_mask(item.mask_path, a, item.image_path))
         for i in range(len(a)):
             if only_valid and not prep.valid[i]:
                 continue
