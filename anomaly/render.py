@@ -143,7 +143,7 @@ class GridRow:
 
 
 def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = None, aspect: float = 1.0,
-                 scale_note: str = "calibrated against healthy") -> Image.Image:
+                 scale_note: str = "calibrated") -> Image.Image:
     """Side-by-side grid, one row per method: input | pseudo-healthy | residual | overlay | bar."""
     n = max(1, len(rows))
     bar_w = 80

@@ -67,7 +67,7 @@ class Scan:
 
     def slice(self, index: int, plane: str = "axial") -> np.ndarray:
         """A 2D slice in display orientation (see module docstring)."""
-        plane = _check_plane(plane)
+        plane = check_plane(plane)
         v = self.voxels
         if plane == "axial":
             return v[int(np.clip(index, 0, v.shape[0] - 1))]
@@ -78,7 +78,7 @@ class Scan:
     def slice_spacing(self, plane: str = "axial") -> tuple[float, float]:
         """(row, column) pixel spacing in mm of a slice in ``plane``."""
         ds, dh, dw = self.spacing
-        return {"axial": (dh, dw), "coronal": (ds, dw), "sagittal": (ds, dh)}[_check_plane(plane)]
+        return {"axial": (dh, dw), "coronal": (ds, dw), "sagittal": (ds, dh)}[check_plane(plane)]
 
     def __repr__(self) -> str:
         s = self.spacing
@@ -91,7 +91,8 @@ class Scan:
         )
 
 
-def _check_plane(plane: str) -> str:
+def check_plane(plane: str) -> str:
+    """``plane`` if it is one of ``PLANES``, else an ``InvalidRequestError`` naming them."""
     if plane not in PLANES:
         from anomaly.errors import InvalidRequestError
 
@@ -101,7 +102,7 @@ def _check_plane(plane: str) -> str:
 
 def plane_size(scan: Scan, plane: str) -> int:
     """Number of slices of ``scan`` in ``plane``."""
-    return scan.voxels.shape[{"axial": 0, "coronal": 1, "sagittal": 2}[_check_plane(plane)]]
+    return scan.voxels.shape[{"axial": 0, "coronal": 1, "sagittal": 2}[check_plane(plane)]]
 
 
 def ras_to_display(data: np.ndarray) -> np.ndarray:

@@ -460,8 +460,8 @@ def test_service_flags_need_a_login_and_go_through_the_loaded_analysis(loaded):
     # preview: upscaled RGB with the flags drawn
     img = svc.preview(key, mid, "ae", 1.0, "box", [10, 10, 20, 25], [r, c])
     kr, kc = svc.preview_scale(a.scan.slice(mid).shape, a.pixel_aspect())
-    assert kr == kc  # square pixels of this axial plane
-    assert img.shape == (a.scan.shape[1] * kr, a.scan.shape[2] * kc, 3) and img.dtype == np.uint8
+    assert kr == kc == int(kr)  # square pixels of this axial plane: one integer factor
+    assert img.shape == (a.scan.shape[1] * int(kr), a.scan.shape[2] * int(kc), 3) and img.dtype == np.uint8
     # a flag of the same study drawn on another series of it (other slice count) is not drawn here
     h, w = a.scan.slice(mid).shape
     other = np.zeros((h, w), bool)

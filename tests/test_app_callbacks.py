@@ -296,30 +296,40 @@ def test_annotate_preview_keeps_thick_slices_proportions_and_maps_clicks_back(th
     i = a.n_slices // 2
     h, w = a.display_u8(i).shape
     kr, kc = svc.preview_scale((h, w), a.pixel_aspect())
-    assert kr == 3 * kc
+    assert kr == pytest.approx(3 * kc) and kc == int(kc)
     img = svc.preview(key, i)
-    assert img.shape == (h * kr, w * kc, 3)
+    assert img.shape == (round(h * kr), w * int(kc), 3)
     # a click at display (x, y) is the slice pixel (y // kr, x // kc); corner 0 -> 1 in box mode
     row, col = h // 2, w // 3
-    evt = gr.SelectData(None, {"index": [col * kc + kc - 1, row * kr + kr - 1], "value": None})
+    evt = gr.SelectData(None, {"index": [int(col * kc + kc - 1), int(row * kr + kr - 1)], "value": None})
     out = on_preview_click(key, i, "box", 0, "", "", "", "", evt)
     assert out[:2] == [row, col] and out[-1] == 1
+    # the first corner is drawn (cyan cross) before the second click
+    first = svc.preview(key, i, None, 1.0, "box", [row, col, "", ""])
+    assert not np.array_equal(first, img)
+    assert (first[int(row * kr + kr / 2), int(col * kc + kc / 2)] == (0, 255, 255)).all()
     out = on_preview_click(key, i, "component", 0, "", "", "", "", evt)
     assert out[4:6] == [row, col]
     # a click on the last display pixel stays inside the slice
-    evt = gr.SelectData(None, {"index": [w * kc - 1, h * kr - 1], "value": None})
+    evt = gr.SelectData(None, {"index": [int(w * kc) - 1, round(h * kr) - 1], "value": None})
     assert on_preview_click(key, i, "component", 0, "", "", "", "", evt)[4:6] == [h - 1, w - 1]
 
 
 def test_preview_scale_square_and_thick_pixels():
-    from anomaly.annotations.service import preview_scale
+    from anomaly.annotations.service import preview_pixel, preview_scale
 
     assert preview_scale((128, 128)) == (3, 3)
     assert preview_scale((19, 109), 3.0) == (9, 3)  # 57 x 109 mm-ish, up-scaled 3x, rows 3x taller
-    assert preview_scale((109, 19), 1 / 3.0) == (3, 9)
+    assert preview_scale((109, 19), 1 / 3.0) == pytest.approx((3, 9))
     assert preview_scale((1, 1)) == (6, 6)
     assert preview_scale((4000, 10)) == (1, 1)
     assert preview_scale((64, 64), float("nan")) == preview_scale((64, 64))
+    # mildly non-square pixels keep their proportion too (not rounded to a whole factor)
+    fr, fc = preview_scale((256, 256), 1.4)
+    assert (fr, fc) == pytest.approx((1.4, 1.0))
+    assert preview_pixel(round(256 * fr) - 1, 255, (256, 256), 1.4) == (255, 255)
+    assert preview_pixel(14.1, 3, (256, 256), 1.4) == (10, 3) and preview_pixel(13.9, 3, (256, 256), 1.4) == (9, 3)
+    assert preview_pixel(-5, 10_000, (256, 256), 1.4) == (0, 255)
 
 
 def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root, tiny_dataset, tmp_path_factory,
@@ -403,3 +413,29 @@ def test_methods_panel_shows_each_cards_validation_figures(methods_root, tmp_pat
     (root / "zscore" / "card.json").write_text("{not json")
     # a card that stopped being JSON: the method is still listed (its use fails elsewhere, with its own message)
     assert "`zscore`" in cb.citations_markdown()
+
+
+def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
+    """A PNG with the plane radio on coronal is shown as it is (with a note), not cut into 1-pixel
+    rows; switching the plane of a 2D image keeps it; switching before any scan does nothing."""
+    import gradio as gr
+
+    from anomaly.ui.app import on_plane, on_upload_page
+
+    png = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
+    outs = list(on_upload_page([str(png)], None, "coronal", ["zscore"], "auto", 0.5, 1.0, "both",
+                               progress=lambda *a, **k: None))
+    key, slider, banner, summary, curve, grid, table, *_ = outs[-1]
+    assert key is not None and grid is not None
+    assert "A 2D image has one plane" in banner["value"] and "not coronal" in banner["value"]
+    a = cb.get_analysis(key)
+    assert a.plane == "axial" and a.n_slices == 1
+    infos = []
+    monkeypatch.setattr(gr, "Info", lambda msg, *x, **k: infos.append(msg))
+    out = on_plane(key, "sagittal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)
+    assert out[0] == key and cb.get_analysis(out[0]).plane == "axial" and out[3] is not None
+    assert infos and "one plane" in infos[0]
+    nothing = on_plane(None, "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)
+    assert len(nothing) == 8 and all(u == gr.update() for u in nothing)
+    with pytest.raises(gr.Error):  # an expired key is still an error
+        on_plane("expired-key", "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)

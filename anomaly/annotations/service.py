@@ -397,17 +397,25 @@ def fp_figure(rows: list[dict]):
 # ----------------------------------------------------------------------------- preview
 
 
-def preview_scale(shape, aspect: float = 1.0) -> tuple[int, int]:
-    """Integer up-scaling (rows, columns) of the preview: small slices comfortable to click, and the
-    plane at its true proportions (``aspect`` = row / column pixel size, ``Analysis.pixel_aspect``:
-    a coronal or sagittal plane of thick axial slices has rows several times taller than columns)."""
+def preview_scale(shape, aspect: float = 1.0) -> tuple[float, float]:
+    """Up-scaling (rows, columns) of the preview: small slices comfortable to click (an integer
+    factor on the finer axis), and the plane at its true proportions (``aspect`` = row / column
+    pixel size, ``Analysis.pixel_aspect``: a coronal or sagittal plane of thick axial slices has
+    rows several times taller than columns). Display pixel (y, x) shows slice pixel
+    (y // rows factor, x // columns factor)."""
     h, w = max(int(shape[0]), 1), max(int(shape[1]), 1)
     a = float(aspect) if np.isfinite(aspect) and aspect > 0 else 1.0
     if a >= 1:
         kc = max(1, min(6, int(384 // max(h * a, w))))
-        return max(1, round(kc * a)), kc
+        return kc * a, float(kc)
     kr = max(1, min(6, int(384 // max(h, w / a))))
-    return kr, max(1, round(kr / a))
+    return float(kr), kr / a
+
+
+def preview_pixel(y: float, x: float, shape, aspect: float = 1.0) -> tuple[int, int]:
+    """The slice pixel (row, column) under display pixel (y, x) of the preview."""
+    fr, fc = preview_scale(shape, aspect)
+    return min(max(int(y / fr), 0), int(shape[0]) - 1), min(max(int(x / fc), 0), int(shape[1]) - 1)
 
 
 _LABEL_RGB = {"false_positive": (255, 60, 60), "missed_lesion": (60, 220, 60), "confirmed_finding": (80, 160, 255)}
@@ -441,16 +449,28 @@ def preview(key, index, method: str | None = None, threshold: float = 1.0, mode:
                 outline(m, (0, 255, 255))
         except (AnomalyError, TypeError, ValueError):
             pass
-    if point is not None and all(v not in (None, "") for v in point):
-        r, c = int(round(float(point[0]))), int(round(float(point[1])))
+    def cross(p, colour):
+        if p is None or len(p) < 2 or any(v in (None, "") for v in p[:2]):
+            return
+        try:
+            r, c = int(round(float(p[0]))), int(round(float(p[1])))
+        except (TypeError, ValueError):
+            return
         if 0 <= r < img.shape[0] and 0 <= c < img.shape[1]:
-            rgb[max(r - 2, 0):r + 3, c] = (255, 0, 255)
-            rgb[r, max(c - 2, 0):c + 3] = (255, 0, 255)
-    kr, kc = preview_scale(img.shape, a.pixel_aspect())
-    return np.repeat(np.repeat(rgb, kr, axis=0), kc, axis=1)
+            rgb[max(r - 2, 0):r + 3, c] = colour
+            rgb[r, max(c - 2, 0):c + 3] = colour
+
+    cross(point, (255, 0, 255))
+    if mode == "box" and box is not None and len(box) == 4 and all(v in (None, "") for v in box[2:]):
+        cross(box[:2], (0, 255, 255))  # the first corner of a box being drawn
+    h, w = img.shape
+    fr, fc = preview_scale(img.shape, a.pixel_aspect())
+    rows = np.minimum((np.arange(max(1, round(h * fr))) / fr).astype(int), h - 1)
+    cols = np.minimum((np.arange(max(1, round(w * fc))) / fc).astype(int), w - 1)
+    return rgb[rows][:, cols]
 
 
 __all__ = ["REGION_MODES", "add_flag", "edit_flag", "remove_flag", "undo", "flag_table", "mark_slice_reviewed",
            "set_case_status", "case_info", "review_queue", "queue_step", "fp_summary", "fp_figure", "preview",
-           "preview_scale", "login", "require_user", "access_state", "region_for", "component_at", "get_store",
+           "preview_scale", "preview_pixel", "login", "require_user", "access_state", "region_for", "component_at", "get_store",
            "AnnotationError", "STATUSES"]

@@ -147,9 +147,7 @@ def on_preview_click(key, index, mode, corner, r0, c0, r1, c1, evt: gr.SelectDat
         shape = svc.slice_shape(a, int(index))
     except (AnomalyError, TypeError, ValueError):
         return [gr.update()] * 7
-    kr, kc = svc.preview_scale(shape, a.pixel_aspect())
-    x, y = evt.index[0], evt.index[1]
-    row, col = min(int(y) // kr, shape[0] - 1), min(int(x) // kc, shape[1] - 1)
+    row, col = svc.preview_pixel(float(evt.index[1]), float(evt.index[0]), shape, a.pixel_aspect())
     if mode == "box":
         if not corner:
             return [row, col, "", "", gr.update(), gr.update(), 1]

@@ -84,6 +84,9 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
     try:
         loaded = cb.load_upload(files, series or None)
         scan, preview_key = loaded[0], None
+        if cb.plane_of(scan, plane) != plane:
+            note = f"*A 2D image has one plane: shown as it is, not {plane}.* "
+            plane = cb.plane_of(scan, plane)
         if stored is not None and plane == "axial":
             try:
                 key, a = cb.open_stored(loaded, *stored)
@@ -113,7 +116,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
         return
     except AnomalyError as e:
         _fail(e)
-    yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods)
+    yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, note=note.strip())
 
 
 def on_upload_page(*args, **kw):
@@ -143,10 +146,16 @@ def on_threshold(key, index, preset, opacity, threshold, mode, methods):
 
 
 def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.Progress()):
+    """Re-analyse the loaded scan in another plane (nothing to do before a scan is loaded; a 2D
+    image keeps its one plane and says so)."""
+    if not key:
+        return [gr.update()] * 8
     try:
         key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
     except AnomalyError as e:
         _fail(e)
+    if a.plane != plane:
+        gr.Info(f"A 2D image has one plane: it stays as it is, not {plane}.")
     idx = a.most_anomalous_slice()
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx), cb.score_curve_figure(a, idx), grid, _df(table),

@@ -18,7 +18,7 @@ from anomaly.analysis import Analysis, analyse
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig
-from anomaly.scan import plane_size
+from anomaly.scan import check_plane, plane_size
 
 MAX_CACHED = 6
 _CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
@@ -104,6 +104,7 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
     ``loaded`` = (scan, paths) from ``load_upload`` skips loading; ``only`` scores just those
     slices (a preview, not cached for reuse)."""
     scan, paths = loaded if loaded is not None else load_upload(files, series_uid)
+    plane = plane_of(scan, plane)
     methods = [m for m in (methods or default_methods())]
     if not methods:
         raise AnomalyError("no trained method available: train one with `python -m anomaly.train ae --data DIR`")
@@ -133,8 +134,15 @@ def open_stored(loaded, maps_file, content_hash: str | None = None) -> tuple[str
     return _put(a), a
 
 
+def plane_of(scan, plane: str) -> str:
+    """The plane a scan is shown in: the one asked for, but a 2D image has only its own (axial)."""
+    check_plane(plane)
+    return plane if scan.is_volume else "axial"
+
+
 def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]:
     a = get_analysis(key)
+    plane = plane_of(a.scan, plane)
     if a.plane == plane:
         return key, a
     b = analyse(a.scan, list(a.results), plane=plane, progress=progress)
