@@ -439,3 +439,29 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
     assert len(nothing) == 8 and all(u == gr.update() for u in nothing)
     with pytest.raises(gr.Error):  # an expired key is still an error
         on_plane("expired-key", "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)
+
+
+def test_app_help_and_port_options(capsys):
+    """`python app.py --help` prints its options and serves nothing; --host/--port are parsed."""
+    from anomaly.ui import app as ui_app
+
+    with pytest.raises(SystemExit) as e:
+        ui_app.launch(["--help"])
+    assert e.value.code == 0 and "--port" in capsys.readouterr().out
+    seen = {}
+
+    class FakeBlocks:
+        def queue(self, **k):
+            return self
+
+        def launch(self, **k):
+            seen.update(k)
+
+    import unittest.mock as mock
+
+    with mock.patch.object(ui_app, "build_app", lambda: FakeBlocks()):
+        ui_app.launch(["--host", "0.0.0.0", "--port", "8123"])
+    assert seen["server_name"] == "0.0.0.0" and seen["server_port"] == 8123
+    with pytest.raises(SystemExit) as e:
+        ui_app.launch(["--port", "not-a-port"])
+    assert e.value.code == 2

@@ -283,11 +283,22 @@ def build_app() -> gr.Blocks:
     return demo
 
 
-def launch(**kw) -> None:
+def launch(argv: list[str] | None = None, **kw) -> None:
+    """Serve the app: ``python app.py [--host H] [--port P]`` (defaults: GRADIO_SERVER_NAME /
+    GRADIO_SERVER_PORT, else 127.0.0.1:7860). Checkpoints: ANOMALY_CHECKPOINTS; store: ANOMALY_DATA_DIR."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="app.py", description="The anomaly review station (Gradio). Environment: "
+                                "ANOMALY_CHECKPOINTS (checkpoint root), ANOMALY_DATA_DIR (annotation store, exports).")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on (0.0.0.0: every interface; default %(default)s)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                   help="port (default %(default)s)")
+    args = p.parse_args(argv)
     demo = build_app()
     demo.queue(default_concurrency_limit=2).launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        server_name=args.host,
+        server_port=args.port,
         max_file_size=MAX_FILE_SIZE,
         show_error=True,
         css=CSS,
