@@ -64,6 +64,9 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     else:
         allset = load_prepared(data, desc="preprocess")
         train, val, val_lesion = allset, None, None
+        if (data / "val_lesion").is_dir():
+            print(f"note: {data / 'val_lesion'} is not used: validation figures need the layout train/ + val_lesion/ "
+                  "(README, 'Training and evaluation')", file=sys.stderr)
     folder = data / train_split if (data / train_split).is_dir() else data
     train = _healthy_only(train, folder)
     if len(train) == 0:

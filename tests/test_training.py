@@ -308,9 +308,11 @@ def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_datas
     rows += [{"file": "volA.nii.gz", "label": 1, "Subject": "vol"}, {"file": "volB.nii.gz", "label": 0, "Subject": "vol"}]
     write_labels(data, rows)
     assert _subjects_of(data)["volB"] == "vol"
+    (data / "val_lesion").mkdir()  # beside images/, not beside train/: said to be unused
     capsys.readouterr()
     tr, val, _ = load_training_data(data)
     err = capsys.readouterr().err
+    assert "val_lesion is not used" in err
     files = {n.rsplit(":", 1)[0] for n in tr.names + val.names}
     assert pngs[0].removesuffix(".png") not in files and "volA" not in files and "volB" in files
     assert "file(s) labelled anomalous" in err and "2 file(s)" in err
