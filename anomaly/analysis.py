@@ -110,10 +110,12 @@ class Analysis:
                 decision = "not scored"
             elif not np.isfinite(pct):
                 decision = "uncalibrated"
+            elif not self.ood.in_distribution:  # the banner's warning, where the decision is read
+                decision = "no decision (not calibrated for this scan)"
             else:
                 decision = "anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal"
-                if not self.ood.in_distribution:  # the banner's warning, where the decision is read
-                    decision += " (not calibrated for this scan)"
+                if self.plane != "axial":
+                    decision += " (axial-trained models)"
             rows.append({  # what a reader needs first comes first (a narrow screen scrolls the rest)
                 "method": name,
                 "decision": decision,
@@ -182,13 +184,18 @@ class Analysis:
                 cap = f"score {r.scores[index]:.4f} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
                                 empty_note=method_class(name).no_reconstruction_note))
+            fixed, titles = method_class(name).extra_map_scales, method_class(name).extra_map_titles
             for extra, emap in r.extra_maps.items():
-                ref = float(np.percentile(emap[np.asarray(self.prepared.masks)], 99.5)) if emap.size else 1.0
+                if extra in fixed:
+                    ref, cap = 1.0, f"{fixed[extra]}, not calibrated"
+                else:
+                    ref = float(np.percentile(emap[np.asarray(self.prepared.masks)], 99.5)) if emap.size else 1.0
+                    cap = "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated"
                 full = self.prepared.slice_to_original(emap[index] / max(ref, 1e-8), index)
-                rows.append(GridRow(f"{name} · {extra}", img_u8, None, full,
-                                    "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated",
-                                    empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {name}",
-                                    map_title=extra.replace("_", " "), calibrated=False))
+                title = titles.get(extra, extra.replace("_", " "))
+                rows.append(GridRow(f"{name} · {title}", img_u8, None, full, cap,
+                                    empty_note=f"{title}:\nan extra map of {name}",
+                                    map_title=title, calibrated=False))
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
         return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note)

@@ -174,5 +174,7 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
             out.paste(label_panel(p, t), (c * PANEL, y))
         cb = colorbar(rcfg, PANEL, bar_w - 4, threshold_line=row.calibrated)
         out.paste(cb, (cols * PANEL + 2, y))
+    if not all(r.calibrated for r in rows):  # extra rows are on their own scales (their captions say which)
+        scale_note = "mixed scales"
     d.text((cols * PANEL + 2, H - 14), scale_note[:14], fill=(200, 200, 200), font=_font(10))
     return out

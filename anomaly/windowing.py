@@ -52,7 +52,9 @@ def auto_window(img: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> t
 def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float, float]:
     """(centre, width) of ``preset`` ('auto', 'file' or a key of ``PRESETS``, any case)
     for ``scan``. 'auto' uses ``img`` (e.g. the displayed slice) when given, else the
-    whole scan; 'file' falls back to 'auto' when the file stores no valid window."""
+    whole scan; 'file' falls back to 'auto' when the file stores no valid window; a HU preset
+    (``PRESETS``) applies to CT only and falls back to 'auto' for other modalities (HU windows on
+    MR intensities would show a white or black image)."""
     key = str(preset).strip().lower()
     data = scan.voxels if img is None else img
     if key == "auto":
@@ -63,6 +65,8 @@ def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float,
             return float(win[0]), float(win[1])
         return auto_window(data)
     if key in PRESETS:
+        if str(getattr(scan, "modality", "")).upper() != "CT":
+            return auto_window(data)
         return PRESETS[key]
     raise ValueError(f"unknown window preset {preset!r}; choose one of {list(DATA_PRESETS) + list(PRESETS)}")
 

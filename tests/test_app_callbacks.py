@@ -92,7 +92,7 @@ def test_png_slice_and_dicom_series(methods_root):
     assert not a.ood.in_distribution  # a proton-density series: not what the models learned
     assert "PD" in " ".join(a.ood.reasons) or "T1" in " ".join(a.ood.reasons) or "timing" in " ".join(a.ood.reasons)
     # out of distribution: every decision in the table carries the banner's warning
-    assert all(r["decision"].endswith("(not calibrated for this scan)") for r in a.score_table(10))
+    assert all(r["decision"] == "no decision (not calibrated for this scan)" for r in a.score_table(10))
     # the series is tilted by 8 degrees: the summary says so (it was only in an unseen string)
     assert "acquired oblique (tilted 8 deg)" in cb.scan_summary(a)
 
@@ -187,9 +187,13 @@ def test_pseudo_healthy_and_extra_maps_go_back_through_their_own_slices_crop(met
     brain = p.original_masks[idx]
     assert (want_ph[brain] > 0).mean() > 0.95
     for extra, emap in cons.extra_maps.items():
-        ref = float(np.percentile(emap[np.asarray(p.masks)], 99.5))
+        # votes are on a fixed scale (the share of members, 1.0 = all); other extra maps per scan
+        fixed = extra in type(cb.get_method("consensus")).extra_map_scales
+        ref = 1.0 if fixed else float(np.percentile(emap[np.asarray(p.masks)], 99.5))
         want = p.to_original(emap / max(ref, 1e-8))[idx]
         assert np.allclose(by_name[f"consensus · {extra}"].cal_map, want)
+        if fixed:
+            assert "1.0 = all of them" in by_name[f"consensus · {extra}"].caption
     one = p.slice_to_original(ae.pseudo_healthy[idx], idx)
     assert np.array_equal(one, p.to_original(ae.pseudo_healthy)[idx])
 
@@ -268,6 +272,8 @@ def test_thick_slices_keep_their_shape_in_the_compare_slider(methods_root, tmp_p
     key, a = cb.load_and_analyse([str(p)], ["zscore"], "coronal")
     i = a.n_slices // 2
     _, _, (inp, ph) = cb.render_view(key, i)
+    # the models learned axial slices: a coronal decision says so
+    assert all(r["decision"].endswith("(axial-trained models)") for r in a.score_table(i) if r["scored"])
     raw = a.display_u8(i)
     assert raw.shape[0] < raw.shape[1] / 3  # 19 rows of 6 mm under ~109 columns of 2 mm
     assert inp.shape[1] == raw.shape[1] and inp.shape[0] == round(raw.shape[0] * 3.0) and ph.shape == inp.shape
@@ -356,7 +362,9 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
         key, a = thick_coronal
         aspects = []
         real = render.compose_grid
-        monkeypatch.setattr(render, "compose_grid", lambda *x, **k: aspects.append(k.get("aspect")) or real(*x, **k))
+        names = []
+        monkeypatch.setattr(render, "compose_grid", lambda *x, **k: aspects.append(k.get("aspect"))
+                            or names.append([r.name for r in x[0]]) or real(*x, **k))
         i = a.n_slices // 2
         grid, row = cb.run_on_demand(key, i, "anoddpm", seed=0)
         grid2, row2 = cb.run_on_demand(key, i, "anoddpm", seed=0)
@@ -365,6 +373,7 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
         assert row["percentile vs healthy"] is None or 0 <= row["percentile vs healthy"] <= 100
         assert row2["score"] == row["score"] and np.array_equal(np.asarray(grid), np.asarray(grid2))
         assert aspects == [pytest.approx(3.0)] * 2
+        assert names[0] == ["anoddpm", "anoddpm · uncertainty (draw spread)"]  # the spread is called uncertainty
         assert cb.run_on_demand(key, 10_000, "anoddpm")[1]["slice"] == a.n_slices - 1  # clipped into the scan
     finally:
         base.clear_cache()

@@ -220,7 +220,13 @@ def test_consensus_reuses_member_results_exactly(tiny_checkpoints, tiny_dataset)
     reused = from_member_results(cons, prep, members)
     np.testing.assert_allclose(direct.anomaly_map, reused.anomaly_map, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(direct.scores, reused.scores, rtol=1e-5)
-    assert direct.extra_maps["votes"].max() <= len(cons.members)
+    votes = direct.extra_maps["votes"]  # the share of members flagging each pixel: k / n
+    assert 0 <= votes.min() and votes.max() <= 1.0
+    np.testing.assert_allclose(votes * len(cons.members), np.round(votes * len(cons.members)), atol=1e-5)
+    np.testing.assert_allclose(reused.extra_maps["votes"], votes)
+    from anomaly.methods.consensus import Consensus
+
+    assert "votes" in Consensus.extra_map_scales
 
 
 def test_flip_averaged_means_both_orientations_and_keeps_missing_parts_missing():

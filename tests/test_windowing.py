@@ -56,6 +56,15 @@ def test_window_for_presets_auto_and_file():
     assert window_for(scan, "bone", sl) == (400, 1800)
 
 
+def test_hu_presets_apply_to_ct_only():
+    """An MR slice under the CT 'brain' preset (40/80 HU) would be white: it gets 'auto' instead."""
+    vox = np.random.default_rng(0).normal(400, 100, (4, 16, 16)).astype(np.float32)
+    mr = Scan(voxels=vox, modality="MR")
+    for preset in ("brain", "Bone", "lung", "subdural"):
+        assert window_for(mr, preset, vox[1]) == window_for(mr, "auto", vox[1])
+    assert window_for(Scan(voxels=vox, modality="CT"), "brain", vox[1]) == (40, 80)
+
+
 def test_file_window_falls_back_to_auto():
     vox = np.random.default_rng(0).normal(100, 20, (4, 16, 16)).astype(np.float32)
     scan = Scan(voxels=vox, modality="MR")

@@ -29,7 +29,7 @@ import numpy as np
 
 from anomaly.errors import StaleResultsError
 
-FORMAT = 1
+FORMAT = 2  # 2: consensus votes stored as the share of members (0-1), not a count
 STEP = 32  # calibrated-map quantisation: 1/32 of the healthy threshold
 PH_SCALE = 1.2  # pseudo-healthy display scale (as ``Analysis.render``)
 MAPS_DIR = "maps"

@@ -74,6 +74,11 @@ class AnomalyMethod:
     on_demand: ClassVar[bool] = False  # slow methods run per slice on request in the app
     # shown in the grid's pseudo-healthy panel when ``predict`` gives no reconstruction
     no_reconstruction_note: ClassVar[str] = "no reconstruction:\nfeature-space method"
+    # extra maps already on a fixed scale (1.0 = its full meaning), by name -> what 1.0 means; the
+    # others are shown on a per-scan scale (1.0 = their 99.5th percentile in the scan)
+    extra_map_scales: ClassVar[dict[str, str]] = {}
+    # what a reader should call each extra map (default: its name); uncertainty maps say so
+    extra_map_titles: ClassVar[dict[str, str]] = {}
     # after ``load``, the method's torch modules are put in channels-last memory format: the
     # same results (to float rounding) in 60-80% of the CPU time of conv nets; a method whose
     # network reshapes conv outputs with ``view`` (MONAI's VarAutoEncoder) sets it False

@@ -14,7 +14,7 @@ VMAX = 3.0
 @register
 class Consensus(AnomalyMethod):
     """Residual = mean over member methods of their calibrated maps (clipped at 3x threshold);
-    extra map ``votes`` = how many members flag each pixel (calibrated map >= 1).
+    extra map ``votes`` = the share of members that flag each pixel (calibrated map >= 1; 1.0 = all).
 
     Members: every single-pass method with a calibrated checkpoint when the consensus was
     calibrated (listed in its card). Evaluated like any other method."""
@@ -22,6 +22,7 @@ class Consensus(AnomalyMethod):
     name = "consensus"
     title = "Consensus of calibrated methods"
     no_reconstruction_note = "no reconstruction:\nagreement map of\nthe calibrated methods"
+    extra_map_scales = {"votes": "share of the member methods that flag the pixel (1.0 = all of them)"}
     summarises = True
     paper = "Agreement of calibrated per-method maps (ensemble view; cf. Zimmerer et al., MOOD challenge, IEEE TMI 2022)"
     citation = "Zimmerer D, et al. MOOD 2020: A public benchmark for out-of-distribution detection and localization on medical images. IEEE TMI 41(10), 2022."
@@ -42,7 +43,8 @@ class Consensus(AnomalyMethod):
             cal = postprocess_residual(out.residual, masks) / m.calibration.pixel_threshold
             cal_sum += np.clip(cal, 0, VMAX)
             votes += cal >= 1.0
-        return MethodOutput(pseudo_healthy=None, residual=cal_sum / len(self.members), extra_maps={"votes": votes})
+        return MethodOutput(pseudo_healthy=None, residual=cal_sum / len(self.members),
+                            extra_maps={"votes": votes / len(self.members)})
 
     @classmethod
     def members_available(cls, root) -> list[str]:
@@ -91,5 +93,5 @@ def from_member_results(method: Consensus, prepared, results: dict):
         scores=slice_scores(raw, prepared.masks, method.calibration), valid=np.asarray(prepared.valid, bool),
         ms_per_slice=sum(results[m].ms_per_slice for m in method.members)
         + 1000 * (time.perf_counter() - t0) / max(len(maps), 1),
-        checkpoint_hash=method.checkpoint_hash, calibration=method.calibration, extra_maps={"votes": votes},
+        checkpoint_hash=method.checkpoint_hash, calibration=method.calibration, extra_maps={"votes": votes / n},
     )

@@ -33,9 +33,21 @@ HOW_TO_READ = """
   rescaled per image: per-image min-max makes every normal scan look anomalous.
 * The **percentile** in the score table says how a slice's score ranks among healthy validation slices
   (99 = higher than 99% of healthy slices); *anomalous* means at or above the 95th percentile; *not scored*: the slice has too little brain to score.
+* The **decision** comes from the slice score (the mean of the top 1% of the map, compared with healthy
+  slices that fill as much of their brain box), not from the area above threshold: a map can outline a
+  small region while the slice stays *normal*, and a diffuse rise can make a slice *anomalous*. Read both.
 * **Findings** are connected regions above the threshold in 3D; click one to jump to it.
-* The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation).
-  Other images still get maps, under a banner that says the scores are not calibrated for them.
+* **consensus**: its residual map is the mean of its members' calibrated maps; its extra row **votes**
+  counts how many of them flag each pixel (1.0 on its scale = all of them).
+* **Extra rows** (DDAD's intra-discrepancy, the spread of its normal ensemble; DDAD's inter-discrepancy;
+  the diffusion model's uncertainty, the spread of its noise draws) are *uncertainty and component maps*,
+  on their own scale and not calibrated: high where a method disagrees with itself, not a finding.
+* Methods differ a lot in how well they find lesions: see each one's validation figures under "Methods
+  and citations" (several are near chance on the project's synthetic lesions); weigh their rows accordingly.
+* The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation),
+  as **axial** slices. Other images still get maps, under a banner that says the scores are not calibrated
+  for them (then no decision is made); coronal and sagittal planes are scored by the same axial models
+  and their decisions say so.
 """
 
 CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important} "
@@ -218,7 +230,7 @@ def build_app() -> gr.Blocks:
                         api_analyse = gr.Button("analyse (API)", visible=False)  # raises its errors
                         methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
-                        preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset")
+                        preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset (HU presets: CT only)")
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")

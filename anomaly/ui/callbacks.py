@@ -326,12 +326,14 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     pct = float(r.percentiles[0]) if r.calibration else float("nan")
     cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
+    titles = method_class(method).extra_map_titles
     for extra, emap in r.extra_maps.items():
         ref = float(np.percentile(emap[one.masks], 99.5)) if one.masks.any() else 1.0
-        rows.append(GridRow(f"{method} · {extra}", img, None, one.to_original(emap / max(ref, 1e-8))[0],
+        title = titles.get(extra, extra.replace("_", " "))
+        rows.append(GridRow(f"{method} · {title}", img, None, one.to_original(emap / max(ref, 1e-8))[0],
                             "per-slice scale (1.0 = its 99.5th percentile in this slice), not calibrated",
-                            empty_note=f"{extra.replace('_', ' ')}:\nan extra map of {method}",
-                            map_title=extra.replace("_", " "), calibrated=False))
+                            empty_note=f"{title}:\nan extra map of {method}",
+                            map_title=title, calibrated=False))
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
     grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect())
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),

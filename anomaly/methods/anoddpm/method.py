@@ -52,6 +52,7 @@ def _noise_kw(diffusion: dict, kind: str) -> dict:
 class AnoDDPM(AnomalyMethod):
     name = "anoddpm"
     title = "AnoDDPM (simplex-noise diffusion)"
+    extra_map_titles = {"uncertainty": "uncertainty (draw spread)"}
     paper = "Wyatt et al., AnoDDPM: Anomaly Detection with Denoising Diffusion Probabilistic Models using Simplex Noise, CVPR Workshops 2022"
     citation = ("Wyatt J, Leach A, Schmon SM, Willcocks CG. AnoDDPM: Anomaly Detection With Denoising "
                 "Diffusion Probabilistic Models Using Simplex Noise. Proceedings of the IEEE/CVF Conference on "

@@ -66,6 +66,8 @@ def _unlabeled(cfg):
 class DDAD(AnomalyMethod):
     name = "ddad"
     title = "DDAD (dual-distribution discrepancy, AE ensembles + ASR)"
+    extra_map_titles = {"intra_discrepancy": "uncertainty (NDM spread)", "inter_discrepancy": "inter-discrepancy",
+                        "reconstruction_residual": "NDM residual", "asr_refined": "ASR refined"}
     paper = ("Cai et al., Dual-distribution discrepancy with self-supervised refinement for anomaly "
              "detection in medical images, MedIA 2023")
     citation = ("Cai Y, Chen H, Yang X, Zhou Y, Cheng K-T. Dual-distribution discrepancy with "
