@@ -130,7 +130,8 @@ class Analysis:
         return rows
 
     def findings(self, method: str, threshold: float = 1.0, min_voxels: int = 10) -> list[dict]:
-        """Connected regions above threshold in 3D: volume (mL), slice range, peak, centre."""
+        """Connected regions above threshold in 3D: volume (mL), extent along the slice, row and
+        column axes (mm, bounding box), slice range, peak, centre."""
         m = self.full_map(method)
         region = (m >= threshold) & self.prepared.original_masks
         region[~np.asarray(self.prepared.valid, bool)] = False
@@ -148,9 +149,11 @@ class Analysis:
             if size < min_voxels:
                 continue
             zz, yy, xx = np.nonzero(lab == k)
+            extent = [(int(v.max()) - int(v.min()) + 1) * sp for v, sp in zip((zz, yy, xx), plane_sp)]
             out.append({
                 "method": method,
                 "volume (mL)" if self.scan.is_volume else "area (cm²)": round(size * voxel_ml, 3),
+                "extent (mm)": " x ".join(f"{e:.0f}" for e in (extent if self.scan.is_volume else extent[1:])),
                 "slices": f"{zz.min()}-{zz.max()}",
                 "peak (x threshold)": round(float(peak), 2),
                 "centre slice": int(round(zz.mean())),

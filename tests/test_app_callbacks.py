@@ -57,6 +57,10 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
     zs = a.findings("zscore", 1.0)
     assert zs and any(28 <= f["centre slice"] <= 35 for f in zs)
     assert all(f["volume (mL)"] > 0 for f in zs)
+    # the blob is 4 x 12 x 12 voxels of 2 mm: its finding's bounding box is given in mm
+    blob = max((f for f in zs if 28 <= f["centre slice"] <= 35), key=lambda f: f["volume (mL)"])
+    dims = [float(x) for x in blob["extent (mm)"].split(" x ")]
+    assert len(dims) == 3 and all(d > 0 and d % 2 == 0 for d in dims) and dims[0] <= 16 and max(dims) <= 40
     fig = cb.score_curve_figure(a, idx)
     assert len(fig.axes[0].lines) >= 2
     js = cb.api_summary(a)
@@ -359,6 +363,7 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
     base.clear_cache()
     try:
         assert cb.on_demand_methods() == ["anoddpm"]
+        assert "anoddpm" not in [v for _, v in cb.method_choices()]  # it has its own panel, not a checkbox
         key, a = thick_coronal
         aspects = []
         real = render.compose_grid

@@ -255,7 +255,8 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
 
 
 def method_choices() -> list[tuple[str, str]]:
-    return [(f"{method_class(m).title} ({m})", m) for m in available_methods()]
+    """The Methods checkboxes: the single-pass methods (on-demand ones have their own panel)."""
+    return [(f"{method_class(m).title} ({m})", m) for m in default_methods()]
 
 
 def citations_markdown() -> str:
