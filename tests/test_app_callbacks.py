@@ -54,6 +54,9 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
         assert r["score"] == round(float(res.scores[idx]), 5)
         assert r["raw score (top 1% of map)"] == round(float(res.raw_scores[idx]), 5)
     assert img.shape == ph.shape
+    # both halves of the compare slider on one scale: the model's normalised input beside its reconstruction
+    norm = a.prepared.slice_to_original(a.prepared.images[idx], idx)
+    assert np.array_equal(img, (np.clip(norm / 1.2, 0, 1) * 255).astype(np.uint8))
     zs = a.findings("zscore", 1.0)
     assert zs and any(28 <= f["centre slice"] <= 35 for f in zs)
     assert all(f["volume (mL)"] > 0 for f in zs)

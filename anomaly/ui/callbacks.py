@@ -152,7 +152,9 @@ def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]
 
 def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
                 mode: str = "fill", methods: list[str] | None = None):
-    """(grid PIL image, score-table rows, (input, pseudo-healthy) pair for the compare slider)."""
+    """(grid PIL image, score-table rows, (input, pseudo-healthy) pair for the compare slider: the
+    first shown method with a reconstruction, both halves on its intensity scale; the windowed input
+    twice when none has one)."""
     a = get_analysis(key)
     index = int(np.clip(int(index), 0, a.n_slices - 1))
     shown = [m for m in (methods or list(a.results)) if m in a.results] or list(a.results)
@@ -166,6 +168,9 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
         if r.pseudo_healthy is not None:
             full = a.prepared.slice_to_original(r.pseudo_healthy[index], index)
             ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
+            # the input as the model saw it, on the pseudo-healthy's scale: the two halves compare
+            norm = a.prepared.slice_to_original(a.prepared.images[index], index)
+            img = (np.clip(norm / 1.2, 0, 1) * 255).astype(np.uint8)
             break
     aspect = a.pixel_aspect()
     return grid, table, (square_pixels(img, aspect), square_pixels(ph if ph is not None else img, aspect))
