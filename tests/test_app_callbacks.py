@@ -147,7 +147,7 @@ def test_upload_callback_shows_a_preview_then_the_whole_volume(methods_root, les
     assert len(outs) == 2  # preview, then the full volume
     first, last = outs
     assert first[1]["value"] == 55 // 2 and first[1]["interactive"] is False
-    assert "scored first" in first[2]["value"]
+    assert "scored first" in first[3] and not first[2]["visible"]  # a progress note, not the red banner
     assert last[1]["interactive"] is True and last[1]["value"] == cb.get_analysis(last[0]).most_anomalous_slice()
     with pytest.raises(AnomalyError):
         cb.get_analysis(first[0])  # the preview was dropped once the full analysis was cached
@@ -444,7 +444,7 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
                                progress=lambda *a, **k: None))
     key, slider, banner, summary, curve, grid, table, *_ = outs[-1]
     assert key is not None and grid is not None
-    assert "A 2D image has one plane" in banner["value"] and "not coronal" in banner["value"]
+    assert "A 2D image has one plane" in summary and "not coronal" in summary and not banner["visible"]
     a = cb.get_analysis(key)
     assert a.plane == "axial" and a.n_slices == 1
     infos = []

@@ -174,7 +174,7 @@ def test_opening_a_study_uses_its_stored_maps_without_rescoring(results, monkeyp
         outs = list(on_upload(wl.open_study(str(results), key), None, "axial", METHODS, "auto", 0.5, 1.0, "both",
                               progress=lambda *a, **k: None, first_slice=int(row["top_slice"]), stored=stored))
         assert len(outs) == 1 and outs[0][1]["value"] == row["top_slice"]
-        assert "Stored batch results" in outs[0][2]["value"] and "not rescored" in outs[0][3]
+        assert "Stored batch results" in outs[0][3] and "not rescored" in outs[0][3]
         a = cb.get_analysis(outs[0][0])
         for m in METHODS:
             np.testing.assert_array_equal(a.results[m].scores, row[f"{m}__curve"])
@@ -187,7 +187,7 @@ def test_opening_a_study_uses_its_stored_maps_without_rescoring(results, monkeyp
         cb._CACHE.clear()
     outs = list(on_upload(wl.open_study(str(results), key), None, "axial", METHODS, "auto", 0.5, 1.0, "both",
                           progress=lambda *a, **k: None, first_slice=int(row["top_slice"]), stored=gone))
-    assert len(outs) == 2 and "not used" in outs[0][2]["value"]
+    assert len(outs) == 2 and "not used" in outs[0][3] and "not used" in outs[-1][3]
     np.testing.assert_array_equal(cb.get_analysis(outs[-1][0]).results["ae"].scores, row["ae__curve"])
 
 

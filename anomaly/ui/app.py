@@ -77,11 +77,14 @@ def _fail(e: Exception):
 
 
 def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: str = ""):
+    """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
+    (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
-    banner_text = "\n\n".join(t for t in (note, "" if a.ood.in_distribution else a.ood.banner) if t)
+    banner_text = "" if a.ood.in_distribution else a.ood.banner
     banner = gr.update(value=banner_text, visible=bool(banner_text))
+    summary = cb.scan_summary(a)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
-            banner, cb.scan_summary(a), cb.score_curve_figure(a, idx), grid, _df(table),
+            banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx), grid, _df(table),
             _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
 
 
