@@ -339,7 +339,8 @@ def write_examples(out_dir: Path | str, seed: int = 0) -> list[Path]:
     (Colin27), a slice with a synthetic tumour (Colin27 with skull) and its mask.
     NIfTI (2 mm, int16): ``synthetic_tumour_t1.nii.gz`` (Colin27 with skull, a 30 mm
     synthetic tumour) + ``synthetic_tumour_t1_mask.nii.gz``, and ``healthy_t1.nii.gz``
-    (the same brain without the lesion).
+    (the same brain without the lesion); ``synthetic_haemorrhage_t1.nii.gz`` (+ mask), the same
+    brain with a haemorrhage-like lesion (bright on T1, the kind the methods find best).
     """
     from anomaly.data.augment import load_source
     from anomaly.data.cohort import add_lesion_local
@@ -370,6 +371,10 @@ def write_examples(out_dir: Path | str, seed: int = 0) -> list[Path]:
     files.append(_save_nifti_int16(out / "synthetic_tumour_t1.nii.gz", v2, 2.0))
     files.append(_save_nifti_int16(out / "synthetic_tumour_t1_mask.nii.gz", m2, 2.0, mask=True))
     files.append(_save_nifti_int16(out / "healthy_t1.nii.gz", c2.images["skull"], 2.0))
+    # drawn after the others (their random draws, hence their files, stay as they were)
+    v3, m3, info3 = add_lesion_local(c2.images["skull"], c2.brain, "haemorrhage", 24.0, rng, c2.spacing, zrange=zr2)
+    files.append(_save_nifti_int16(out / "synthetic_haemorrhage_t1.nii.gz", v3, 2.0))
+    files.append(_save_nifti_int16(out / "synthetic_haemorrhage_t1_mask.nii.gz", m3, 2.0, mask=True))
     readme = out / "README.md"
     readme.write_text(
         "# Example inputs\n\n"
@@ -383,6 +388,8 @@ def write_examples(out_dir: Path | str, seed: int = 0) -> list[Path]:
         f"({info.size_mm:.0f} mm), axial, 1 mm |\n"
         "| `synthetic_tumour_t1.nii.gz` (+ `_mask.nii.gz`) | Colin27 with skull, 2 mm, synthetic 30 mm tumour |\n"
         "| `healthy_t1.nii.gz` | the same Colin27 volume without the lesion, 2 mm |\n"
+        f"| `synthetic_haemorrhage_t1.nii.gz` (+ `_mask.nii.gz`) | the same volume with a synthetic haemorrhage-like "
+        f"lesion ({info3.size_mm:.0f} mm), 2 mm |\n"
     )
     files.append(readme)
     return files

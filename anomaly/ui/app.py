@@ -57,7 +57,8 @@ CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .b
 def _examples() -> list[list[list[str]]]:
     """One row per example; the row's only value (the multiple-file input) is a list of paths."""
     ex = []
-    for name in ("synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz", "synthetic_tumour_t1_axial.png",
+    for name in ("synthetic_haemorrhage_t1.nii.gz", "synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz",
+                 "synthetic_tumour_t1_axial.png",
                  "healthy_with_skull_t1_axial.png", "healthy_stripped_t1_axial.png"):
         p = EXAMPLES / name
         if p.exists():

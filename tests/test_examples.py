@@ -1,0 +1,37 @@
+"""The bundled example volumes with the bundled checkpoints: what assets/examples/README.md says of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[1]
+EX = ROOT / "assets" / "examples"
+
+
+def _lesion_slices(mask_file: str) -> np.ndarray:
+    from anomaly.io import load_scan
+
+    m = load_scan(EX / mask_file)
+    les = np.stack([m.slice(i, "axial") for i in range(m.n_slices_in("axial"))]) > 0
+    return np.nonzero(les.reshape(len(les), -1).any(1))[0]
+
+
+def test_shipped_models_find_the_haemorrhage_example_and_open_on_it():
+    import anomaly.methods.base as base
+    from anomaly.ui import callbacks as cb
+
+    if not (base.CHECKPOINT_ROOT / "ddad" / "card.json").exists():
+        pytest.skip("no bundled ddad checkpoint")
+    base.clear_cache()
+    _, a = cb.load_and_analyse([str(EX / "synthetic_haemorrhage_t1.nii.gz")], None, "axial")  # all single-pass
+    ls = _lesion_slices("synthetic_haemorrhage_t1_mask.nii.gz")
+    assert ls.min() == 31 and ls.max() == 40
+    p = a.results["ddad"].percentiles[ls]
+    assert (p >= 95).sum() >= 8 and np.nanmedian(p) >= 99  # most lesion slices "anomalous" for ddad
+    assert np.nanmax(a.results["zscore"].percentiles[ls]) < 50  # the baseline misses it
+    assert ls.min() <= a.most_anomalous_slice() <= ls.max()  # the app opens inside the lesion
+    base.clear_cache()
