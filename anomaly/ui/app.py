@@ -36,7 +36,13 @@ HOW_TO_READ = """
 * The **decision** comes from the slice score (the mean of the top 1% of the map, compared with healthy
   slices that fill as much of their brain box), not from the area above threshold: a map can outline a
   small region while the slice stays *normal*, and a diffuse rise can make a slice *anomalous*. Read both.
-* **Findings** are connected regions above the threshold in 3D; click one to jump to it.
+* Score table columns: **score** = the slice score relative to healthy slices of similar brain fill
+  (0 = their median, 1 = their 90th percentile; negative = below the healthy median); **raw score** = the
+  mean of the top 1% of the map, in the method's own units (not comparable across methods); **volume
+  score** = the highest slice score of the scan; **area above threshold** = the map's area at or above the
+  threshold on this slice; **scored** = false where the slice has too little brain to score.
+* **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
+  range, peak in multiples of the threshold); click one to jump to it.
 * **consensus**: its residual map is the mean of its members' calibrated maps; its extra row **votes**
   counts how many of them flag each pixel (1.0 on its scale = all of them).
 * **Extra rows** (DDAD's intra-discrepancy, the spread of its normal ensemble; DDAD's inter-discrepancy;
