@@ -89,12 +89,13 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
 
 def _healthy_only(ps: PreparedSet, folder: Path) -> PreparedSet:
     """The slices a model of healthy anatomy may learn from: not those labelled anomalous (a lesion
-    in their mask, or label 1 of a 2D image), nor any slice of a file labelled 1 in labels.csv (a
-    volume's lesion may lie on any of its slices). Says on stderr how many it leaves out."""
+    in their mask, or label 1 of a 2D image), nor any slice of a file labelled 1 in labels.csv that
+    has no mask (where its lesion lies is unknown; with a mask, its lesion-free slices are healthy).
+    Says on stderr how many it leaves out."""
     from anomaly.data.folder import read_folder
 
     try:
-        flagged = {it.name for it in read_folder(folder) if it.label == 1}
+        flagged = {it.name for it in read_folder(folder) if it.label == 1 and it.mask_path is None}
     except AnomalyError:
         flagged = set()
     files = [n.rsplit(":", 1)[0] for n in ps.names] if ps.names else [""] * len(ps)

@@ -307,6 +307,15 @@ def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_datas
     rows[0]["label"] = 1
     rows += [{"file": "volA.nii.gz", "label": 1, "Subject": "vol"}, {"file": "volB.nii.gz", "label": 0, "Subject": "vol"}]
     write_labels(data, rows)
+    from anomaly.data.folder import read_image, write_image, write_mask
+
+    # a volume labelled 1 *with* a mask: its lesion slice is left out, its lesion-free slices are healthy
+    vc = read_image(data / "images" / "volB.nii.gz").copy()
+    write_image(data, "volC", vc, spacing=(8.0, 2.0, 2.0))
+    mc = np.zeros(vc.shape, bool)
+    mc[2, 20:30, 20:30] = True
+    write_mask(data, "volC", mc)
+    write_labels(data, rows + [{"file": "volC.nii.gz", "label": 1, "Subject": "volc"}])
     assert _subjects_of(data)["volB"] == "vol"
     (data / "val_lesion").mkdir()  # beside images/, not beside train/: said to be unused
     capsys.readouterr()
@@ -315,7 +324,9 @@ def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_datas
     assert "val_lesion is not used" in err
     files = {n.rsplit(":", 1)[0] for n in tr.names + val.names}
     assert pngs[0].removesuffix(".png") not in files and "volA" not in files and "volB" in files
-    assert "file(s) labelled anomalous" in err and "2 file(s)" in err
+    c_slices = {n for n in tr.names + val.names if n.startswith("volC:")}
+    assert "volC:2" not in c_slices and len(c_slices) >= 1
+    assert "file(s) labelled anomalous" in err and "3 file(s)" in err  # the PNG, volA, volC's lesion slice
     held = {n.rsplit(":", 1)[0] for n in val.names}
     subj = _subjects_of(data)
     assert not {subj[f] for f in held} & {subj[n.rsplit(":", 1)[0]] for n in tr.names}
