@@ -449,13 +449,43 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
     assert a.plane == "axial" and a.n_slices == 1
     infos = []
     monkeypatch.setattr(gr, "Info", lambda msg, *x, **k: infos.append(msg))
-    out = on_plane(key, "sagittal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)
+    out = list(on_plane(key, "sagittal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
+    assert len(out) == 1  # nothing to preview: a 2D image stays in its plane
+    out = out[0]
     assert out[0] == key and cb.get_analysis(out[0]).plane == "axial" and out[3] is not None
     assert infos and "one plane" in infos[0]
-    nothing = on_plane(None, "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)
-    assert len(nothing) == 8 and all(u == gr.update() for u in nothing)
+    nothing = list(on_plane(None, "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
+    assert len(nothing) == 1 and len(nothing[0]) == 8 and all(u == gr.update() for u in nothing[0])
     with pytest.raises(gr.Error):  # an expired key is still an error
-        on_plane("expired-key", "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None)
+        list(on_plane("expired-key", "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
+
+
+def test_a_new_plane_shows_its_middle_slice_first_then_comes_from_the_cache(methods_root, lesion_volume):
+    """Switching a volume to coronal: a preview of the middle coronal slice (slider locked), then the
+    whole plane; switching back to axial and to coronal again is served from the cache at once."""
+    from anomaly.ui.app import on_plane
+
+    with cb._LOCK:
+        cb._CACHE.clear()
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    run = lambda k, pl: list(on_plane(k, pl, "auto", 0.5, 1.0, "both", ["zscore"],  # noqa: E731
+                                      progress=lambda *x, **kw: None))
+    outs = run(key, "coronal")
+    assert len(outs) == 2
+    first, last = outs
+    mid = cb.preview_slice(a.scan, "coronal")
+    assert first[1]["value"] == mid and first[1]["interactive"] is False and "scored first" in first[7]
+    full = cb.get_analysis(last[0])
+    assert full.plane == "coronal" and not full.partial and last[1]["interactive"] is True
+    with pytest.raises(AnomalyError):
+        cb.get_analysis(first[0])  # the preview is dropped once the whole plane is scored
+    # the preview's numbers are the full analysis's at that slice
+    p_row = [r for r in first[4].to_dict("records") if r["method"] == "zscore"][0]
+    assert p_row["score"] == round(float(full.results["zscore"].scores[mid]), 5)
+    back = run(last[0], "axial")
+    assert len(back) == 1 and back[0][0] == key  # the axial analysis, from the cache
+    again = run(key, "coronal")
+    assert len(again) == 1 and again[0][0] == last[0]
 
 
 def test_app_help_and_port_options(capsys):

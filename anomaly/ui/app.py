@@ -168,20 +168,38 @@ def on_threshold(key, index, preset, opacity, threshold, mode, methods):
 
 
 def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.Progress()):
-    """Re-analyse the loaded scan in another plane (nothing to do before a scan is loaded; a 2D
-    image keeps its one plane and says so)."""
+    """Re-analyse the loaded scan in another plane, as an upload is: the new plane's middle slice
+    first, then the whole plane (a plane seen before comes from the cache at once). Nothing to do
+    before a scan is loaded; a 2D image keeps its one plane and says so."""
     if not key:
-        return [gr.update()] * 8
+        yield tuple(gr.update() for _ in range(8))
+        return
+    preview_key = None
     try:
+        first = cb.get_analysis(key)
+        target = cb.plane_of(first.scan, plane)
+        series = (getattr(first, "_memo", None) or ("",) * 5)[4] or None
+        if (target != first.plane and first.scan.n_slices_in(target) > 1
+                and cb.cached_analysis(first.scan, list(first.results), target, series) is None):
+            mid = cb.preview_slice(first.scan, target)
+            preview_key, p = cb.reanalyse_plane(key, target, only=[mid])
+            yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods, interactive=False,
+                                 note=f"*{target.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
         key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
+        cb.forget(preview_key)
     except AnomalyError as e:
         _fail(e)
     if a.plane != plane:
         gr.Info(f"A 2D image has one plane: it stays as it is, not {plane}.")
-    idx = a.most_anomalous_slice()
+    yield _plane_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods)
+
+
+def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, interactive: bool = True, note: str = ""):
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
-    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx), cb.score_curve_figure(a, idx), grid, _df(table),
-            _df(cb.findings_rows(key, threshold, methods)), pair, cb.scan_summary(a))
+    summary = cb.scan_summary(a)
+    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=interactive and a.n_slices > 1),
+            cb.score_curve_figure(a, idx), grid, _df(table), _df(cb.findings_rows(key, threshold, methods)), pair,
+            f"{note}\n\n{summary}" if note else summary)
 
 
 def on_finding(findings_df, evt: gr.SelectData):

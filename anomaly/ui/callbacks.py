@@ -140,14 +140,16 @@ def plane_of(scan, plane: str) -> str:
     return plane if scan.is_volume else "axial"
 
 
-def reanalyse_plane(key: str, plane: str, progress=None) -> tuple[str, Analysis]:
+def reanalyse_plane(key: str, plane: str, progress=None, only=None) -> tuple[str, Analysis]:
+    """The loaded scan analysed in ``plane`` with the same methods (cached like an upload's
+    analysis, so switching back is immediate); ``only`` scores just those slices (a preview)."""
     a = get_analysis(key)
     plane = plane_of(a.scan, plane)
-    if a.plane == plane:
+    if a.plane == plane and only is None:
         return key, a
-    b = analyse(a.scan, list(a.results), plane=plane, progress=progress)
-    b.source_paths = getattr(a, "source_paths", None)
-    return _put(b), b
+    series = (getattr(a, "_memo", None) or ("",) * 5)[4] or None
+    return load_and_analyse(None, list(a.results), plane, series, progress=progress,
+                            loaded=(a.scan, getattr(a, "source_paths", None)), only=only)
 
 
 def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
