@@ -28,9 +28,14 @@ def preset_names(scan=None) -> list[str]:
     names = ["auto"]
     if scan is None or getattr(scan, "window", None):
         names.append("file")
-    if scan is None or str(getattr(scan, "modality", "")).upper() == "CT":
+    if scan is None or _is_ct(scan):
         names.extend(PRESETS)
     return names
+
+
+def _is_ct(scan) -> bool:
+    """The scan's modality is CT (where the HU presets mean something)."""
+    return str(getattr(scan, "modality", "")).upper() == "CT"
 
 
 def auto_window(img: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> tuple[float, float]:
@@ -65,7 +70,7 @@ def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float,
             return float(win[0]), float(win[1])
         return auto_window(data)
     if key in PRESETS:
-        if str(getattr(scan, "modality", "")).upper() != "CT":
+        if not _is_ct(scan):
             return auto_window(data)
         return PRESETS[key]
     raise ValueError(f"unknown window preset {preset!r}; choose one of {list(DATA_PRESETS) + list(PRESETS)}")

@@ -106,9 +106,10 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
     try:
         loaded = cb.load_upload(files, series or None)
         scan, preview_key = loaded[0], None
-        if cb.plane_of(scan, plane) != plane:
+        shown_in = cb.plane_of(scan, plane)
+        if shown_in != plane:
             note = f"*A 2D image has one plane: shown as it is, not {plane}.* "
-            plane = cb.plane_of(scan, plane)
+            plane = shown_in
         if stored is not None and plane == "axial":
             try:
                 key, a = cb.open_stored(loaded, *stored)
@@ -176,15 +177,11 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.
         return
     preview_key = None
     try:
-        first = cb.get_analysis(key)
-        target = cb.plane_of(first.scan, plane)
-        series = (getattr(first, "_memo", None) or ("",) * 5)[4] or None
-        if (target != first.plane and first.scan.n_slices_in(target) > 1
-                and cb.cached_analysis(first.scan, list(first.results), target, series) is None):
-            mid = cb.preview_slice(first.scan, target)
-            preview_key, p = cb.reanalyse_plane(key, target, only=[mid])
-            yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods, interactive=False,
-                                 note=f"*{target.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
+        preview = cb.preview_plane(key, plane)
+        if preview is not None:
+            preview_key, p, mid = preview
+            yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods,
+                                 note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
         key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)
     except AnomalyError as e:
@@ -194,12 +191,11 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.
     yield _plane_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods)
 
 
-def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, interactive: bool = True, note: str = ""):
-    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
-    summary = cb.scan_summary(a)
-    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=interactive and a.n_slices > 1),
-            cb.score_curve_figure(a, idx), grid, _df(table), _df(cb.findings_rows(key, threshold, methods)), pair,
-            f"{note}\n\n{summary}" if note else summary)
+def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: str = ""):
+    """``_view_outputs`` in the order of the plane event's outputs (a preview's slider stays locked)."""
+    key, slider, _, summary, curve, grid, table, findings, pair, _ = _view_outputs(
+        key, a, idx, preset, opacity, threshold, mode, methods, note=note)
+    return key, slider, curve, grid, table, findings, pair, summary
 
 
 def on_finding(findings_df, evt: gr.SelectData):

@@ -147,9 +147,26 @@ def reanalyse_plane(key: str, plane: str, progress=None, only=None) -> tuple[str
     plane = plane_of(a.scan, plane)
     if a.plane == plane and only is None:
         return key, a
-    series = (getattr(a, "_memo", None) or ("",) * 5)[4] or None
-    return load_and_analyse(None, list(a.results), plane, series, progress=progress,
+    return load_and_analyse(None, list(a.results), plane, _series_of(a), progress=progress,
                             loaded=(a.scan, getattr(a, "source_paths", None)), only=only)
+
+
+def _series_of(a: Analysis) -> str | None:
+    """The series an analysis was loaded from (part of its cache key, ``_memo``), or None."""
+    return (getattr(a, "_memo", None) or ("",) * 5)[4] or None
+
+
+def preview_plane(key: str, plane: str) -> tuple[str, Analysis, int] | None:
+    """(key, analysis, slice) of the middle slice of ``plane`` scored alone, shown while the whole
+    plane is scored; None when there is nothing to preview (same plane, one slice, already cached)."""
+    a = get_analysis(key)
+    target = plane_of(a.scan, plane)
+    if (target == a.plane or plane_size(a.scan, target) < 2
+            or cached_analysis(a.scan, list(a.results), target, _series_of(a)) is not None):
+        return None
+    mid = preview_slice(a.scan, target)
+    pkey, p = reanalyse_plane(key, target, only=[mid])
+    return pkey, p, mid
 
 
 def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
