@@ -187,21 +187,34 @@ class Analysis:
                 cap = f"score {r.scores[index]:.4f} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
                                 empty_note=method_class(name).no_reconstruction_note))
-            fixed, titles = method_class(name).extra_map_scales, method_class(name).extra_map_titles
-            for extra, emap in r.extra_maps.items():
-                if extra in fixed:
-                    ref, cap = 1.0, f"{fixed[extra]}, not calibrated"
-                else:
-                    ref = float(np.percentile(emap[np.asarray(self.prepared.masks)], 99.5)) if emap.size else 1.0
-                    cap = "per-scan scale (1.0 = its 99.5th percentile in this scan), not calibrated"
-                full = self.prepared.slice_to_original(emap[index] / max(ref, 1e-8), index)
-                title = titles.get(extra, extra.replace("_", " "))
-                rows.append(GridRow(f"{name} · {title}", img_u8, None, full, cap,
-                                    empty_note=f"{title}:\nan extra map of {name}",
-                                    map_title=title, calibrated=False))
+            rows += extra_map_rows(name, img_u8, r.extra_maps, self.prepared.masks,
+                                   lambda m: self.prepared.slice_to_original(m[index], index), "scan")
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
         return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note)
+
+
+def extra_map_rows(method: str, img_u8: np.ndarray, extra_maps: dict[str, np.ndarray], masks: np.ndarray,
+                   at_slice, scope: str) -> list[GridRow]:
+    """Grid rows of ``method``'s extra maps (uncertainty, discrepancies, votes), titled for a reader
+    (``extra_map_titles``) and not calibrated: on the method's fixed scale where it declares one
+    (``extra_map_scales``), else 1.0 = the map's 99.5th percentile inside ``masks`` (the brain of
+    this ``scope``: "scan" or "slice"). ``at_slice`` takes a model-space stack to the slice shown,
+    in the image's own pixel grid."""
+    cls = method_class(method)
+    brain = np.asarray(masks, bool)
+    rows = []
+    for extra, emap in extra_maps.items():
+        if extra in cls.extra_map_scales:
+            ref, scale = 1.0, cls.extra_map_scales[extra]
+        else:
+            ref = float(np.percentile(emap[brain], 99.5)) if brain.any() else 1.0
+            scale = f"per-{scope} scale (1.0 = its 99.5th percentile in this {scope})"
+        title = cls.extra_map_titles.get(extra, extra.replace("_", " "))
+        rows.append(GridRow(f"{method} · {title}", img_u8, None, at_slice(emap) / max(ref, 1e-8),
+                            f"{scale}, not calibrated", empty_note=f"{title}:\nan extra map of {method}",
+                            map_title=title, calibrated=False))
+    return rows
 
 
 def _embed(r: MethodResult, idx: np.ndarray, n: int) -> MethodResult:

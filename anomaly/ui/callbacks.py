@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly.analysis import Analysis, analyse
+from anomaly.analysis import Analysis, analyse, extra_map_rows
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig
@@ -351,14 +351,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     pct = float(r.percentiles[0]) if r.calibration else float("nan")
     cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
-    titles = method_class(method).extra_map_titles
-    for extra, emap in r.extra_maps.items():
-        ref = float(np.percentile(emap[one.masks], 99.5)) if one.masks.any() else 1.0
-        title = titles.get(extra, extra.replace("_", " "))
-        rows.append(GridRow(f"{method} · {title}", img, None, one.to_original(emap / max(ref, 1e-8))[0],
-                            "per-slice scale (1.0 = its 99.5th percentile in this slice), not calibrated",
-                            empty_note=f"{title}:\nan extra map of {method}",
-                            map_title=title, calibrated=False))
+    rows += extra_map_rows(method, img, r.extra_maps, one.masks, lambda m: one.to_original(m)[0], "slice")
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
     grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect())
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
