@@ -129,12 +129,19 @@ class Analysis:
             })
         return rows
 
-    def findings(self, method: str, threshold: float = 1.0, min_voxels: int = 10) -> list[dict]:
-        """Connected regions above threshold in 3D: volume (mL), extent along the slice, row and
-        column axes (mm, bounding box), slice range, peak, centre."""
-        m = self.full_map(method)
-        region = (m >= threshold) & self.prepared.original_masks
+    def _regions(self, method: str, threshold: float) -> np.ndarray:
+        """(S, H, W) bool: ``method``'s map at or above ``threshold`` inside the brain of scored slices."""
+        region = (self.full_map(method) >= threshold) & self.prepared.original_masks
         region[~np.asarray(self.prepared.valid, bool)] = False
+        return region
+
+    def findings(self, method: str, threshold: float = 1.0, min_voxels: int = 10,
+                 others: dict[str, np.ndarray] | None = None) -> list[dict]:
+        """Connected regions above threshold in 3D: volume (mL), extent along the slice, row and
+        column axes (mm, bounding box), slice range, peak, centre. With ``others`` (method -> its
+        ``_regions``), each finding also says which of them flag at least one of its voxels."""
+        m = self.full_map(method)
+        region = self._regions(method, threshold)
         lab, n = ndimage.label(region)
         if n == 0:
             return []
@@ -144,13 +151,15 @@ class Analysis:
         idx = np.arange(1, n + 1)
         sizes = ndimage.sum(region, lab, idx)
         peaks = ndimage.maximum(m, lab, idx)
+        # per other method, the labels of this method's regions it overlaps
+        hit = {o: set(np.unique(lab[r & (lab > 0)]).tolist()) for o, r in (others or {}).items() if o != method}
         out = []
         for k, size, peak in zip(idx, sizes, peaks):
             if size < min_voxels:
                 continue
             zz, yy, xx = np.nonzero(lab == k)
             extent = [(int(v.max()) - int(v.min()) + 1) * sp for v, sp in zip((zz, yy, xx), plane_sp)]
-            out.append({
+            f = {
                 "method": method,
                 "volume (mL)" if self.scan.is_volume else "area (cm²)": round(size * voxel_ml, 3),
                 "extent (mm)": " x ".join(f"{e:.0f}" for e in (extent if self.scan.is_volume else extent[1:])),
@@ -158,17 +167,33 @@ class Analysis:
                 "peak (x threshold)": round(float(peak), 2),
                 "centre slice": int(round(zz.mean())),
                 "centre (row, col)": f"{int(yy.mean())}, {int(xx.mean())}",
-            })
+            }
+            if others is not None:
+                agree = [o for o, labels in hit.items() if int(k) in labels]
+                f["also flagged by"] = ", ".join(agree) if agree else "none"
+            out.append(f)
         out.sort(key=lambda f: -f["peak (x threshold)"])
         return out
+
+    def findings_across(self, methods: list[str] | None = None, threshold: float = 1.0) -> list[dict]:
+        """Every shown method's findings in one list, strongest first (peak in multiples of each
+        method's own healthy threshold, one scale for all), each saying which of the other shown
+        methods flag part of it: a finding that rests on one method reads "none"."""
+        shown = [m for m in (methods or list(self.results)) if m in self.results]
+        regions = {m: self._regions(m, float(threshold)) for m in shown}
+        rows = [f for m in shown for f in self.findings(m, float(threshold), others=regions)]
+        rows.sort(key=lambda f: -f["peak (x threshold)"])
+        return rows
 
     def display_u8(self, index: int, preset: str = "auto") -> np.ndarray:
         img = self.scan.slice(index, self.plane)
         c, w = window_for(self.scan, preset, img)
         return apply_window(img, c, w)
 
-    def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None):
-        """The grid image for slice ``index``."""
+    def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None,
+               extra_rows: bool = True):
+        """The grid image for slice ``index``; ``extra_rows=False`` leaves out the methods' extra maps
+        (uncertainty, discrepancies, votes), one row per method."""
         index = int(np.clip(index, 0, self.n_slices - 1))
         img_u8 = self.display_u8(index, preset)
         rows = []
@@ -187,11 +212,13 @@ class Analysis:
                 cap = f"score {r.scores[index]:.4f} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
                                 empty_note=method_class(name).no_reconstruction_note))
-            rows += extra_map_rows(name, img_u8, r.extra_maps, self.prepared.masks,
-                                   lambda m: self.prepared.slice_to_original(m[index], index), "scan")
+            if extra_rows:
+                rows += extra_map_rows(name, img_u8, r.extra_maps, self.prepared.masks,
+                                       lambda m: self.prepared.slice_to_original(m[index], index), "scan")
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
-        return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note)
+        return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note,
+                            slice_label=self.scan.slice_label(index, self.plane))
 
 
 def extra_map_rows(method: str, img_u8: np.ndarray, extra_maps: dict[str, np.ndarray], masks: np.ndarray,

@@ -143,8 +143,9 @@ class GridRow:
 
 
 def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = None, aspect: float = 1.0,
-                 scale_note: str = "calibrated") -> Image.Image:
-    """Side-by-side grid, one row per method: input | pseudo-healthy | residual | overlay | bar."""
+                 scale_note: str = "calibrated", slice_label: str = "") -> Image.Image:
+    """Side-by-side grid, one row per method: input | pseudo-healthy | residual | overlay | bar.
+    ``slice_label`` (the slice's position in mm, its DICOM instance) heads each input panel."""
     n = max(1, len(rows))
     bar_w = 80
     cols = 4
@@ -158,7 +159,7 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
         y += 20
         p_in = draw_orientation(fit_panel(grey_rgb(row.image_u8), aspect=aspect), plane)
         if row.pseudo_healthy_u8 is not None:
-            p_ph = fit_panel(grey_rgb(row.pseudo_healthy_u8), aspect=aspect)
+            p_ph = draw_orientation(fit_panel(grey_rgb(row.pseudo_healthy_u8), aspect=aspect), plane)
             ph_label = "pseudo-healthy"
         else:
             p_ph = Image.new("RGB", (PANEL, PANEL), (30, 30, 30))
@@ -166,10 +167,10 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
             ph_label = "pseudo-healthy"
         # an uncalibrated map runs from 0 to its own reference (1.0), not on the shared 0-3 scale
         rcfg = cfg if row.calibrated else replace(cfg, vmax=1.0)
-        p_map = fit_panel(heatmap_rgb(row.cal_map, rcfg), aspect=aspect)
+        p_map = draw_orientation(fit_panel(heatmap_rgb(row.cal_map, rcfg), aspect=aspect), plane)
         ov = overlay_rgb(row.image_u8, row.cal_map, cfg) if row.calibrated else blend_rgb(row.image_u8, row.cal_map, rcfg)
         p_ov = draw_orientation(fit_panel(ov, aspect=aspect), plane)
-        titles = ("input", ph_label, row.map_title, "overlay" if row.calibrated else "blend (no threshold)")
+        titles = (f"input  {slice_label}" if slice_label else "input", ph_label, row.map_title, "overlay" if row.calibrated else "blend (no threshold)")
         for c, (p, t) in enumerate(zip((p_in, p_ph, p_map, p_ov), titles)):
             out.paste(label_panel(p, t), (c * PANEL, y))
         cb = colorbar(rcfg, PANEL, bar_w - 4, threshold_line=row.calibrated)

@@ -45,6 +45,9 @@ class Scan:
     content_hash: str | None = field(default=None, repr=False)
     window: tuple[float, float] | None = None  # (centre, width) from the file, if any
     meta: dict = field(default_factory=dict, repr=False)  # non-identifying DICOM/NIfTI facts
+    # 4 x 4: display voxel (slice, row, column, 1) -> patient RAS+ mm (x to the patient's right,
+    # y anterior, z superior); None where the file gives no patient frame (PNG, non-axial DICOM)
+    affine: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         v = np.asarray(self.voxels, dtype=np.float32)
@@ -80,12 +83,48 @@ class Scan:
         ds, dh, dw = self.spacing
         return {"axial": (dh, dw), "coronal": (ds, dw), "sagittal": (ds, dh)}[check_plane(plane)]
 
+    def slice_position(self, index: int, plane: str = "axial") -> str | None:
+        """Where the centre of slice ``index`` of ``plane`` lies in the patient frame, as a scanner
+        writes it: "S 12.0 mm" (axial), "A 5.0 mm" (coronal), "L 30.0 mm" (sagittal); None without
+        an affine. An axial DICOM slice is placed by its own ImagePositionPatient."""
+        if self.affine is None or not self.is_volume:
+            return None
+        axis = {"axial": 0, "coronal": 1, "sagittal": 2}[check_plane(plane)]
+        centre = np.array([(n - 1) / 2.0 for n in self.shape] + [1.0])
+        centre[axis] = int(index)
+        world = np.asarray(self.affine, np.float64) @ centre
+        if plane == "axial":  # a DICOM series' own slice positions, where its spacing is not quite even
+            ipp = self.meta.get("ImagePositionPatient") or []
+            if len(ipp) == self.n_slices and ipp[0] is not None and ipp[int(index)] is not None:
+                step = np.asarray(self.affine, np.float64)[:3, 0]
+                moved = (np.asarray(ipp[int(index)], np.float64) - np.asarray(ipp[0], np.float64)) * [-1, -1, 1]
+                world[:3] += moved - int(index) * step  # LPS -> RAS, less the even step the affine assumes
+        coord = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+        v = float(world[coord])
+        if not np.isfinite(v):
+            return None
+        pos, neg = {"axial": ("S", "I"), "coronal": ("A", "P"), "sagittal": ("R", "L")}[plane]
+        return f"{pos if v >= 0 else neg} {abs(v):.1f} mm"
+
+    def slice_label(self, index: int, plane: str = "axial") -> str:
+        """What a workstation prints beside a slice: its position in mm and, for a DICOM axial
+        series, its instance (or frame) number; empty when the file gives neither."""
+        parts = [p for p in [self.slice_position(index, plane)] if p]
+        if plane == "axial":
+            for key, name in (("InstanceNumbers", "instance"), ("frames", "frame")):
+                vals = self.meta.get(key) or []
+                if len(vals) == self.n_slices and 0 <= int(index) < len(vals) and vals[int(index)] is not None:
+                    parts.append(f"{name} {vals[int(index)]}")
+                    break
+        return " · ".join(parts)
+
     def __repr__(self) -> str:
         s = self.spacing
         kind = "volume" if self.is_volume else "2D image"
         return (
             f"Scan({kind}, shape={self.shape}, spacing=({s[0]:.2f}, {s[1]:.2f}, {s[2]:.2f}) mm, "
             f"modality={self.modality}, source={self.source}, orientation={self.orientation!r}"
+            + (", patient frame known (affine)" if self.affine is not None else "")
             + (f", notes={self.notes}" if self.notes else "")
             + ")"
         )

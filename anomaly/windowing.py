@@ -1,13 +1,34 @@
-"""Display windows (centre, width): CT presets in Hounsfield units, 'auto' and 'file'.
+"""Display windows (centre, width): CT presets in Hounsfield units, 'auto', 'file' and a typed one.
 
 ``PRESETS`` use standard radiology values, e.g. brain W80 L40 -> (40, 80). 'auto' is the
 1st-99th percentile of the scan, 'file' the window stored in the file (DICOM
-WindowCenter/WindowWidth), falling back to 'auto'.
+WindowCenter/WindowWidth), falling back to 'auto'. A typed window "L40 W80" (level = centre,
+width; either order, "L:40 W:80" too) is taken as it is, in the scan's own units, for any modality.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+
+from anomaly.errors import InvalidRequestError
+
+_NUM = r"(-?\d+(?:\.\d*)?|-?\.\d+)"
+_TYPED = re.compile(rf"^\s*(?:L\s*[:=]?\s*{_NUM}\s*[,;/ ]?\s*W\s*[:=]?\s*{_NUM}|W\s*[:=]?\s*{_NUM}\s*[,;/ ]?\s*L\s*[:=]?\s*{_NUM})\s*$",
+                    re.IGNORECASE)
+
+
+def typed_window(text: str) -> tuple[float, float] | None:
+    """(centre, width) of a typed window such as "L40 W80" or "W 1500 L -600"; None when ``text`` is
+    not written that way; an ``InvalidRequestError`` for a width that is not positive."""
+    m = _TYPED.match(str(text))
+    if m is None:
+        return None
+    centre, width = (float(m[1]), float(m[2])) if m[1] is not None else (float(m[4]), float(m[3]))
+    if not (np.isfinite(centre) and np.isfinite(width)) or width <= 0:
+        raise InvalidRequestError(f"window width must be a positive number, got {text!r}")
+    return centre, width
 
 # (centre, width) in HU
 PRESETS: dict[str, tuple[float, float]] = {
@@ -57,7 +78,8 @@ def auto_window(img: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> t
 def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float, float]:
     """(centre, width) of ``preset`` ('auto', 'file' or a key of ``PRESETS``, any case)
     for ``scan``. 'auto' uses ``img`` (e.g. the displayed slice) when given, else the
-    whole scan; 'file' falls back to 'auto' when the file stores no valid window; a HU preset
+    whole scan; 'file' falls back to 'auto' when the file stores no valid window; a typed "L40 W80"
+    is used as given (``typed_window``); a HU preset
     (``PRESETS``) applies to CT only and falls back to 'auto' for other modalities (HU windows on
     MR intensities would show a white or black image)."""
     key = str(preset).strip().lower()
@@ -73,7 +95,11 @@ def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float,
         if not _is_ct(scan):
             return auto_window(data)
         return PRESETS[key]
-    raise ValueError(f"unknown window preset {preset!r}; choose one of {list(DATA_PRESETS) + list(PRESETS)}")
+    typed = typed_window(key)
+    if typed is not None:
+        return typed
+    raise InvalidRequestError(f"unknown window preset {preset!r}; choose one of "
+                              f"{list(DATA_PRESETS) + list(PRESETS)} or type a level and width, e.g. L40 W80")
 
 
 def apply_window(img: np.ndarray, centre: float, width: float) -> np.ndarray:

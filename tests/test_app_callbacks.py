@@ -512,3 +512,77 @@ def test_app_help_and_port_options(capsys):
     with pytest.raises(SystemExit) as e:
         ui_app.launch(["--port", "not-a-port"])
     assert e.value.code == 2
+
+
+def test_findings_of_all_methods_in_one_list_say_which_others_agree(methods_root, lesion_volume):
+    """The findings table: every shown method's regions, strongest first on the one calibrated scale,
+    each naming the other methods whose maps flag part of it."""
+    from scipy import ndimage
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae", "consensus"], "axial")
+    rows = cb.findings_rows(key, 1.0, ["zscore", "ae", "consensus"])
+    assert {r["method"] for r in rows} >= {"zscore"} and len(rows) > 1
+    peaks = [r["peak (x threshold)"] for r in rows]
+    assert peaks == sorted(peaks, reverse=True)
+    regions = {m: a._regions(m, 1.0) for m in ("zscore", "ae", "consensus")}
+    ml = a.pixel_area_mm2() * a.scan.spacing[0] / 1000.0
+    for method in ("zscore", "ae"):  # each finding's agreement, recomputed from the regions
+        lab, n = ndimage.label(regions[method])
+        want = sorted((round(float((lab == k).sum() * ml), 3),
+                       ", ".join(o for o in regions if o != method and (regions[o] & (lab == k)).any()) or "none")
+                      for k in range(1, n + 1) if (lab == k).sum() >= 10)
+        got = sorted((r["volume (mL)"], r["also flagged by"]) for r in rows if r["method"] == method)
+        assert got == want
+    # the blob (slices 30-33) is found by zscore, and the consensus of zscore and ae flags it too
+    blob = [r for r in rows if r["method"] == "zscore" and 28 <= r["centre slice"] <= 35]
+    assert blob and "consensus" in max(blob, key=lambda r: r["volume (mL)"])["also flagged by"]
+    # one method shown: nobody else to agree
+    assert all(r["also flagged by"] == "none" for r in cb.findings_rows(key, 1.0, ["zscore"]))
+    assert cb.api_summary(a)["findings"][0]["also flagged by"]
+
+
+def test_extra_rows_toggle_compare_choice_and_typed_window(methods_root, lesion_volume):
+    from anomaly.errors import InvalidRequestError
+    from anomaly.ui import app as ui
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae", "consensus"], "axial")
+    assert a.results["consensus"].extra_maps  # its votes: a row of its own
+    i = 31
+    with_extra, _, _ = cb.render_view(key, i, "auto", 0.5, 1.0, "both", None, True)
+    without, _, _ = cb.render_view(key, i, "auto", 0.5, 1.0, "both", None, False)
+    assert without.size[1] < with_extra.size[1] and without.size[0] == with_extra.size[0]
+    per_row = without.size[1] // 3
+    assert with_extra.size[1] == pytest.approx(per_row * (3 + len(a.results["consensus"].extra_maps)), abs=8)
+    # the compare slider shows the chosen method's pseudo-healthy, and its caption says whose
+    _, _, (inp_z, ph_z) = cb.render_view(key, i, compare_with="zscore")
+    _, _, (inp_a, ph_a) = cb.render_view(key, i, compare_with="ae")
+    assert not np.array_equal(ph_z, ph_a) and np.array_equal(inp_z, inp_a)
+    assert "ae's pseudo-healthy" in cb.compare_label(a, None, "ae")
+    assert cb.compare_source(a, None, cb.AUTO_COMPARE) == "zscore"  # the first shown with one
+    assert cb.compare_source(a, ["consensus", "ae"], None) == "ae"
+    lab = cb.compare_label(a, None, "consensus")  # the consensus has no reconstruction: falls back, says so
+    assert "zscore's pseudo-healthy" in lab and "consensus has no reconstruction" in lab
+    out = ui.on_view(key, i, "auto", 0.5, 1.0, "both", None, False, "ae")
+    assert out[2]["label"] == cb.compare_label(a, None, "ae") and out[0].size == without.size
+    # a typed window (level, width) is used as given; a nonsense one is a typed error
+    typed, _, _ = cb.render_view(key, i, "L 0.3 W 0.2", extra_rows=False)
+    auto, _, _ = cb.render_view(key, i, "auto", extra_rows=False)
+    assert np.asarray(typed).tobytes() != np.asarray(auto).tobytes()
+    img = a.scan.slice(i)
+    assert np.array_equal(a.display_u8(i, "L0.3 W0.2"), np.clip(np.rint((img - 0.2) / 0.2 * 255), 0, 255).astype(np.uint8))
+    with pytest.raises(InvalidRequestError, match="width must be a positive"):
+        cb.render_view(key, i, "L40 W0")
+    with pytest.raises(InvalidRequestError, match="e.g. L40 W80"):
+        cb.render_view(key, i, "bright please")
+
+
+def test_every_panel_carries_orientation_letters_and_the_input_its_position(methods_root, lesion_volume):
+    from anomaly.render import PANEL
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    grid, _, _ = cb.render_view(key, 31, "auto", 0.0, 99.0, "fill", None)  # no overlay drawn
+    px = np.asarray(grid)
+    for c in range(4):  # input, pseudo-healthy, map, overlay: yellow letters in each panel
+        panel = px[20:20 + PANEL, c * PANEL:(c + 1) * PANEL]
+        assert ((panel[..., 0] > 240) & (panel[..., 1] > 240) & (panel[..., 2] < 40)).sum() > 10, c
+    assert a.scan.slice_label(31).startswith(("S ", "I ")) and cb.api_summary(a, 31)["slice_position"] == a.scan.slice_label(31)

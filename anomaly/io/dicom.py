@@ -602,6 +602,7 @@ def _load_singles(group: list[Header]):
     per_slice = {
         "SOPInstanceUIDs": [_text(_get(d, "SOPInstanceUID", "")) for d in datasets],
         "ImagePositionPatient": [h.ipp.tolist() if h.ipp is not None else None for h in hs],
+        "InstanceNumbers": [h.instance for h in hs],
     }
     return vol, ds0, iop, by_pos, spacing, _pixel_spacing(ds0), _window(ds0), notes, per_slice
 
@@ -660,6 +661,8 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
         dh, dw = dw, dh
     if disp.flip_slices:
         per_slice = {k: v[::-1] if len(v) == vol.shape[0] else v for k, v in per_slice.items()}
+    affine = _display_affine(iop, per_slice.get("ImagePositionPatient"), pixel_spacing, disp, vol.shape) \
+        if by_pos and disp.known_frame and pixel_spacing else None
     ids = _identifiers(ds)
     modality = scrub(_text(_get(ds, "Modality", "")).strip().upper()[:16] or "unknown", ids)
     n, hgt, wid = vol.shape
@@ -702,7 +705,31 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
         study_uid=study,
         window=window,
         meta=meta,
+        affine=affine,
     )
+
+
+def _display_affine(iop, positions, pixel_spacing, disp: "Display", shape: tuple[int, int, int]) -> np.ndarray | None:
+    """The affine of the display grid, display (s, h, w) -> RAS+ mm, from the slice positions (in
+    display order), the orientation and the stored pixel spacing, undoing ``_to_display``'s
+    transpose and flips; the slice step is the mean step between the first and last positions."""
+    if iop is None or not positions or any(p is None for p in positions) or len(positions) != shape[0]:
+        return None
+    row_dir, col_dir = np.asarray(iop[:3], np.float64), np.asarray(iop[3:], np.float64)
+    dr, dc = float(pixel_spacing[0]), float(pixel_spacing[1])  # between rows, between columns
+    n, h, w = shape
+    p0 = np.asarray(positions[0], np.float64)
+    step_s = (np.asarray(positions[-1], np.float64) - p0) / (n - 1) if n > 1 else np.cross(row_dir, col_dir)
+    # a stored pixel (r, c) lies at p + r * dr * col_dir + c * dc * row_dir (DICOM PS3.3 C.7.6.2.1.1)
+    e_h, e_w = (dc * row_dir, dr * col_dir) if disp.transposed else (dr * col_dir, dc * row_dir)
+    origin = p0.copy()
+    if disp.flip_rows:
+        origin, e_h = origin + (h - 1) * e_h, -e_h
+    if disp.flip_cols:
+        origin, e_w = origin + (w - 1) * e_w, -e_w
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = step_s, e_h, e_w, origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS
 
 
 __all__ = ["describe_series", "list_series", "load_series", "read_dataset", "read_header", "scrub"]

@@ -136,13 +136,14 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
         zooms = [1.0, 1.0, 1.0]
     zooms = (zooms + [1.0, 1.0, 1.0])[:3]
     orientation, known = "NIfTI RAS -> radiological axial", True
-    axcodes = None
+    axcodes, display_affine = None, None
     try:
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise ValueError("singular affine")
         axcodes = "".join(nib.aff2axcodes(affine))
         canon = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
         ras = np.asarray(canon.dataobj, dtype=np.float32)
+        display_affine = _display_affine(np.asarray(canon.affine, np.float64), ras.shape[:3])
         zooms = [float(z) for z in canon.header.get_zooms()[:3]]
     except Exception:  # noqa: BLE001 - no usable orientation: keep the stored voxel order
         ras = data
@@ -158,9 +159,11 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
     elif vox.shape[1] == 1:  # a single coronal slice: rows superior -> inferior
         vox, spacing = np.ascontiguousarray(vox[::-1, 0, :])[None], (spacing[1], spacing[0], spacing[2])
         orientation, known = "NIfTI 2D coronal slice (rows superior -> inferior)", False
+        display_affine = None
     else:  # a single sagittal slice
         vox, spacing = np.ascontiguousarray(vox[::-1, :, 0])[None], (spacing[2], spacing[0], spacing[1])
         orientation, known = "NIfTI 2D sagittal slice (rows superior -> inferior)", False
+        display_affine = None
     n, h, w = vox.shape
     ds, dh, dw = spacing
     modality = _modality_hint(header, name)
@@ -202,4 +205,13 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
         notes=notes,
         window=window,
         meta=meta,
+        affine=display_affine if n > 1 else None,
     )
+
+
+def _display_affine(canonical_affine: np.ndarray, ras_shape: tuple[int, int, int]) -> np.ndarray:
+    """The affine of the display grid (``ras_to_display``): display (s, h, w) is canonical voxel
+    (X - 1 - w, Y - 1 - h, s), mapped to RAS+ mm by the canonical affine."""
+    x, y, _ = ras_shape
+    to_canonical = np.array([[0, 0, -1, x - 1], [0, -1, 0, y - 1], [1, 0, 0, 0], [0, 0, 0, 1]], np.float64)
+    return canonical_affine @ to_canonical

@@ -41,8 +41,12 @@ HOW_TO_READ = """
   mean of the top 1% of the map, in the method's own units (not comparable across methods); **volume
   score** = the highest slice score of the scan; **area above threshold** = the map's area at or above the
   threshold on this slice; **scored** = false where the slice has too little brain to score.
+* **Window**: a preset, or type a level and width (e.g. `L40 W80`, in the scan's own units). The input panel's
+  title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
 * **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
-  range, peak in multiples of the threshold); click one to jump to it.
+  range, peak in multiples of the threshold), all methods in one list, strongest peak first; **also flagged
+  by** names the other shown methods whose maps are above their threshold somewhere in the same region
+  ("none": the finding rests on one method). Click one to jump to it.
 * **consensus**: its residual map is the mean of its members' calibrated maps; its extra row **votes**
   counts how many of them flag each pixel (1.0 on its scale = all of them).
 * **Extra rows** (DDAD's intra-discrepancy, the spread of its normal ensemble; DDAD's inter-discrepancy;
@@ -83,20 +87,26 @@ def _fail(e: Exception):
     raise gr.Error(str(e), duration=None) from None
 
 
-def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: str = ""):
+def _compare(a, pair, methods, compare_with):
+    """The compare slider's update: the pair, captioned with whose pseudo-healthy it shows."""
+    return gr.update(value=pair, label=cb.compare_label(a, methods, compare_with))
+
+
+def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
+                  note: str = ""):
     """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
     (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
-    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods)
+    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with)
     banner_text = "" if a.ood.in_distribution else a.ood.banner
     banner = gr.update(value=banner_text, visible=bool(banner_text))
     summary = cb.scan_summary(a)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
             banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx), grid, _df(table),
-            _df(cb.findings_rows(key, threshold, methods)), pair, gr.update())
+            _df(cb.findings_rows(key, threshold, methods)), _compare(a, pair, methods, compare_with), gr.update())
 
 
-def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, progress=gr.Progress(),
-              first_slice: int | None = None, stored: tuple | None = None):
+def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows=True, compare_with=None,
+              progress=gr.Progress(), first_slice: int | None = None, stored: tuple | None = None):
     """Load; show the middle slice's overlays first (a volume), score the whole volume, then jump to
     its most anomalous slice (a generator: two updates for a volume, one for a 2D image).
     ``first_slice`` (an axial index, e.g. a batch result's stored top slice) replaces the middle one.
@@ -117,7 +127,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
                 note = f"*Stored batch results not used: {e}; scoring again.* "
             else:
                 yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods,
-                                    note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
+                                    extra_rows, compare_with, note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
                                          "Another plane or set of methods is scored afresh.*")
                 return
         if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
@@ -126,8 +136,8 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
                 mid = int(first_slice)
             preview_key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                                  only=[mid])
-            yield _view_outputs(preview_key, a, mid, preset, opacity, threshold, mode, methods,
-                                note=f"{note}*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
+            yield _view_outputs(preview_key, a, mid, preset, opacity, threshold, mode, methods, extra_rows,
+                                compare_with, note=f"{note}*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
         key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                      progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)
@@ -139,7 +149,8 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, p
         return
     except AnomalyError as e:
         _fail(e)
-    yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, note=note.strip())
+    yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, extra_rows,
+                        compare_with, note=note.strip())
 
 
 def on_upload_page(*args, **kw):
@@ -155,20 +166,23 @@ def on_upload_page(*args, **kw):
                gr.update(visible=False))
 
 
-def on_view(key, index, preset, opacity, threshold, mode, methods):
+def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None):
     try:
-        grid, table, pair = cb.render_view(key, index, preset, opacity, threshold, mode, methods)
-        return grid, _df(table), pair, cb.score_curve_figure(cb.get_analysis(key), int(index))
+        grid, table, pair = cb.render_view(key, index, preset, opacity, threshold, mode, methods, extra_rows,
+                                           compare_with)
+        a = cb.get_analysis(key)
+        return grid, _df(table), _compare(a, pair, methods, compare_with), cb.score_curve_figure(a, int(index))
     except AnomalyError as e:
         _fail(e)
 
 
-def on_threshold(key, index, preset, opacity, threshold, mode, methods):
-    out = on_view(key, index, preset, opacity, threshold, mode, methods)
+def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None):
+    out = on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows, compare_with)
     return (*out, _df(cb.findings_rows(key, threshold, methods)))
 
 
-def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.Progress()):
+def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
+             progress=gr.Progress()):
     """Re-analyse the loaded scan in another plane, as an upload is: the new plane's middle slice
     first, then the whole plane (a plane seen before comes from the cache at once). Nothing to do
     before a scan is loaded; a 2D image keeps its one plane and says so."""
@@ -180,21 +194,23 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, progress=gr.
         preview = cb.preview_plane(key, plane)
         if preview is not None:
             preview_key, p, mid = preview
-            yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods,
-                                 note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
+            yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods, extra_rows,
+                                 compare_with, note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
         key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)
     except AnomalyError as e:
         _fail(e)
     if a.plane != plane:
         gr.Info(f"A 2D image has one plane: it stays as it is, not {plane}.")
-    yield _plane_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods)
+    yield _plane_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, extra_rows,
+                         compare_with)
 
 
-def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, note: str = ""):
+def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
+                   note: str = ""):
     """``_view_outputs`` in the order of the plane event's outputs (a preview's slider stays locked)."""
     key, slider, _, summary, curve, grid, table, findings, pair, _ = _view_outputs(
-        key, a, idx, preset, opacity, threshold, mode, methods, note=note)
+        key, a, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with, note=note)
     return key, slider, curve, grid, table, findings, pair, summary
 
 
@@ -254,10 +270,14 @@ def build_app() -> gr.Blocks:
                         api_analyse = gr.Button("analyse (API)", visible=False)  # raises its errors
                         methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
-                        preset = gr.Dropdown(WINDOW_PRESETS, value="auto", label="Window preset (HU presets: CT only)")
+                        preset = gr.Dropdown(WINDOW_PRESETS, value="auto", allow_custom_value=True,
+                                             label="Window: a preset (HU presets: CT only), or type level and width, "
+                                                   "e.g. L40 W80")
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
+                        extra_rows = gr.Checkbox(True, label="Extra maps (uncertainty, discrepancies, votes) as rows "
+                                                              "of their own")
                         examples = (gr.Examples(_examples(), inputs=[files], label="Examples (click one to analyse it; "
                                                 "synthetic lesions are marked 'synthetic')") if _examples() else None)
                     with gr.Column(scale=3):
@@ -283,26 +303,28 @@ def build_app() -> gr.Blocks:
                             od_grid = gr.Image(label="on-demand result (calibrated against healthy)", show_label=False,
                                                type="pil", format="png", interactive=False)
                             od_json = gr.JSON(label="score")
+                        compare_with = gr.Dropdown([cb.AUTO_COMPARE, *default], value=cb.AUTO_COMPARE,
+                                                   label="Compare slider below: pseudo-healthy of")
                         compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
                         with gr.Accordion("How to read this", open=False):
                             gr.Markdown(HOW_TO_READ)
                         with gr.Accordion("Methods and citations", open=False):
                             gr.Markdown(cb.citations_markdown())
 
-                view_inputs = [key, slider, preset, opacity, threshold, mode, methods]
+                view_inputs = [key, slider, preset, opacity, threshold, mode, methods, extra_rows, compare_with]
                 upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
-                up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode]
+                up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with]
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
                              trigger_mode="always_last")
-                for c in (preset, opacity, mode, methods):
+                for c in (preset, opacity, mode, methods, extra_rows, compare_with):
                     c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
-                plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods],
+                plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with],
                              [key, slider, curve, grid, table, findings, compare, summary], api_name="change_plane")
                 findings.select(on_finding, [findings], [slider], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")

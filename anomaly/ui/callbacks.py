@@ -170,29 +170,55 @@ def preview_plane(key: str, plane: str) -> tuple[str, Analysis, int] | None:
 
 
 def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
-                mode: str = "fill", methods: list[str] | None = None):
+                mode: str = "fill", methods: list[str] | None = None, extra_rows: bool = True,
+                compare_with: str | None = None):
     """(grid PIL image, score-table rows, (input, pseudo-healthy) pair for the compare slider: the
-    first shown method with a reconstruction, both halves on its intensity scale; the windowed input
-    twice when none has one)."""
+    reconstruction of ``compare_source``, both halves on its intensity scale; the windowed input
+    twice when no shown method has one). ``extra_rows=False``: one grid row per method."""
     a = get_analysis(key)
     index = int(np.clip(int(index), 0, a.n_slices - 1))
-    shown = [m for m in (methods or list(a.results)) if m in a.results] or list(a.results)
+    shown = shown_methods(a, methods)
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
-    grid = a.render(index, cfg, preset, shown)
+    grid = a.render(index, cfg, preset, shown, extra_rows=bool(extra_rows))
     table = [r for r in a.score_table(index, float(threshold)) if r["method"] in shown]
     img = a.display_u8(index, preset)
     ph = None
-    for m in shown:
-        r = a.results[m]
-        if r.pseudo_healthy is not None:
-            full = a.prepared.slice_to_original(r.pseudo_healthy[index], index)
-            ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
-            # the input as the model saw it, on the pseudo-healthy's scale: the two halves compare
-            norm = a.prepared.slice_to_original(a.prepared.images[index], index)
-            img = (np.clip(norm / 1.2, 0, 1) * 255).astype(np.uint8)
-            break
+    source = compare_source(a, methods, compare_with)
+    if source is not None:
+        full = a.prepared.slice_to_original(a.results[source].pseudo_healthy[index], index)
+        ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
+        # the input as the model saw it, on the pseudo-healthy's scale: the two halves compare
+        norm = a.prepared.slice_to_original(a.prepared.images[index], index)
+        img = (np.clip(norm / 1.2, 0, 1) * 255).astype(np.uint8)
     aspect = a.pixel_aspect()
     return grid, table, (square_pixels(img, aspect), square_pixels(ph if ph is not None else img, aspect))
+
+
+AUTO_COMPARE = "first shown"  # the compare slider's default: the first shown method with a reconstruction
+
+
+def shown_methods(a: Analysis, methods: list[str] | None) -> list[str]:
+    """The ticked methods that the analysis has (all of its methods when none is)."""
+    return [m for m in (methods or list(a.results)) if m in a.results] or list(a.results)
+
+
+def compare_source(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str | None:
+    """Whose pseudo-healthy the compare slider shows: ``compare_with`` when it is analysed and has a
+    reconstruction, else the first shown method with one; None when none has."""
+    with_recon = [m for m in a.results if a.results[m].pseudo_healthy is not None]
+    if compare_with and compare_with != AUTO_COMPARE and compare_with in with_recon:
+        return compare_with
+    return next((m for m in shown_methods(a, methods) if m in with_recon), None)
+
+
+def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str:
+    """The compare slider's caption: which method's pseudo-healthy it shows (and why, if not the one asked)."""
+    source = compare_source(a, methods, compare_with)
+    if source is None:
+        return "Compare: no shown method has a pseudo-healthy image (input on both sides)"
+    asked = compare_with not in (None, "", AUTO_COMPARE)
+    why = f" ({compare_with} has no reconstruction here)" if asked and compare_with != source else ""
+    return f"Compare: input (left) vs {source}'s pseudo-healthy (right){why}"
 
 
 def square_pixels(u8: np.ndarray, aspect: float) -> np.ndarray:
@@ -241,12 +267,9 @@ def scan_summary(a: Analysis) -> str:
 
 
 def findings_rows(key: str, threshold: float = 1.0, methods: list[str] | None = None) -> list[dict]:
-    a = get_analysis(key)
-    rows: list[dict] = []
-    for m in methods or list(a.results):
-        if m in a.results:
-            rows += a.findings(m, float(threshold))
-    return rows
+    """The findings table: every shown method's findings, strongest first, with the other methods
+    that flag part of each (``Analysis.findings_across``)."""
+    return get_analysis(key).findings_across(methods, float(threshold))
 
 
 def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -> dict:
@@ -258,6 +281,7 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
         "n_slices": a.n_slices,
         "most_anomalous_slice": a.most_anomalous_slice(),
         "slice": idx,
+        "slice_position": a.scan.slice_label(idx, a.plane) or None,
         "in_distribution": a.ood.in_distribution,
         "ood_reasons": a.ood.reasons,
         "methods": {},
@@ -274,7 +298,7 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
             "title": method_class(name).title,
         }
     out["score_table"] = a.score_table(idx, threshold)
-    out["findings"] = [f for m in a.results for f in a.findings(m, threshold)]
+    out["findings"] = a.findings_across(None, threshold)
     return out
 
 
@@ -353,7 +377,8 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
     rows += extra_map_rows(method, img, r.extra_maps, one.masks, lambda m: one.to_original(m)[0], "slice")
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
-    grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect())
+    grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect(),
+                        slice_label=a.scan.slice_label(i, a.plane))
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
                   "percentile vs healthy": None if not np.isfinite(pct) else round(pct, 1),
                   "ms": round(r.ms_per_slice, 1), "seed": seed}
