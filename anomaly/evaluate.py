@@ -100,15 +100,22 @@ def _check_folder(root: Path, what: str = "data") -> list[Item]:
     for it in items:
         for col in NUMERIC_COLUMNS:
             s = str(it.extras.get(col, "") or "").strip()
-            if s:
-                try:
-                    v = float(s)
-                except ValueError:
-                    v = None
-                if v is None or not math.isfinite(v) or v < 0:
-                    raise DatasetError(f"{csv_path}: {col} of {it.image_path.name} must be a number >= 0 "
-                                       f"(or empty), got {s!r}")
+            if s and _column_number(s) is None:
+                raise DatasetError(f"{csv_path}: {col} of {it.image_path.name} must be a number >= 0, or several "
+                                   f"joined by ';' (one per lesion of a volume), or empty; got {s!r}")
     return items
+
+
+def _column_number(text: str) -> float | None:
+    """A numeric labels.csv cell: a number >= 0, or several joined by ";" (a volume with several
+    lesions, as the cohort writes them) read as the largest; None when it is not written so."""
+    try:
+        vals = [float(x) for x in str(text).split(";")]
+    except ValueError:
+        return None
+    if not vals or not all(math.isfinite(v) and v >= 0 for v in vals):
+        return None
+    return max(vals)
 
 
 def _n_slices(item: Item) -> int:
@@ -411,7 +418,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
                 meta.append({"file": e.item.image_path.name, "index": s.index, "label": s.label,
                              "has_mask": s.mask is not None, "has_pixel_truth": truth is not None,
                              "valid": bool(e.prep.valid[k]),
-                             "kind": kind, **{c: float(v) if v else None for c, v in sizes.items()}})
+                             "kind": kind, **{c: _column_number(v) if v else None for c, v in sizes.items()}})
                 if truth is not None:
                     brain = e.prep.original_masks[k]
                     store.add_sample(sid, truth[brain])

@@ -476,6 +476,8 @@ def _bad_folders(data, tmp: Path) -> dict[str, tuple[Path, str]]:
         "size nan": ("a.png,1,nan,\n", "size_mm of a.png must be a number >= 0"),
         "size negative": ("a.png,1,-5,\n", "size_mm of a.png must be a number >= 0"),
         "contrast inf": ("a.png,1,,inf\n", "lesion_contrast of a.png must be a number >= 0"),
+        "size list with a word": ("a.png,1,12;big,\n", "or several joined by ';'"),
+        "size list with a negative": ("a.png,1,12;-3,\n", "size_mm of a.png must be a number >= 0"),
     }
     cases = {}
     for k, (body, needle) in labels_cases.items():
@@ -599,3 +601,16 @@ def test_metrics_md_warns_when_the_brain_masks_cut_lesions_off(report):
     assert f"**Warning:** only {100 * frac:.0f}% of the lesion-mask pixels" in (out / "metrics.md").read_text()
     assert "Warning" not in markdown_report(dict(res, lesion_pixels_in_brain_fraction=0.95))
     assert "Warning" not in markdown_report(dict(res, lesion_pixels_in_brain_fraction=None))
+
+
+def test_several_lesion_sizes_of_a_volume_read_as_the_largest(tmp_path):
+    """The cohort writes a volume's lesions as "3;12" in size_mm: accepted, read as the largest."""
+    from anomaly.evaluate import _check_folder, _column_number
+
+    assert _column_number("12") == 12.0 and _column_number("3;12.5") == 12.5 and _column_number("0") == 0.0
+    assert _column_number("3;") is None and _column_number("nan;3") is None and _column_number("x") is None
+    img = read_image(TEMPLATE)[90]
+    write_image(tmp_path, "a", img)
+    (tmp_path / "labels.csv").write_text("file,label,size_mm,lesion_contrast\na.png,1,3;12,0.2;0.05\n")
+    (item,) = _check_folder(tmp_path)
+    assert _column_number(item.extras["size_mm"]) == 12.0

@@ -320,8 +320,10 @@ def build_app() -> gr.Blocks:
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
                              trigger_mode="always_last")
-                for c in (preset, opacity, mode, methods, extra_rows, compare_with):
+                for c in (preset, opacity, mode, extra_rows, compare_with):
                     c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+                # the findings list and its "also flagged by" follow the shown methods
+                methods.change(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
                 plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with],
