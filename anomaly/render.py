@@ -26,6 +26,24 @@ class RenderConfig:
     vmax: float = 3.0  # calibrated units: 1.0 = healthy threshold
     threshold: float = 1.0  # overlay shows map >= threshold (calibrated units)
     contour_rgb: tuple[int, int, int] = (0, 255, 128)
+    zoom: float = 1.0  # every panel shows the same 1/zoom of the slice (synchronised zoom)
+    zoom_centre: tuple[float, float] | None = None  # (row, col) in the slice's pixels; None: its centre
+
+
+def zoom_window(shape: tuple[int, int], zoom: float = 1.0, centre: tuple[float, float] | None = None
+                ) -> tuple[int, int, int, int]:
+    """(r0, r1, c0, c1): the part of a ``shape`` slice that a ``zoom`` x view centred on ``centre``
+    shows, shifted (not shrunk) to stay inside the slice; the whole slice at zoom 1."""
+    h, w = int(shape[0]), int(shape[1])
+    z = float(zoom) if zoom and np.isfinite(zoom) else 1.0
+    z = min(max(z, 1.0), 16.0)
+    if z <= 1.0:
+        return 0, h, 0, w
+    ch, cw = max(1, round(h / z)), max(1, round(w / z))
+    cr, cc = ((h - 1) / 2, (w - 1) / 2) if centre is None else (float(centre[0]), float(centre[1]))
+    r0 = int(np.clip(round(cr - ch / 2), 0, h - ch))
+    c0 = int(np.clip(round(cc - cw / 2), 0, w - cw))
+    return r0, r0 + ch, c0, c0 + cw
 
 
 def _font(size: int = 12):
@@ -72,6 +90,27 @@ def fit_panel(rgb: np.ndarray, size: int = PANEL, aspect: float = 1.0) -> Image.
     panel = Image.new("RGB", (size, size), (0, 0, 0))
     panel.paste(im, ((size - nw) // 2, (size - nh) // 2))
     return panel
+
+
+def panel_pixel(x: float, y: float, shape: tuple[int, int], aspect: float = 1.0, zoom: float = 1.0,
+                centre: tuple[float, float] | None = None) -> tuple[int, int] | None:
+    """The slice pixel (row, col) under a click at (x, y) on a ``compose_grid`` image of a ``shape``
+    slice, whichever panel and row it falls on; None for a click outside every picture (a caption,
+    the colour bar, the letterbox)."""
+    x, y = float(x), float(y)
+    if x < 0 or y < 0 or x >= 4 * PANEL:
+        return None
+    yb = y % (PANEL + 22) - 20
+    if yb < 0 or yb >= PANEL:
+        return None
+    r0, r1, c0, c1 = zoom_window(shape, zoom, centre)
+    ch, cw = r1 - r0, c1 - c0
+    s = PANEL / max(ch * aspect, cw)
+    nw, nh = max(1, round(cw * s)), max(1, round(ch * aspect * s))
+    px, py = x % PANEL - (PANEL - nw) // 2, yb - (PANEL - nh) // 2
+    if not (0 <= px < nw and 0 <= py < nh):
+        return None
+    return int(r0 + py / nh * ch), int(c0 + px / nw * cw)
 
 
 def draw_orientation(panel: Image.Image, plane: str | None) -> Image.Image:
@@ -147,6 +186,13 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
     """Side-by-side grid, one row per method: input | pseudo-healthy | residual | overlay | bar.
     ``slice_label`` (the slice's position in mm, its DICOM instance) heads each input panel."""
     n = max(1, len(rows))
+    r0, r1, c0, c1 = zoom_window(rows[0].image_u8.shape[:2], cfg.zoom, cfg.zoom_centre) if rows else (0, 0, 0, 0)
+
+    def crop(rgb: np.ndarray) -> np.ndarray:  # every panel of every row: the same window of the slice
+        return np.ascontiguousarray(rgb[r0:r1, c0:c1])
+
+    if cfg.zoom > 1.0 and rows:
+        slice_label = f"{slice_label}  x{cfg.zoom:g}".strip()
     bar_w = 80
     cols = 4
     W = cols * PANEL + bar_w
@@ -157,9 +203,9 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
         y = r * (PANEL + 22)
         d.text((4, y + 3), f"{row.name}  {row.caption}", fill=(255, 255, 255), font=_font(13))
         y += 20
-        p_in = draw_orientation(fit_panel(grey_rgb(row.image_u8), aspect=aspect), plane)
+        p_in = draw_orientation(fit_panel(crop(grey_rgb(row.image_u8)), aspect=aspect), plane)
         if row.pseudo_healthy_u8 is not None:
-            p_ph = draw_orientation(fit_panel(grey_rgb(row.pseudo_healthy_u8), aspect=aspect), plane)
+            p_ph = draw_orientation(fit_panel(crop(grey_rgb(row.pseudo_healthy_u8)), aspect=aspect), plane)
             ph_label = "pseudo-healthy"
         else:
             p_ph = Image.new("RGB", (PANEL, PANEL), (30, 30, 30))
@@ -167,9 +213,9 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
             ph_label = "pseudo-healthy"
         # an uncalibrated map runs from 0 to its own reference (1.0), not on the shared 0-3 scale
         rcfg = cfg if row.calibrated else replace(cfg, vmax=1.0)
-        p_map = draw_orientation(fit_panel(heatmap_rgb(row.cal_map, rcfg), aspect=aspect), plane)
+        p_map = draw_orientation(fit_panel(crop(heatmap_rgb(row.cal_map, rcfg)), aspect=aspect), plane)
         ov = overlay_rgb(row.image_u8, row.cal_map, cfg) if row.calibrated else blend_rgb(row.image_u8, row.cal_map, rcfg)
-        p_ov = draw_orientation(fit_panel(ov, aspect=aspect), plane)
+        p_ov = draw_orientation(fit_panel(crop(ov), aspect=aspect), plane)
         titles = (f"input  {slice_label}" if slice_label else "input", ph_label, row.map_title, "overlay" if row.calibrated else "blend (no threshold)")
         for c, (p, t) in enumerate(zip((p_in, p_ph, p_map, p_ov), titles)):
             out.paste(label_panel(p, t), (c * PANEL, y))

@@ -586,3 +586,55 @@ def test_every_panel_carries_orientation_letters_and_the_input_its_position(meth
         panel = px[20:20 + PANEL, c * PANEL:(c + 1) * PANEL]
         assert ((panel[..., 0] > 240) & (panel[..., 1] > 240) & (panel[..., 2] < 40)).sum() > 10, c
     assert a.scan.slice_label(31).startswith(("S ", "I ")) and cb.api_summary(a, 31)["slice_position"] == a.scan.slice_label(31)
+
+
+def test_zoom_is_synchronised_across_panels_and_clicks_map_back(methods_root, lesion_volume):
+    """Zoom shows the same window of the slice in every panel and in the compare pair; a click on
+    any panel of the zoomed grid names the slice pixel under it."""
+    from anomaly.render import PANEL, panel_pixel, zoom_window
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial")
+    i, shape = 31, a.scan.slice(31).shape
+    assert zoom_window(shape, 1.0) == (0, shape[0], 0, shape[1])
+    r0, r1, c0, c1 = zoom_window(shape, 2.0, (0, 0))  # shifted inside the slice, not shrunk
+    assert (r0, c0) == (0, 0) and r1 == round(shape[0] / 2) and c1 == round(shape[1] / 2)
+    centre = (60, 45)
+    grid, _, (inp, ph) = cb.render_view(key, i, "auto", 0.0, 99.0, "fill", None, True, None, 2.0, [60, 45])
+    r0, r1, c0, c1 = zoom_window(shape, 2.0, centre)
+    full = a.display_u8(i)
+    _, _, (inp_full, _) = cb.render_view(key, i, "auto", 0.0, 99.0, "fill", None)
+    assert inp.shape == (r1 - r0, c1 - c0) and np.array_equal(inp, inp_full[r0:r1, c0:c1]) and ph.shape == inp.shape
+    # the input panel and the overlay panel (no overlay drawn) show the same zoomed picture
+    px = np.asarray(grid)[20 + 20:20 + PANEL - 20, :].astype(int)
+    assert np.abs(px[:, 40:PANEL - 40] - px[:, 3 * PANEL + 40:4 * PANEL - 40]).mean() < 1.0
+    # a click anywhere maps back to the slice, the same pixel from every panel and every row
+    for col in range(4):
+        for row in range(2):
+            y = row * (PANEL + 22) + 20 + PANEL // 2
+            got = panel_pixel(col * PANEL + PANEL // 2, y, shape, a.pixel_aspect(), 2.0, centre)
+            assert got == cb.clicked_pixel(key, col * PANEL + PANEL // 2, y, 2.0, [60, 45])
+            assert abs(got[0] - (r0 + r1) / 2) <= 1 and abs(got[1] - (c0 + c1) / 2) <= 1
+    assert panel_pixel(4 * PANEL + 5, 100, shape) is None  # the colour bar
+    assert panel_pixel(100, 5, shape) is None  # a row's caption
+    assert full.shape == shape
+
+
+def test_clicking_a_finding_jumps_to_it_and_centres_the_zoom(methods_root, lesion_volume):
+    import pandas as pd
+    from anomaly.ui import app as ui
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    df = pd.DataFrame(cb.findings_rows(key, 1.0, ["zscore"]))
+
+    class Evt:
+        index = [0, 2]
+
+    slider, centre = ui.on_finding(df, Evt())
+    assert slider["value"] == int(df.iloc[0]["centre slice"])
+    assert centre == [float(v) for v in df.iloc[0]["centre (row, col)"].split(",")]
+
+    class Click:
+        index = [300, 150]  # on the pseudo-healthy panel of the first row
+
+    assert ui.on_grid_click(key, 1.0, None, Click()) == list(cb.clicked_pixel(key, 300, 150))
+    assert ui.reset_zoom_centre() is None

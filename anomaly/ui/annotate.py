@@ -481,7 +481,7 @@ def attach(demo: gr.Blocks, view="auto") -> gr.Blocks:
 
             view = (on_view, [key, slider, find(gr.Dropdown, "Window"), find(gr.Slider, "Overlay opacity"),
                               threshold, find(gr.Radio, "Overlay"), methods, find(gr.Checkbox, "Extra maps"),
-                              find(gr.Dropdown, "Compare slider")],
+                              find(gr.Dropdown, "Compare slider"), find(gr.Slider, "Zoom")],
                     [find(gr.Image, "input | pseudo-healthy"), find(gr.Dataframe, "Scores at this slice"),
                      find(gr.ImageSlider), find(gr.Plot, "Per-slice score")])
         except (LookupError, ImportError):

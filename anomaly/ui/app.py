@@ -43,6 +43,8 @@ HOW_TO_READ = """
   threshold on this slice; **scored** = false where the slice has too little brain to score.
 * **Window**: a preset, or type a level and width (e.g. `L40 W80`, in the scan's own units). The input panel's
   title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
+* **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
+  point on any panel, or a finding, to centre it there.
 * **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
   range, peak in multiples of the threshold), all methods in one list, strongest peak first; **also flagged
   by** names the other shown methods whose maps are above their threshold somewhere in the same region
@@ -93,10 +95,11 @@ def _compare(a, pair, methods, compare_with):
 
 
 def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
-                  note: str = ""):
+                  zoom=1.0, note: str = ""):
     """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
     (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
-    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with)
+    grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
+                                       zoom)
     banner_text = "" if a.ood.in_distribution else a.ood.banner
     banner = gr.update(value=banner_text, visible=bool(banner_text))
     summary = cb.scan_summary(a)
@@ -106,7 +109,7 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_
 
 
 def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows=True, compare_with=None,
-              progress=gr.Progress(), first_slice: int | None = None, stored: tuple | None = None):
+              zoom=1.0, progress=gr.Progress(), first_slice: int | None = None, stored: tuple | None = None):
     """Load; show the middle slice's overlays first (a volume), score the whole volume, then jump to
     its most anomalous slice (a generator: two updates for a volume, one for a 2D image).
     ``first_slice`` (an axial index, e.g. a batch result's stored top slice) replaces the middle one.
@@ -127,7 +130,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
                 note = f"*Stored batch results not used: {e}; scoring again.* "
             else:
                 yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods,
-                                    extra_rows, compare_with, note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
+                                    extra_rows, compare_with, zoom, note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
                                          "Another plane or set of methods is scored afresh.*")
                 return
         if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
@@ -137,7 +140,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
             preview_key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                                  only=[mid])
             yield _view_outputs(preview_key, a, mid, preset, opacity, threshold, mode, methods, extra_rows,
-                                compare_with, note=f"{note}*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
+                                compare_with, zoom, note=f"{note}*Slice {mid} scored first; scoring all {a.n_slices} slices...*")
         key, a = cb.load_and_analyse(files, methods or None, plane, series or None, loaded=loaded,
                                      progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)
@@ -150,7 +153,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
     except AnomalyError as e:
         _fail(e)
     yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, extra_rows,
-                        compare_with, note=note.strip())
+                        compare_with, zoom, note=note.strip())
 
 
 def on_upload_page(*args, **kw):
@@ -166,22 +169,24 @@ def on_upload_page(*args, **kw):
                gr.update(visible=False))
 
 
-def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None):
+def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
+            zoom_centre=None):
     try:
         grid, table, pair = cb.render_view(key, index, preset, opacity, threshold, mode, methods, extra_rows,
-                                           compare_with)
+                                           compare_with, zoom, zoom_centre)
         a = cb.get_analysis(key)
         return grid, _df(table), _compare(a, pair, methods, compare_with), cb.score_curve_figure(a, int(index))
     except AnomalyError as e:
         _fail(e)
 
 
-def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None):
-    out = on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows, compare_with)
+def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
+                 zoom_centre=None):
+    out = on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, zoom_centre)
     return (*out, _df(cb.findings_rows(key, threshold, methods)))
 
 
-def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
+def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
              progress=gr.Progress()):
     """Re-analyse the loaded scan in another plane, as an upload is: the new plane's middle slice
     first, then the whole plane (a plane seen before comes from the cache at once). Nothing to do
@@ -195,7 +200,7 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=T
         if preview is not None:
             preview_key, p, mid = preview
             yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods, extra_rows,
-                                 compare_with, note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
+                                 compare_with, zoom, note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
         key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)
     except AnomalyError as e:
@@ -203,24 +208,40 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=T
     if a.plane != plane:
         gr.Info(f"A 2D image has one plane: it stays as it is, not {plane}.")
     yield _plane_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, extra_rows,
-                         compare_with)
+                         compare_with, zoom)
 
 
 def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
-                   note: str = ""):
+                   zoom=1.0, note: str = ""):
     """``_view_outputs`` in the order of the plane event's outputs (a preview's slider stays locked)."""
     key, slider, _, summary, curve, grid, table, findings, pair, _ = _view_outputs(
-        key, a, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with, note=note)
+        key, a, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, note=note)
     return key, slider, curve, grid, table, findings, pair, summary
 
 
 def on_finding(findings_df, evt: gr.SelectData):
-    """Jump to the centre slice of the clicked finding."""
+    """Jump to the centre slice of the clicked finding; a zoom centres on it."""
     try:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else int(evt.index)
-        return gr.update(value=int(findings_df.iloc[row]["centre slice"]))
+        f = findings_df.iloc[row]
+        centre = [float(v) for v in str(f["centre (row, col)"]).split(",")]
+        return gr.update(value=int(f["centre slice"])), centre
     except Exception:  # a click outside the data: stay where we are
+        return gr.update(), gr.update()
+
+
+def on_grid_click(key, zoom, zoom_centre, evt: gr.SelectData):
+    """A click on any panel of the grid centres the (synchronised) zoom on that point of the slice."""
+    try:
+        px = cb.clicked_pixel(key, evt.index[0], evt.index[1], zoom, zoom_centre)
+    except (AnomalyError, TypeError, IndexError):
         return gr.update()
+    return gr.update() if px is None else list(px)
+
+
+def reset_zoom_centre():
+    """Another scan or plane: the zoom centres on the new slice's middle until a click says otherwise."""
+    return None
 
 
 def on_demand(key, index, method, preset, threshold, opacity, mode, progress=gr.Progress()):
@@ -255,6 +276,7 @@ def build_app() -> gr.Blocks:
     default = cb.default_methods()
     with gr.Blocks(title="Anomaly review station", delete_cache=(600, 3600)) as demo:
         key = gr.State(None)
+        zoom_centre = gr.State(None)  # (row, col) of the slice that the zoom centres on
         gr.Markdown("# Anomaly review station\nUnsupervised anomaly detection in brain MR: pseudo-healthy "
                     "reconstructions, residual maps and calibrated scores, method by method.")
         gr.Markdown(NOTICE)
@@ -276,6 +298,8 @@ def build_app() -> gr.Blocks:
                         opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
                         threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
+                        zoom = gr.Slider(1, 4, value=1, step=0.5, label="Zoom (every panel together; click a panel "
+                                         "or a finding to centre it)")
                         extra_rows = gr.Checkbox(True, label="Extra maps (uncertainty, discrepancies, votes) as rows "
                                                               "of their own")
                         examples = (gr.Examples(_examples(), inputs=[files], label="Examples (click one to analyse it; "
@@ -311,9 +335,11 @@ def build_app() -> gr.Blocks:
                         with gr.Accordion("Methods and citations", open=False):
                             gr.Markdown(cb.citations_markdown())
 
-                view_inputs = [key, slider, preset, opacity, threshold, mode, methods, extra_rows, compare_with]
+                view_inputs = [key, slider, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom,
+                               zoom_centre]
                 upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
-                up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with]
+                up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with,
+                             zoom]
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
@@ -322,18 +348,24 @@ def build_app() -> gr.Blocks:
                              trigger_mode="always_last")
                 for c in (preset, opacity, mode, extra_rows, compare_with):
                     c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+                zoom.input(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private",
+                           trigger_mode="always_last")
+                grid.select(on_grid_click, [key, zoom, zoom_centre], [zoom_centre], api_visibility="private").then(
+                    on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 # the findings list and its "also flagged by" follow the shown methods
                 methods.change(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
-                plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with],
+                plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
+                                        zoom],
                              [key, slider, curve, grid, table, findings, compare, summary], api_name="change_plane")
-                findings.select(on_finding, [findings], [slider], api_visibility="private").then(
+                findings.select(on_finding, [findings], [slider, zoom_centre], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
                              api_name="run_on_demand")
                 # another scan or plane: the on-demand result of the previous one goes
                 key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
+                key.change(reset_zoom_centre, None, [zoom_centre], api_visibility="private")
                 if examples is not None:  # a click on an example analyses it, as an upload does
                     examples.load_input_event.then(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 gr.api(analyze_api, api_name="analyze")

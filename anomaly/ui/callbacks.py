@@ -17,7 +17,7 @@ from PIL import Image
 from anomaly.analysis import Analysis, analyse, extra_map_rows
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
-from anomaly.render import RenderConfig
+from anomaly.render import RenderConfig, panel_pixel, zoom_window
 from anomaly.scan import check_plane, plane_size
 
 MAX_CACHED = 6
@@ -171,14 +171,18 @@ def preview_plane(key: str, plane: str) -> tuple[str, Analysis, int] | None:
 
 def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
                 mode: str = "fill", methods: list[str] | None = None, extra_rows: bool = True,
-                compare_with: str | None = None):
+                compare_with: str | None = None, zoom: float = 1.0, zoom_centre: tuple[float, float] | None = None):
     """(grid PIL image, score-table rows, (input, pseudo-healthy) pair for the compare slider: the
     reconstruction of ``compare_source``, both halves on its intensity scale; the windowed input
-    twice when no shown method has one). ``extra_rows=False``: one grid row per method."""
+    twice when no shown method has one). ``extra_rows=False``: one grid row per method. ``zoom``
+    (around ``zoom_centre``, a slice pixel; its centre when None) applies to every panel and to the
+    compare pair alike."""
     a = get_analysis(key)
     index = int(np.clip(int(index), 0, a.n_slices - 1))
     shown = shown_methods(a, methods)
-    cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
+    zoom = float(zoom or 1.0)
+    zoom_centre = _centre(zoom_centre)
+    cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=zoom, zoom_centre=zoom_centre)
     grid = a.render(index, cfg, preset, shown, extra_rows=bool(extra_rows))
     table = [r for r in a.score_table(index, float(threshold)) if r["method"] in shown]
     img = a.display_u8(index, preset)
@@ -191,7 +195,26 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
         norm = a.prepared.slice_to_original(a.prepared.images[index], index)
         img = (np.clip(norm / 1.2, 0, 1) * 255).astype(np.uint8)
     aspect = a.pixel_aspect()
+    r0, r1, c0, c1 = zoom_window(img.shape[:2], zoom, zoom_centre)
+    img = np.ascontiguousarray(img[r0:r1, c0:c1])
+    ph = None if ph is None else np.ascontiguousarray(ph[r0:r1, c0:c1])
     return grid, table, (square_pixels(img, aspect), square_pixels(ph if ph is not None else img, aspect))
+
+
+def _centre(value) -> tuple[float, float] | None:
+    """A zoom centre (row, col) from the app's state (a list after a round trip), or None."""
+    try:
+        r, c = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (r, c) if np.isfinite(r) and np.isfinite(c) else None
+
+
+def clicked_pixel(key: str, x: float, y: float, zoom: float = 1.0, zoom_centre=None) -> tuple[int, int] | None:
+    """The slice pixel (row, col) under a click at (x, y) on the grid image as it was drawn (with
+    ``zoom`` around ``zoom_centre``); None off the pictures."""
+    a = get_analysis(key)
+    return panel_pixel(x, y, a.scan.slice(0, a.plane).shape, a.pixel_aspect(), float(zoom or 1.0), _centre(zoom_centre))
 
 
 AUTO_COMPARE = "first shown"  # the compare slider's default: the first shown method with a reconstruction
