@@ -55,6 +55,25 @@ def test_upload_view_and_move_slider(live_app, browser):
         arg=first_src, timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "after_slider.png"), full_page=True)
     assert page.evaluate("() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth > 800).length") >= 1
+    # zoom with the keyboard (1 -> 2x), then a click on the grid's second panel recentres it: the grid
+    # is redrawn each time, and no error badge appears
+    grid_src = "() => [...document.querySelectorAll('img')].filter(i => i.naturalWidth > 800).map(i => i.src)[0]"
+    before = page.evaluate(grid_src)
+    zoom = page.locator("#zoom-slider input[type=range]").first
+    zoom.focus()
+    zoom.press("ArrowRight")
+    zoom.press("ArrowRight")
+    page.wait_for_function("() => +document.querySelector('#zoom-slider input[type=number]').value === 2", timeout=10_000)
+    page.wait_for_function(f"() => ({grid_src})() !== {before!r}", timeout=60_000)
+    zoomed = page.evaluate(grid_src)
+    box = page.evaluate("() => { const i = [...document.querySelectorAll('img')].filter(i => i.naturalWidth > 800)[0];"
+                        " const r = i.getBoundingClientRect(); return [r.x, r.y, r.width, r.height, i.naturalWidth]; }")
+    x, y, w, _, nat = box
+    scale = w / nat  # the grid is drawn smaller than its natural size
+    page.mouse.click(x + (256 + 60) * scale, y + (20 + 60) * scale)  # near the top left of the pseudo-healthy panel
+    page.wait_for_function(f"() => ({grid_src})() !== {zoomed!r}", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "after_zoom_click.png"), full_page=True)
+    assert "Error" not in page.inner_text("body").split("Annotate")[0]
 
 
 

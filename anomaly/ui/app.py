@@ -299,7 +299,7 @@ def build_app() -> gr.Blocks:
                         threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
                         zoom = gr.Slider(1, 4, value=1, step=0.5, label="Zoom (every panel together; click a panel "
-                                         "or a finding to centre it)")
+                                         "or a finding to centre it)", elem_id="zoom-slider")
                         extra_rows = gr.Checkbox(True, label="Extra maps (uncertainty, discrepancies, votes) as rows "
                                                               "of their own")
                         examples = (gr.Examples(_examples(), inputs=[files], label="Examples (click one to analyse it; "
