@@ -383,6 +383,9 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
         assert aspects == [pytest.approx(3.0)] * 2
         assert names[0] == ["anoddpm", "anoddpm · uncertainty (draw spread)"]  # the spread is called uncertainty
         assert cb.run_on_demand(key, 10_000, "anoddpm")[1]["slice"] == a.n_slices - 1  # clipped into the scan
+        zoomed, row3 = cb.run_on_demand(key, i, "anoddpm", seed=0, zoom=2.0, zoom_centre=[5, 5])  # the viewer's zoom
+        assert row3["score"] == row["score"] and zoomed.size == grid.size
+        assert np.asarray(zoomed).tobytes() != np.asarray(grid).tobytes()
     finally:
         base.clear_cache()
 

@@ -244,13 +244,14 @@ def reset_zoom_centre():
     return None
 
 
-def on_demand(key, index, method, preset, threshold, opacity, mode, progress=gr.Progress()):
-    """Run a slow (diffusion) method on the slice in view, with a progress bar."""
+def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zoom_centre=None, progress=gr.Progress()):
+    """Run a slow (diffusion) method on the slice in view, with a progress bar (at the viewer's zoom)."""
     if not method:
         raise gr.Error("no on-demand method has a checkpoint")
     try:
         return cb.run_on_demand(key, index, method, preset, threshold, opacity, mode,
-                                progress=lambda done, total: progress((done, total), desc=method))
+                                progress=lambda done, total: progress((done, total), desc=method), zoom=zoom,
+                                zoom_centre=zoom_centre)
     except AnomalyError as e:
         _fail(e)
 
@@ -361,7 +362,8 @@ def build_app() -> gr.Blocks:
                              [key, slider, curve, grid, table, findings, compare, summary], api_name="change_plane")
                 findings.select(on_finding, [findings], [slider, zoom_centre], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
-                od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode], [od_grid, od_json],
+                od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode, zoom, zoom_centre],
+                             [od_grid, od_json],
                              api_name="run_on_demand")
                 # another scan or plane: the on-demand result of the previous one goes
                 key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")

@@ -379,8 +379,10 @@ def on_demand_methods() -> list[str]:
 
 
 def run_on_demand(key: str, index: int, method: str, preset: str = "auto", threshold: float = 1.0,
-                  opacity: float = 0.5, mode: str = "both", seed: int = 0, progress=None):
-    """Run a slow method (diffusion) on the slice in view only; returns (grid image, score row)."""
+                  opacity: float = 0.5, mode: str = "both", seed: int = 0, progress=None, zoom: float = 1.0,
+                  zoom_centre=None):
+    """Run a slow method (diffusion) on the slice in view only; returns (grid image, score row). The
+    grid shows the viewer's zoom window."""
     from anomaly.preprocess import PreparedSlices
     from anomaly.render import GridRow, compose_grid
     from anomaly.scoring import run_method
@@ -399,7 +401,8 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
     rows += extra_map_rows(method, img, r.extra_maps, one.masks, lambda m: one.to_original(m)[0], "slice")
-    cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode)
+    cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=float(zoom or 1.0),
+                       zoom_centre=_centre(zoom_centre))
     grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect(),
                         slice_label=a.scan.slice_label(i, a.plane))
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
