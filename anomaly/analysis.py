@@ -21,7 +21,7 @@ from anomaly.preprocess import PreparedSlices, preprocess_scan
 from anomaly.render import GridRow, RenderConfig, compose_grid
 from anomaly.scan import Scan
 from anomaly.scoring import MethodResult, run_method
-from anomaly.windowing import apply_window, window_for
+from anomaly.windowing import apply_window, window_for, window_text
 
 # The slice the viewer opens on is chosen among the scored slices whose brain section is at least
 # OPENING_MIN_SECTION of the scan's largest: at skull-base and vertex levels healthy anatomy gives
@@ -185,10 +185,12 @@ class Analysis:
         rows.sort(key=lambda f: -f["peak (x threshold)"])
         return rows
 
+    def window(self, index: int, preset: str = "auto") -> tuple[float, float]:
+        """(centre, width) of ``preset`` on slice ``index`` (see ``windowing.window_for``)."""
+        return window_for(self.scan, preset, self.scan.slice(index, self.plane))
+
     def display_u8(self, index: int, preset: str = "auto") -> np.ndarray:
-        img = self.scan.slice(index, self.plane)
-        c, w = window_for(self.scan, preset, img)
-        return apply_window(img, c, w)
+        return apply_window(self.scan.slice(index, self.plane), *self.window(index, preset))
 
     def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None,
                extra_rows: bool = True):
@@ -218,7 +220,8 @@ class Analysis:
         plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
         return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note,
-                            slice_label=self.scan.slice_label(index, self.plane))
+                            slice_label=self.scan.slice_label(index, self.plane),
+                            window_label=window_text(*self.window(index, preset)))
 
 
 def extra_map_rows(method: str, img_u8: np.ndarray, extra_maps: dict[str, np.ndarray], masks: np.ndarray,

@@ -182,9 +182,10 @@ class GridRow:
 
 
 def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = None, aspect: float = 1.0,
-                 scale_note: str = "calibrated", slice_label: str = "") -> Image.Image:
+                 scale_note: str = "calibrated", slice_label: str = "", window_label: str = "") -> Image.Image:
     """Side-by-side grid, one row per method: input | pseudo-healthy | residual | overlay | bar.
-    ``slice_label`` (the slice's position in mm, its DICOM instance) heads each input panel."""
+    ``slice_label`` (the slice's position in mm, its DICOM instance) heads each input panel, and
+    ``window_label`` (its display window, "L40 W80") sits in its bottom left corner."""
     n = max(1, len(rows))
     r0, r1, c0, c1 = zoom_window(rows[0].image_u8.shape[:2], cfg.zoom, cfg.zoom_centre) if rows else (0, 0, 0, 0)
 
@@ -204,6 +205,8 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
         d.text((4, y + 3), f"{row.name}  {row.caption}", fill=(255, 255, 255), font=_font(13))
         y += 20
         p_in = draw_orientation(fit_panel(crop(grey_rgb(row.image_u8)), aspect=aspect), plane)
+        if window_label:
+            ImageDraw.Draw(p_in).text((3, PANEL - 15), window_label, fill=(255, 255, 0), font=_font(11))
         if row.pseudo_healthy_u8 is not None:
             p_ph = draw_orientation(fit_panel(crop(grey_rgb(row.pseudo_healthy_u8)), aspect=aspect), plane)
             ph_label = "pseudo-healthy"

@@ -19,6 +19,23 @@ _TYPED = re.compile(rf"^\s*(?:L\s*[:=]?\s*{_NUM}\s*[,;/ ]?\s*W\s*[:=]?\s*{_NUM}|
                     re.IGNORECASE)
 
 
+def check_window(preset: str) -> str:
+    """``preset`` if the app can use it (a preset name, 'auto', 'file' or a typed "L40 W80"), else an
+    ``InvalidRequestError`` that says what to write."""
+    key = str(preset).strip().lower()
+    if key in DATA_PRESETS or key in PRESETS or typed_window(key) is not None:
+        return preset
+    if re.search(r"\b[lw]\s*[:=]?\s*-?[\d.]", key):
+        raise InvalidRequestError(f"window {preset!r}: type both a level and a width, e.g. L40 W80")
+    raise InvalidRequestError(f"unknown window preset {preset!r}; choose one of "
+                              f"{list(DATA_PRESETS) + list(PRESETS)} or type a level and width, e.g. L40 W80")
+
+
+def window_text(centre: float, width: float) -> str:
+    """A window as a workstation prints it: "L40 W80" (4 significant digits)."""
+    return f"L{float(centre):.4g} W{float(width):.4g}"
+
+
 def typed_window(text: str) -> tuple[float, float] | None:
     """(centre, width) of a typed window such as "L40 W80" or "W 1500 L -600"; None when ``text`` is
     not written that way; an ``InvalidRequestError`` for a width that is not positive."""
@@ -98,8 +115,8 @@ def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float,
     typed = typed_window(key)
     if typed is not None:
         return typed
-    raise InvalidRequestError(f"unknown window preset {preset!r}; choose one of "
-                              f"{list(DATA_PRESETS) + list(PRESETS)} or type a level and width, e.g. L40 W80")
+    check_window(preset)  # raises, saying what to write
+    raise AssertionError(preset)  # unreachable: check_window accepts only what is handled above
 
 
 def apply_window(img: np.ndarray, centre: float, width: float) -> np.ndarray:

@@ -242,7 +242,7 @@ def test_a_refused_upload_clears_the_viewer_so_flags_cannot_go_to_the_previous_s
     outs = list(on_upload_page([str(bad)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
                                progress=lambda *a, **k: None))
     assert len(outs) == 1
-    key, slider, banner, summary, curve, grid, table, findings, compare, _ = outs[0]
+    key, slider, banner, summary, curve, grid, table, findings, compare, _, plane = outs[0]
     assert key is None and grid is None and table is None and slider["interactive"] is False
     assert banner["visible"] and banner["value"].startswith("**Not loaded:**")
     from anomaly.annotations import service as svc
@@ -445,8 +445,9 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
     png = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
     outs = list(on_upload_page([str(png)], None, "coronal", ["zscore"], "auto", 0.5, 1.0, "both",
                                progress=lambda *a, **k: None))
-    key, slider, banner, summary, curve, grid, table, *_ = outs[-1]
+    key, slider, banner, summary, curve, grid, table, *_, plane = outs[-1]
     assert key is not None and grid is not None
+    assert plane["value"] == "axial"  # the radio is set back to the one plane a 2D image has
     assert "A 2D image has one plane" in summary and "not coronal" in summary and not banner["visible"]
     a = cb.get_analysis(key)
     assert a.plane == "axial" and a.n_slices == 1
@@ -456,9 +457,10 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
     assert len(out) == 1  # nothing to preview: a 2D image stays in its plane
     out = out[0]
     assert out[0] == key and cb.get_analysis(out[0]).plane == "axial" and out[3] is not None
+    assert out[-1]["value"] == "axial"  # the radio too
     assert infos and "one plane" in infos[0]
     nothing = list(on_plane(None, "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
-    assert len(nothing) == 1 and len(nothing[0]) == 8 and all(u == gr.update() for u in nothing[0])
+    assert len(nothing) == 1 and len(nothing[0]) == 9 and all(u == gr.update() for u in nothing[0])
     with pytest.raises(gr.Error):  # an expired key is still an error
         list(on_plane("expired-key", "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
 
@@ -577,6 +579,44 @@ def test_extra_rows_toggle_compare_choice_and_typed_window(methods_root, lesion_
         cb.render_view(key, i, "L40 W0")
     with pytest.raises(InvalidRequestError, match="e.g. L40 W80"):
         cb.render_view(key, i, "bright please")
+    with pytest.raises(InvalidRequestError, match="both a level and a width"):
+        cb.render_view(key, i, "L0.4")
+    # on the page, a window it cannot read warns and draws with 'auto' (no error badges on every output)
+    import gradio as gr
+
+    warned = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gr, "Warning", lambda msg, *x, **k: warned.append(msg))
+        out = ui.on_view(key, i, "bright", 0.5, 1.0, "both", None, False)
+    assert warned and "unknown window preset 'bright'" in warned[0] and "auto window" in warned[0]
+    same, _, _ = cb.render_view(key, i, "auto", 0.5, 1.0, "both", None, False)
+    assert np.asarray(out[0]).tobytes() == np.asarray(same).tobytes()
+    # a method picked for the compare slider but then unticked: the first shown one, and the caption says why
+    assert cb.compare_source(a, ["zscore", "consensus"], "ae") == "zscore"
+    assert "(ae is not shown)" in cb.compare_label(a, ["zscore", "consensus"], "ae")
+    # the score curve draws the shown methods only; a one-slice image gets one tick, not a -0.04..0.04 axis
+    assert [ln.get_label() for ln in cb.score_curve_figure(a, i, ["ae"]).axes[0].lines][0] == "ae"
+    assert len([ln for ln in cb.score_curve_figure(a, i, ["ae"]).axes[0].lines if not ln.get_label().startswith(("95", "_"))]) == 1
+
+
+def test_the_input_panel_shows_its_window(methods_root, lesion_volume):
+    """The window in force is printed on the input panel ("L.. W.."), so a reader knows what to type."""
+    from anomaly.windowing import window_text
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    assert window_text(40, 80) == "L40 W80" and window_text(-600, 1500) == "L-600 W1500"
+    assert window_text(*a.window(31, "L0.3 W0.2")) == "L0.3 W0.2"
+    c, w = a.window(31, "auto")
+    assert np.array_equal(a.display_u8(31), np.clip(np.rint((a.scan.slice(31) - (c - w / 2)) / w * 255), 0, 255).astype(np.uint8))
+    seen = []
+    import anomaly.analysis as an
+
+    real = an.compose_grid
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(an, "compose_grid", lambda *x, **k: seen.append(k.get("window_label")) or real(*x, **k))
+        cb.render_view(key, 31, "L0.3 W0.2")
+        cb.render_view(key, 31, "auto")
+    assert seen == ["L0.3 W0.2", window_text(c, w)]
 
 
 def test_every_panel_carries_orientation_letters_and_the_input_its_position(methods_root, lesion_volume):

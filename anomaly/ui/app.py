@@ -17,7 +17,7 @@ from anomaly.ui.worklist import build_worklist
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
 MAX_FILE_SIZE = "512mb"
-WINDOW_PRESETS = ["auto", "file", "brain", "subdural", "ct soft tissue", "lung", "bone"]
+WINDOW_PRESETS = ["auto", "file", "brain", "subdural", "stroke", "ct soft tissue", "lung", "bone"]
 
 NOTICE = (
     "**Research tool, not for diagnosis.** Do not upload identifiable patient data: uploads are deleted "
@@ -89,6 +89,14 @@ def _fail(e: Exception):
     raise gr.Error(str(e), duration=None) from None
 
 
+def _window(preset):
+    """The window to draw with: one the app cannot read warns (a toast) and is drawn as 'auto'."""
+    preset, problem = cb.usable_window(preset)
+    if problem:
+        gr.Warning(problem)
+    return preset
+
+
 def _compare(a, pair, methods, compare_with):
     """The compare slider's update: the pair, captioned with whose pseudo-healthy it shows."""
     return gr.update(value=pair, label=cb.compare_label(a, methods, compare_with))
@@ -98,14 +106,16 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_
                   zoom=1.0, note: str = ""):
     """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
     (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
+    preset = _window(preset)
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
                                        zoom)
     banner_text = "" if a.ood.in_distribution else a.ood.banner
     banner = gr.update(value=banner_text, visible=bool(banner_text))
     summary = cb.scan_summary(a)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
-            banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx), grid, _df(table),
-            _df(cb.findings_rows(key, threshold, methods)), _compare(a, pair, methods, compare_with), gr.update())
+            banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx, methods), grid, _df(table),
+            _df(cb.findings_rows(key, threshold, methods)), _compare(a, pair, methods, compare_with), gr.update(),
+            gr.update(value=a.plane))  # the plane radio says the plane shown (a 2D image: axial)
 
 
 def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows=True, compare_with=None,
@@ -148,7 +158,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
         choices = [(v, k) for k, v in e.series.items()]
         gr.Warning("This upload holds several series: choose one and press Analyse.")
         yield (None, gr.update(), gr.update(value=f"**{e}**", visible=True), "", None, None, None, None, None,
-               gr.update(choices=choices, visible=True, value=None))
+               gr.update(choices=choices, visible=True, value=None), gr.update())
         return
     except AnomalyError as e:
         _fail(e)
@@ -166,16 +176,16 @@ def on_upload_page(*args, **kw):
         gr.Warning(f"Not loaded: {e.message}")
         yield (None, gr.update(minimum=0, maximum=1, value=0, interactive=False),
                gr.update(value=f"**Not loaded:** {e.message}", visible=True), "", None, None, None, None, None,
-               gr.update(visible=False))
+               gr.update(visible=False), gr.update())
 
 
 def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
             zoom_centre=None):
     try:
-        grid, table, pair = cb.render_view(key, index, preset, opacity, threshold, mode, methods, extra_rows,
+        grid, table, pair = cb.render_view(key, index, _window(preset), opacity, threshold, mode, methods, extra_rows,
                                            compare_with, zoom, zoom_centre)
         a = cb.get_analysis(key)
-        return grid, _df(table), _compare(a, pair, methods, compare_with), cb.score_curve_figure(a, int(index))
+        return grid, _df(table), _compare(a, pair, methods, compare_with), cb.score_curve_figure(a, int(index), methods)
     except AnomalyError as e:
         _fail(e)
 
@@ -192,7 +202,7 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=T
     first, then the whole plane (a plane seen before comes from the cache at once). Nothing to do
     before a scan is loaded; a 2D image keeps its one plane and says so."""
     if not key:
-        yield tuple(gr.update() for _ in range(8))
+        yield tuple(gr.update() for _ in range(9))
         return
     preview_key = None
     try:
@@ -214,9 +224,9 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=T
 def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
                    zoom=1.0, note: str = ""):
     """``_view_outputs`` in the order of the plane event's outputs (a preview's slider stays locked)."""
-    key, slider, _, summary, curve, grid, table, findings, pair, _ = _view_outputs(
+    key, slider, _, summary, curve, grid, table, findings, pair, _, plane = _view_outputs(
         key, a, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, note=note)
-    return key, slider, curve, grid, table, findings, pair, summary
+    return key, slider, curve, grid, table, findings, pair, summary, plane
 
 
 def on_finding(findings_df, evt: gr.SelectData):
@@ -249,7 +259,7 @@ def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zo
     if not method:
         raise gr.Error("no on-demand method has a checkpoint")
     try:
-        return cb.run_on_demand(key, index, method, preset, threshold, opacity, mode,
+        return cb.run_on_demand(key, index, method, _window(preset), threshold, opacity, mode,
                                 progress=lambda done, total: progress((done, total), desc=method), zoom=zoom,
                                 zoom_centre=zoom_centre)
     except AnomalyError as e:
@@ -338,7 +348,7 @@ def build_app() -> gr.Blocks:
 
                 view_inputs = [key, slider, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom,
                                zoom_centre]
-                upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series]
+                upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series, plane]
                 up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with,
                              zoom]
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
@@ -357,9 +367,10 @@ def build_app() -> gr.Blocks:
                 methods.change(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
-                plane.change(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
-                                        zoom],
-                             [key, slider, curve, grid, table, findings, compare, summary], api_name="change_plane")
+                # a user's choice only (.input): the events that set the radio back (a 2D image) must not fire it
+                plane.input(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
+                                       zoom],
+                            [key, slider, curve, grid, table, findings, compare, summary, plane], api_name="change_plane")
                 findings.select(on_finding, [findings], [slider, zoom_centre], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode, zoom, zoom_centre],

@@ -19,6 +19,7 @@ from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
 from anomaly.scan import check_plane, plane_size
+from anomaly.windowing import check_window, window_text
 
 MAX_CACHED = 6
 _CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
@@ -226,12 +227,13 @@ def shown_methods(a: Analysis, methods: list[str] | None) -> list[str]:
 
 
 def compare_source(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str | None:
-    """Whose pseudo-healthy the compare slider shows: ``compare_with`` when it is analysed and has a
+    """Whose pseudo-healthy the compare slider shows: ``compare_with`` when it is shown and has a
     reconstruction, else the first shown method with one; None when none has."""
-    with_recon = [m for m in a.results if a.results[m].pseudo_healthy is not None]
+    shown = shown_methods(a, methods)
+    with_recon = [m for m in shown if a.results[m].pseudo_healthy is not None]
     if compare_with and compare_with != AUTO_COMPARE and compare_with in with_recon:
         return compare_with
-    return next((m for m in shown_methods(a, methods) if m in with_recon), None)
+    return with_recon[0] if with_recon else None
 
 
 def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str:
@@ -240,7 +242,10 @@ def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: s
     if source is None:
         return "Compare: no shown method has a pseudo-healthy image (input on both sides)"
     asked = compare_with not in (None, "", AUTO_COMPARE)
-    why = f" ({compare_with} has no reconstruction here)" if asked and compare_with != source else ""
+    why = ""
+    if asked and compare_with != source:
+        why = (f" ({compare_with} is not shown)" if compare_with not in shown_methods(a, methods)
+               else f" ({compare_with} has no reconstruction)")
     return f"Compare: input (left) vs {source}'s pseudo-healthy (right){why}"
 
 
@@ -252,8 +257,8 @@ def square_pixels(u8: np.ndarray, aspect: float) -> np.ndarray:
     return np.asarray(Image.fromarray(u8).resize((w, max(1, round(h * aspect))), Image.BILINEAR))
 
 
-def score_curve_figure(a: Analysis, index: int | None = None):
-    """Per-slice calibrated percentile, one line per method (matplotlib figure)."""
+def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str] | None = None):
+    """Per-slice calibrated percentile, one line per shown method (matplotlib figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,13 +266,17 @@ def score_curve_figure(a: Analysis, index: int | None = None):
 
     fig, ax = plt.subplots(figsize=(8, 2.4), dpi=90)
     xs = np.arange(a.n_slices)
-    for name, r in a.results.items():
+    for name in shown_methods(a, methods):
+        r = a.results[name]
         y = r.percentiles if r.calibration else r.scores / max(r.scores.max(), 1e-8) * 100
         y = np.where(r.valid, y, np.nan)
         ax.plot(xs, y, label=name, lw=1.4, marker="o" if a.partial or a.n_slices == 1 else None, ms=4)
     ax.axhline(95, color="grey", lw=0.8, ls="--", label="95th (decision)")
     if index is not None:
         ax.axvline(index, color="red", lw=1)
+    if a.n_slices == 1:  # one slice (a 2D image): one tick, not an axis from -0.04 to 0.04
+        ax.set_xlim(-0.5, 0.5)
+        ax.set_xticks([0])
     ax.set_xlabel(f"{a.plane} slice")
     ax.set_ylabel("percentile vs healthy")
     ax.set_ylim(0, 101)
@@ -404,7 +413,16 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=float(zoom or 1.0),
                        zoom_centre=_centre(zoom_centre))
     grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect(),
-                        slice_label=a.scan.slice_label(i, a.plane))
+                        slice_label=a.scan.slice_label(i, a.plane), window_label=window_text(*a.window(i, preset)))
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
                   "percentile vs healthy": None if not np.isfinite(pct) else round(pct, 1),
                   "ms": round(r.ms_per_slice, 1), "seed": seed}
+
+
+def usable_window(preset: str) -> tuple[str, str | None]:
+    """(window to draw with, message): a window the app cannot read is drawn as 'auto', and the
+    message says why, so that a typo warns instead of blanking the viewer."""
+    try:
+        return check_window(preset), None
+    except AnomalyError as e:
+        return "auto", f"{e}. Showing the auto window."
