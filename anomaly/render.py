@@ -16,6 +16,8 @@ from scipy import ndimage
 from anomaly.scan import PLANE_LABELS
 
 PANEL = 256
+CAPTION = 20  # a grid row's caption line above its panels
+ROW = PANEL + 22  # a grid row's height: caption, panels and a gap
 
 
 @dataclass
@@ -100,7 +102,7 @@ def panel_pixel(x: float, y: float, shape: tuple[int, int], aspect: float = 1.0,
     x, y = float(x), float(y)
     if x < 0 or y < 0 or x >= 4 * PANEL:
         return None
-    yb = y % (PANEL + 22) - 20
+    yb = y % ROW - CAPTION
     if yb < 0 or yb >= PANEL:
         return None
     r0, r1, c0, c1 = zoom_window(shape, zoom, centre)
@@ -197,13 +199,13 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
     bar_w = 80
     cols = 4
     W = cols * PANEL + bar_w
-    H = n * (PANEL + 22) + 4
+    H = n * ROW + 4
     out = Image.new("RGB", (W, H), (12, 12, 12))
     d = ImageDraw.Draw(out)
     for r, row in enumerate(rows):
-        y = r * (PANEL + 22)
+        y = r * ROW
         d.text((4, y + 3), f"{row.name}  {row.caption}", fill=(255, 255, 255), font=_font(13))
-        y += 20
+        y += CAPTION
         p_in = draw_orientation(fit_panel(crop(grey_rgb(row.image_u8)), aspect=aspect), plane)
         if window_label:
             ImageDraw.Draw(p_in).text((3, PANEL - 15), window_label, fill=(255, 255, 0), font=_font(11))
