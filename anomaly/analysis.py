@@ -17,7 +17,7 @@ from anomaly.calibration import IMAGE_DECISION_PERCENTILE
 from anomaly.keys import study_key
 from anomaly.methods.base import get_method, method_class
 from anomaly.ood import OODVerdict, verdict
-from anomaly.preprocess import PreparedSlices, preprocess_scan
+from anomaly.preprocess import PreparedSlices, background_level, intensity_scale, preprocess_scan
 from anomaly.render import GridRow, RenderConfig, compose_grid
 from anomaly.scan import Scan
 from anomaly.scoring import MethodResult, run_method
@@ -48,6 +48,7 @@ class Analysis:
     _full_maps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     scored: np.ndarray | None = None  # slice indices scored so far (None: all; a preview scores a few)
     origin: str = ""  # where the results come from when not scored here (e.g. stored batch results)
+    _display: dict = field(default_factory=dict, repr=False)  # windows and background, once per scan
 
     @property
     def partial(self) -> bool:
@@ -99,6 +100,13 @@ class Analysis:
         r, c = self.scan.slice_spacing(self.plane)
         return float(r / c) if c else 1.0
 
+    def calibration_caveat(self) -> str:
+        """What a percentile shown for this scan must be read with: "" for an axial, in-distribution
+        scan; else why no decision is made."""
+        if not self.ood.in_distribution:
+            return " (not calibrated for this scan)"
+        return " (axial-trained models)" if self.plane != "axial" else ""
+
     def score_table(self, index: int, threshold: float = 1.0) -> list[dict]:
         """Per method at slice ``index``: decision, percentile, area mm², score (brain-fill conditioned
         where calibrated so), the raw top-1% map mean, volume score, ms."""
@@ -112,10 +120,10 @@ class Analysis:
                 decision = "uncalibrated"
             elif not self.ood.in_distribution:  # the banner's warning, where the decision is read
                 decision = "no decision (not calibrated for this scan)"
+            elif self.plane != "axial":  # calibrated on axial slices: on healthy coronal slices most "anomalous"
+                decision = "no decision (axial-trained models)"
             else:
                 decision = "anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal"
-                if self.plane != "axial":
-                    decision += " (axial-trained models)"
             rows.append({  # what a reader needs first comes first (a narrow screen scrolls the rest)
                 "method": name,
                 "decision": decision,
@@ -151,6 +159,7 @@ class Analysis:
         idx = np.arange(1, n + 1)
         sizes = ndimage.sum(region, lab, idx)
         peaks = ndimage.maximum(m, lab, idx)
+        large = self.opening_candidates()
         # per other method, the labels of this method's regions it overlaps
         hit = {o: set(np.unique(lab[r & (lab > 0)]).tolist()) for o, r in (others or {}).items() if o != method}
         out = []
@@ -167,6 +176,7 @@ class Analysis:
                 "peak (x threshold)": round(float(peak), 2),
                 "centre slice": int(round(zz.mean())),
                 "centre (row, col)": f"{int(yy.mean())}, {int(xx.mean())}",
+                "brain section": "large" if large[int(round(zz.mean()))] else SMALL_SECTION,
             }
             if others is not None:
                 agree = [o for o, labels in hit.items() if int(k) in labels]
@@ -176,21 +186,45 @@ class Analysis:
         return out
 
     def findings_across(self, methods: list[str] | None = None, threshold: float = 1.0) -> list[dict]:
-        """Every shown method's findings in one list, strongest first (peak in multiples of each
-        method's own healthy threshold, one scale for all), each saying which of the other shown
-        methods flag part of it: a finding that rests on one method reads "none"."""
+        """Every shown method's findings in one list, each saying which of the other shown methods
+        flag part of it (a finding that rests on one method reads "none"). Order: findings centred on
+        slices of large brain section first (the opening slice's rule: at the skull base and vertex
+        healthy anatomy gives every method its largest residuals), each group strongest first (peak
+        in multiples of each method's own healthy threshold, one scale for all)."""
         shown = [m for m in (methods or list(self.results)) if m in self.results]
         regions = {m: self._regions(m, float(threshold)) for m in shown}
         rows = [f for m in shown for f in self.findings(m, float(threshold), others=regions)]
-        rows.sort(key=lambda f: -f["peak (x threshold)"])
+        rows.sort(key=lambda f: (f["brain section"] != "large", -f["peak (x threshold)"]))
         return rows
 
-    def window(self, index: int, preset: str = "auto") -> tuple[float, float]:
-        """(centre, width) of ``preset`` on slice ``index`` (see ``windowing.window_for``)."""
-        return window_for(self.scan, preset, self.scan.slice(index, self.plane))
+    def window(self, index: int | None = None, preset: str = "auto") -> tuple[float, float]:
+        """(centre, width) of ``preset`` for this scan (``windowing.window_for`` over the whole scan),
+        the same on every slice, as on a workstation; ``index`` is not used."""
+        key = ("window", str(preset).strip().lower())
+        if key not in self._display:
+            self._display[key] = window_for(self.scan, preset)
+        return self._display[key]
 
     def display_u8(self, index: int, preset: str = "auto") -> np.ndarray:
         return apply_window(self.scan.slice(index, self.plane), *self.window(index, preset))
+
+    def pseudo_healthy_u8(self, method: str, index: int, preset: str = "auto") -> np.ndarray | None:
+        """``method``'s pseudo-healthy slice taken back to the scan's intensities (the inverse of that
+        slice's normalisation) and drawn in the input's window, so that the two compare as displayed."""
+        r = self.results[method]
+        if r.pseudo_healthy is None:
+            return None
+        return self.model_u8(self.prepared.slice_to_original(r.pseudo_healthy[index], index), index, preset)
+
+    def model_u8(self, model_values: np.ndarray, index: int, preset: str = "auto") -> np.ndarray:
+        """Model-space intensities of slice ``index``, already on its pixel grid, back in the scan's
+        intensities (the inverse of the slice's normalisation) and drawn in the input's window."""
+        if "background" not in self._display:
+            v = self.scan.voxels
+            self._display["background"] = background_level(v[np.isfinite(v)])
+        bg = self._display["background"]
+        scale = intensity_scale(self.scan.slice(index, self.plane), self.prepared.original_masks[index], bg)
+        return apply_window(np.asarray(model_values, np.float32) * (scale or 0.0) + bg, *self.window(index, preset))
 
     def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None,
                extra_rows: bool = True):
@@ -201,15 +235,12 @@ class Analysis:
         rows = []
         for name in methods or list(self.results):
             r = self.results[name]
-            ph = None
-            if r.pseudo_healthy is not None:
-                ph_full = self.prepared.slice_to_original(r.pseudo_healthy[index], index)
-                ph = (np.clip(ph_full / 1.2, 0, 1) * 255).astype(np.uint8)
+            ph = self.pseudo_healthy_u8(name, index, preset)
             pct = r.percentiles[index]
             if not r.valid[index]:
                 cap = "not scored: too little brain in this slice (or not scored yet)"
             elif np.isfinite(pct):
-                cap = f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy"
+                cap = f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy" + self.calibration_caveat()
             else:
                 cap = f"score {r.scores[index]:.4f} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
@@ -222,6 +253,9 @@ class Analysis:
         return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note,
                             slice_label=self.scan.slice_label(index, self.plane),
                             window_label=window_text(*self.window(index, preset)))
+
+
+SMALL_SECTION = "small (skull base, vertex or edge)"
 
 
 def extra_map_rows(method: str, img_u8: np.ndarray, extra_maps: dict[str, np.ndarray], masks: np.ndarray,

@@ -153,3 +153,15 @@ def volume_score(slice_scores: np.ndarray, valid: np.ndarray) -> float:
     """A volume's score: the max over its scored (valid) slices."""
     s = np.asarray(slice_scores, np.float64)[np.asarray(valid, bool)]
     return float(s.max()) if s.size else float("nan")
+
+
+def volume_percentile(slice_percentile: float, n_slices: int) -> float:
+    """How a volume's score (its highest slice score, at ``slice_percentile`` of healthy slices)
+    ranks among the highest scores of ``n_slices`` healthy slices: 100 * (p / 100) ** n, treating
+    the slices as independent draws (neighbouring slices are alike, so this errs low). Comparing
+    the maximum of n slices with single healthy slices would put nearly every volume, healthy or
+    not, near the 100th percentile."""
+    p, n = float(slice_percentile), int(n_slices)
+    if not np.isfinite(p) or n < 1:
+        return float("nan")
+    return float(100.0 * (min(max(p, 0.0), 100.0) / 100.0) ** n)

@@ -198,12 +198,25 @@ def normalise_intensity(img: np.ndarray, mask: np.ndarray, background: float) ->
     The brain's 75th percentile maps to 0.85 (healthy white matter lands near 1). A
     percentile in the middle of the distribution is not moved much by a bright or dark
     lesion, unlike the 99th (a bright haemorrhage would darken the whole slice)."""
+    scale = intensity_scale(img, mask, background)
+    if scale is None:
+        return np.zeros_like(img, np.float32)
+    return np.clip((img - background) / scale, 0.0, NORM_CLIP).astype(np.float32)
+
+
+def intensity_scale(img: np.ndarray, mask: np.ndarray, background: float) -> float | None:
+    """The divisor of ``normalise_intensity`` for a slice ((p75(brain) - background) / 0.85); None
+    where it is not positive (then the slice normalises to zeros). A model-space value v is scan
+    intensity ``v * scale + background``."""
     vals = img[mask]
     p75 = float(np.percentile(vals, 75)) if vals.size else float(img.max())
     scale = (p75 - background) / NORM_REF
-    if not np.isfinite(scale) or scale <= 1e-6:
-        return np.zeros_like(img, np.float32)
-    return np.clip((img - background) / scale, 0.0, NORM_CLIP).astype(np.float32)
+    return float(scale) if np.isfinite(scale) and scale > 1e-6 else None
+
+
+def background_level(slices: np.ndarray) -> float:
+    """The background intensity of a stack of slices (its 0.5th percentile), as preprocessing uses it."""
+    return float(np.percentile(slices, 0.5))
 
 
 def check_pixels(slices: np.ndarray) -> np.ndarray:
@@ -234,7 +247,7 @@ def preprocess_slices(
     if masks is None:
         masks = extract_brain(a)
     masks = np.asarray(masks, bool)
-    background = float(np.percentile(a, 0.5))
+    background = background_level(a)
     n = len(a)
     images = np.zeros((n, size, size), np.float32)
     small = np.zeros((n, size, size), bool)

@@ -66,12 +66,12 @@ def preset_names(scan=None) -> list[str]:
     names = ["auto"]
     if scan is None or getattr(scan, "window", None):
         names.append("file")
-    if scan is None or _is_ct(scan):
+    if scan is None or is_ct(scan):
         names.extend(PRESETS)
     return names
 
 
-def _is_ct(scan) -> bool:
+def is_ct(scan) -> bool:
     """The scan's modality is CT (where the HU presets mean something)."""
     return str(getattr(scan, "modality", "")).upper() == "CT"
 
@@ -109,7 +109,7 @@ def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float,
             return float(win[0]), float(win[1])
         return auto_window(data)
     if key in PRESETS:
-        if not _is_ct(scan):
+        if not is_ct(scan):
             return auto_window(data)
         return PRESETS[key]
     typed = typed_window(key)

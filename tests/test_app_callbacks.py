@@ -186,13 +186,21 @@ def test_pseudo_healthy_and_extra_maps_go_back_through_their_own_slices_crop(met
     rows = []
     monkeypatch.setattr("anomaly.analysis.compose_grid", lambda r, *args, **kw: rows.extend(r) or Image.new("RGB", (8, 8)))
     _, _, (img, ph) = cb.render_view(key, idx, "auto", 0.5, 1.0, "both", None)
-    want_ph = (np.clip(p.to_original(ae.pseudo_healthy)[idx] / 1.2, 0, 1) * 255).astype(np.uint8)
+    # the grid draws it in the scan's intensities and window (the slice's normalisation undone) ...
+    from anomaly.preprocess import background_level, intensity_scale
+    from anomaly.windowing import apply_window
+
+    bg = background_level(a.scan.voxels)
+    scale = intensity_scale(a.scan.slice(idx), p.original_masks[idx], bg)
+    grid_ph = apply_window(p.to_original(ae.pseudo_healthy)[idx] * scale + bg, *a.window(idx, "auto"))
     by_name = {r.name: r for r in rows}
-    assert np.array_equal(by_name["ae"].pseudo_healthy_u8, want_ph)
-    assert np.array_equal(ph, want_ph)  # the compare slider's pseudo-healthy too
+    assert np.array_equal(by_name["ae"].pseudo_healthy_u8, grid_ph)
+    # ... and the compare slider in the model's scale, beside the model's input
+    want_ph = (np.clip(p.to_original(ae.pseudo_healthy)[idx] / 1.2, 0, 1) * 255).astype(np.uint8)
+    assert np.array_equal(ph, want_ph)
     # the reconstruction covers the brain where the input has it (not a shrunken copy at slice 0's box)
     brain = p.original_masks[idx]
-    assert (want_ph[brain] > 0).mean() > 0.95
+    assert (want_ph[brain] > 0).mean() > 0.95 and (grid_ph[brain] > 0).mean() > 0.95
     for extra, emap in cons.extra_maps.items():
         # votes are on a fixed scale (the share of members, 1.0 = all); other extra maps per scan
         fixed = extra in type(cb.get_method("consensus")).extra_map_scales
@@ -527,8 +535,12 @@ def test_findings_of_all_methods_in_one_list_say_which_others_agree(methods_root
     key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae", "consensus"], "axial")
     rows = cb.findings_rows(key, 1.0, ["zscore", "ae", "consensus"])
     assert {r["method"] for r in rows} >= {"zscore"} and len(rows) > 1
-    peaks = [r["peak (x threshold)"] for r in rows]
-    assert peaks == sorted(peaks, reverse=True)
+    # large brain sections first (the skull base and vertex after), each group strongest first
+    large = a.opening_candidates()
+    assert all(r["brain section"] == ("large" if large[r["centre slice"]] else "small (skull base, vertex or edge)")
+               for r in rows)
+    key_of = [(r["brain section"] != "large", -r["peak (x threshold)"]) for r in rows]
+    assert key_of == sorted(key_of) and any(not k[0] for k in key_of)
     regions = {m: a._regions(m, 1.0) for m in ("zscore", "ae", "consensus")}
     ml = a.pixel_area_mm2() * a.scan.spacing[0] / 1000.0
     for method in ("zscore", "ae"):  # each finding's agreement, recomputed from the regions
@@ -596,7 +608,8 @@ def test_extra_rows_toggle_compare_choice_and_typed_window(methods_root, lesion_
     assert "(ae is not shown)" in cb.compare_label(a, ["zscore", "consensus"], "ae")
     # the score curve draws the shown methods only; a one-slice image gets one tick, not a -0.04..0.04 axis
     assert [ln.get_label() for ln in cb.score_curve_figure(a, i, ["ae"]).axes[0].lines][0] == "ae"
-    assert len([ln for ln in cb.score_curve_figure(a, i, ["ae"]).axes[0].lines if not ln.get_label().startswith(("95", "_"))]) == 1
+    labels = [ln.get_label() for ln in cb.score_curve_figure(a, i, ["ae"]).axes[0].lines]
+    assert [x for x in labels if x not in ("95th (decision)", "slice in view")] == ["ae"] and "slice in view" in labels
 
 
 def test_the_input_panel_shows_its_window(methods_root, lesion_volume):
@@ -681,3 +694,47 @@ def test_clicking_a_finding_jumps_to_it_and_centres_the_zoom(methods_root, lesio
 
     assert ui.on_grid_click(key, 1.0, None, Click()) == list(cb.clicked_pixel(key, 300, 150))
     assert ui.reset_zoom_centre() is None
+
+
+def test_reader_safeguards_ct_windows_method_order_and_non_axial_decisions(methods_root, lesion_volume, tmp_path,
+                                                                          monkeypatch):
+    """A CT window on MR warns and draws 'auto'; the methods are listed best validation pixel AP
+    first; coronal slices get maps but no decision, and their grid captions say why."""
+    import json
+    import shutil
+
+    import anomaly.methods.base as base
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    assert a.scan.modality != "CT"
+    drawn, msg = cb.usable_window("brain", key)
+    assert drawn == "auto" and "Hounsfield" in msg and "auto window" in msg
+    assert cb.usable_window("L40 W80", key) == ("L40 W80", None) and cb.usable_window("brain") == ("brain", None)
+    # order: by each card's val_lesion pixel AP, best first; a card without one goes last
+    root = tmp_path / "ckpt"
+    shutil.copytree(methods_root, root)
+    for name, ap in (("zscore", 0.01), ("ae", 0.2)):
+        card_path = root / name / "card.json"
+        card = json.loads(card_path.read_text())
+        card["validation"] = {**(card.get("validation") or {}), "val_lesion_pixel_ap": ap}
+        card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(base, "CHECKPOINT_ROOT", root)
+    base.clear_cache()
+    try:
+        order = cb.default_methods()
+        assert order.index("ae") < order.index("zscore")
+        assert cb.validation_rank("ae") == (-0.2, "ae")
+    finally:
+        monkeypatch.setattr(base, "CHECKPOINT_ROOT", methods_root)
+        base.clear_cache()
+    kc, c = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "coronal")
+    j = c.most_anomalous_slice()
+    want = "axial-trained models" if c.ood.in_distribution else "not calibrated for this scan"
+    assert all(r["decision"] == f"no decision ({want})" for r in c.score_table(j) if r["scored"])
+    assert c.calibration_caveat() == f" ({want})" and a.calibration_caveat() == ""
+    was = c.ood.in_distribution
+    c.ood.in_distribution = True  # an in-distribution coronal view: the plane is the reason
+    try:
+        assert all(r["decision"] == "no decision (axial-trained models)" for r in c.score_table(j) if r["scored"])
+    finally:
+        c.ood.in_distribution = was

@@ -248,3 +248,21 @@ def test_bootstrap_fast_path_equals_scikit_learn():
     # a function the module does not know is used as given
     own = lambda a, b: float(np.mean(b))  # noqa: E731
     assert M._fast_equivalent(own) is own
+
+
+def test_volume_percentile_compares_a_maximum_with_healthy_maxima():
+    """The highest of n slice scores ranks against the highest of n healthy slices: a healthy volume
+    whose top slice sits at the 99th percentile of single slices is unremarkable over 80 slices."""
+    from anomaly.calibration import volume_percentile
+
+    assert volume_percentile(100.0, 80) == 100.0 and volume_percentile(0.0, 5) == 0.0
+    assert volume_percentile(50.0, 1) == pytest.approx(50.0)
+    assert volume_percentile(99.0, 80) == pytest.approx(100 * 0.99 ** 80) and volume_percentile(99.0, 80) < 50
+    rng = np.random.default_rng(0)  # simulated: maxima of 80 healthy draws land uniformly on 0-100
+    healthy = rng.normal(size=100_000)
+    pcts = []
+    for _ in range(400):
+        top = rng.normal(size=80).max()
+        pcts.append(volume_percentile(100.0 * (healthy < top).mean(), 80))
+    assert abs(np.mean(pcts) - 50) < 5 and abs(np.mean(np.asarray(pcts) >= 95) - 0.05) < 0.04
+    assert np.isnan(volume_percentile(float("nan"), 10)) and np.isnan(volume_percentile(50.0, 0))

@@ -138,3 +138,19 @@ def test_no_position_without_a_patient_frame():
     png = load_scan(ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png")
     assert png.affine is None and png.slice_label(0) == ""
     assert "affine" not in repr(png) and "patient frame known" in repr(load_scan(TEMPLATE))
+
+
+def test_volumes_the_project_writes_have_their_origin_at_the_centre(tmp_path):
+    """A volume written by the data-set writer (and the bundled examples) reads as offsets from its
+    centre: the middle slices are at 0 mm, the first sagittal slice on the patient's right."""
+    from anomaly.data.folder import write_image
+
+    v = np.random.default_rng(0).random((11, 20, 30)).astype(np.float32)
+    s = load_scan(write_image(tmp_path, "v", v, spacing=(3.0, 2.0, 1.0)))
+    np.testing.assert_array_equal(s.voxels, v)
+    assert s.slice_label(5) == "S 0.0 mm" and s.slice_label(0) == "I 15.0 mm"
+    assert s.slice_label(0, "sagittal") == "R 14.5 mm" and s.slice_label(29, "sagittal") == "L 14.5 mm"
+    assert s.slice_label(0, "coronal") == "A 19.0 mm"
+    ex = load_scan(ROOT / "assets" / "examples" / "synthetic_haemorrhage_t1.nii.gz")
+    mid = ex.shape[2] // 2
+    assert ex.slice_label(mid, "sagittal") in ("R 1.0 mm", "L 1.0 mm", "R 0.0 mm")

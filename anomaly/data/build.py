@@ -325,8 +325,11 @@ def _save_nifti_int16(path: Path, vol: np.ndarray, spacing: float, scale: float 
 
     from anomaly.scan import display_to_ras
 
+    from anomaly.data.folder import centred_affine
+
     data = (np.asarray(vol) > 0).astype(np.uint8) if mask else np.clip(np.round(np.asarray(vol) * scale), 0, 32767).astype(np.int16)
-    img = nib.Nifti1Image(display_to_ras(data), np.diag([spacing, spacing, spacing, 1.0]))
+    ras = display_to_ras(data)
+    img = nib.Nifti1Image(ras, centred_affine(ras.shape, (spacing, spacing, spacing)))
     img.header.set_xyzt_units("mm")
     nib.save(img, str(path))
     return path

@@ -239,12 +239,21 @@ def _write(d: Path, name: str, a: np.ndarray, spacing, scale, is_mask: bool) -> 
     import nibabel as nib
 
     ds, dh, dw = spacing
-    affine = np.diag([dw, dh, ds, 1.0])
     data = display_to_ras(a.astype(np.uint8) if is_mask else a.astype(np.float32))
+    affine = centred_affine(data.shape, (dw, dh, ds))
     # RAS+ canonical: rows/cols were flipped for display, so the array here is RAS already
     p = d / f"{name}.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), str(p))
     return p
+
+
+def centred_affine(ras_shape: tuple[int, int, int], zooms: tuple[float, float, float]) -> np.ndarray:
+    """The RAS+ affine of a volume written here: voxel sizes ``zooms`` and the origin (0, 0, 0) at the
+    volume's centre, so that positions read as offsets from it (R/L of the midline for a centred
+    brain). Not scanner or MNI coordinates: the data the project writes have none to keep."""
+    affine = np.diag([*map(float, zooms), 1.0])
+    affine[:3, 3] = -(np.asarray(ras_shape[:3], np.float64) - 1) / 2 * np.asarray(zooms, np.float64)
+    return affine
 
 
 def write_labels(root: Path, rows: list[dict]) -> Path:

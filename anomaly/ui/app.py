@@ -46,9 +46,17 @@ HOW_TO_READ = """
 * **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
   point on any panel, or a finding, to centre it there.
 * **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
-  range, peak in multiples of the threshold), all methods in one list, strongest peak first; **also flagged
-  by** names the other shown methods whose maps are above their threshold somewhere in the same region
-  ("none": the finding rests on one method). Click one to jump to it.
+  range, peak in multiples of the threshold), all methods in one list: those on slices with a large brain
+  section first, then those at the skull base, vertex or brain edge (**brain section** "small", where healthy
+  anatomy gives every method its largest residuals), each group strongest peak first; **also flagged by**
+  names the other shown methods whose maps are above their threshold somewhere in the same region ("none":
+  the finding rests on one method). Click one to jump to it. DDAD's refined map saturates at about 2.1 x its
+  threshold, so its peaks often tie.
+* **Colours**: the heat colours are the map on the colour bar's scale; the **green outline** (and the filled
+  colour, in "fill" mode) marks the region at or above the threshold.
+* **On a healthy scan** about one slice in twenty is called *anomalous* by design (the 95th percentile of
+  healthy slices), more at the skull base and vertex. The API's volume percentile compares a scan's highest
+  slice score with the highest of as many healthy slices.
 * **consensus**: its residual map is the mean of its members' calibrated maps; its extra row **votes**
   counts how many of them flag each pixel (1.0 on its scale = all of them).
 * **Extra rows** (DDAD's intra-discrepancy, the spread of its normal ensemble; DDAD's inter-discrepancy;
@@ -58,8 +66,8 @@ HOW_TO_READ = """
   and citations" (several are near chance on the project's synthetic lesions); weigh their rows accordingly.
 * The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation),
   as **axial** slices. Other images still get maps, under a banner that says the scores are not calibrated
-  for them (then no decision is made); coronal and sagittal planes are scored by the same axial models
-  and their decisions say so.
+  for them (then no decision is made); coronal and sagittal planes are scored by the same axial models:
+  their maps are shown, but no decision is made (on healthy coronal slices most would read *anomalous*).
 """
 
 CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important} "
@@ -89,9 +97,10 @@ def _fail(e: Exception):
     raise gr.Error(str(e), duration=None) from None
 
 
-def _window(preset):
-    """The window to draw with: one the app cannot read warns (a toast) and is drawn as 'auto'."""
-    preset, problem = cb.usable_window(preset)
+def _window(preset, key=None):
+    """The window to draw with: one the app cannot read (or a CT window on another modality) warns
+    (a toast) and is drawn as 'auto'."""
+    preset, problem = cb.usable_window(preset, key)
     if problem:
         gr.Warning(problem)
     return preset
@@ -106,7 +115,7 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_
                   zoom=1.0, note: str = ""):
     """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
     (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
-    preset = _window(preset)
+    preset = _window(preset, key)
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
                                        zoom)
     banner_text = "" if a.ood.in_distribution else a.ood.banner
@@ -182,7 +191,7 @@ def on_upload_page(*args, **kw):
 def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
             zoom_centre=None):
     try:
-        grid, table, pair = cb.render_view(key, index, _window(preset), opacity, threshold, mode, methods, extra_rows,
+        grid, table, pair = cb.render_view(key, index, _window(preset, key), opacity, threshold, mode, methods, extra_rows,
                                            compare_with, zoom, zoom_centre)
         a = cb.get_analysis(key)
         return grid, _df(table), _compare(a, pair, methods, compare_with), cb.score_curve_figure(a, int(index), methods)
@@ -259,7 +268,7 @@ def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zo
     if not method:
         raise gr.Error("no on-demand method has a checkpoint")
     try:
-        return cb.run_on_demand(key, index, method, _window(preset), threshold, opacity, mode,
+        return cb.run_on_demand(key, index, method, _window(preset, key), threshold, opacity, mode,
                                 progress=lambda done, total: progress((done, total), desc=method), zoom=zoom,
                                 zoom_centre=zoom_centre)
     except AnomalyError as e:
@@ -301,7 +310,10 @@ def build_app() -> gr.Blocks:
                         series = gr.Dropdown(label="Series", choices=[], visible=False)
                         analyse_btn = gr.Button("Analyse", variant="primary")
                         api_analyse = gr.Button("analyse (API)", visible=False)  # raises its errors
-                        methods = gr.CheckboxGroup(label="Methods", choices=choices, value=default)
+                        examples = (gr.Examples(_examples(), inputs=[files], label="Examples: click one to analyse it "
+                                                "(lesions marked 'synthetic' are synthetic)") if _examples() else None)
+                        methods = gr.CheckboxGroup(label="Methods (best validation pixel AP first)", choices=choices,
+                                                   value=default)
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
                         preset = gr.Dropdown(WINDOW_PRESETS, value="auto", allow_custom_value=True,
                                              label="Window: a preset (HU presets: CT only), or type level and width, "
@@ -313,22 +325,23 @@ def build_app() -> gr.Blocks:
                                          "or a finding to centre it)", elem_id="zoom-slider")
                         extra_rows = gr.Checkbox(True, label="Extra maps (uncertainty, discrepancies, votes) as rows "
                                                               "of their own")
-                        examples = (gr.Examples(_examples(), inputs=[files], label="Examples (click one to analyse it; "
-                                                "synthetic lesions are marked 'synthetic')") if _examples() else None)
                     with gr.Column(scale=3):
                         summary = gr.Markdown()
                         slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
                         # captions as text above, not as labels drawn over the figure and the grid's first row
-                        gr.Markdown("**Per-slice score** (percentile vs healthy), one line per method; red line: slice in view",
+                        gr.Markdown("**Per-slice score** (percentile vs healthy), one line per method; dotted line: slice in view",
                                     elem_classes=["caption"])
                         curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method", show_label=False)
                         gr.Markdown("**Per method: input | pseudo-healthy | residual map | overlay** (colours calibrated "
                                     "against healthy: 1.0 = threshold)", elem_classes=["caption"])
                         grid = gr.Image(label="input | pseudo-healthy | residual map | overlay (calibrated against healthy)",
                                         show_label=False, type="pil", format="png", interactive=False)
-                        table = gr.Dataframe(label="Scores at this slice", interactive=False)
-                        findings = gr.Dataframe(label="Findings: connected regions above threshold in 3D (click to jump)",
-                                                interactive=False)
+                        # headers before a scan is loaded (not Gradio's "1 2 3"); the full columns come with it
+                        table = gr.Dataframe(pd.DataFrame(columns=["method", "decision", "percentile vs healthy"]),
+                                             label="Scores at this slice", interactive=False)
+                        findings = gr.Dataframe(pd.DataFrame(columns=["method", "peak (x threshold)", "also flagged by"]),
+                                                label="Findings: connected regions above threshold in 3D "
+                                                "(click to jump)", interactive=False)
                         with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
                             od_choices = cb.on_demand_methods()
                             od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,

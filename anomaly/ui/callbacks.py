@@ -15,11 +15,12 @@ import numpy as np
 from PIL import Image
 
 from anomaly.analysis import Analysis, analyse, extra_map_rows
+from anomaly.calibration import volume_percentile
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
 from anomaly.scan import check_plane, plane_size
-from anomaly.windowing import check_window, window_text
+from anomaly.windowing import PRESETS, is_ct, check_window, window_text
 
 MAX_CACHED = 6
 _CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
@@ -50,8 +51,22 @@ def get_analysis(key: str | None) -> Analysis:
 
 
 def default_methods() -> list[str]:
-    """Single-pass methods with checkpoints (slow, on-demand methods are excluded)."""
-    return [m for m in available_methods() if not method_class(m).on_demand]
+    """Single-pass methods with checkpoints (slow, on-demand methods are excluded), the best first
+    by their card's validation pixel AP (``validation_rank``), so the grid opens on its strongest rows."""
+    return sorted((m for m in available_methods() if not method_class(m).on_demand), key=validation_rank)
+
+
+def validation_rank(method: str) -> tuple[float, str]:
+    """Sort key: minus the card's val_lesion pixel AP (methods without one last), then the name."""
+    from anomaly.checkpoints import load_card
+    from anomaly.methods import base
+
+    try:
+        v = load_card(base.CHECKPOINT_ROOT / method).get("validation") or {}
+    except AnomalyError:
+        v = {}
+    ap = v.get("val_lesion_pixel_ap") if isinstance(v, dict) else None
+    return (-float(ap) if _number(ap) else float("inf"), method)
 
 
 def _paths(files) -> list[Path]:
@@ -260,6 +275,7 @@ def square_pixels(u8: np.ndarray, aspect: float) -> np.ndarray:
 def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str] | None = None):
     """Per-slice calibrated percentile, one line per shown method (matplotlib figure)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -272,8 +288,9 @@ def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str]
         y = np.where(r.valid, y, np.nan)
         ax.plot(xs, y, label=name, lw=1.4, marker="o" if a.partial or a.n_slices == 1 else None, ms=4)
     ax.axhline(95, color="grey", lw=0.8, ls="--", label="95th (decision)")
-    if index is not None:
-        ax.axvline(index, color="red", lw=1)
+    if index is not None:  # black, not a method's colour, and in the legend
+        ax.axvline(index, color="black", lw=1.2, ls=":", label="slice in view")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if a.n_slices == 1:  # one slice (a 2D image): one tick, not an axis from -0.04 to 0.04
         ax.set_xlim(-0.5, 0.5)
         ax.set_xticks([0])
@@ -319,7 +336,10 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
         "methods": {},
     }
     for name, r in a.results.items():
-        vp = float(r.calibration.percentile([r.volume_score])[0]) if r.calibration else None
+        vp = None
+        if r.calibration:  # the highest of n slices against the highest of n healthy ones
+            vp = volume_percentile(float(r.calibration.percentile([r.volume_score])[0]), int(np.sum(r.valid)))
+            vp = vp if np.isfinite(vp) else None
         out["methods"][name] = {
             "volume_score": r.volume_score,
             "volume_percentile": vp,
@@ -405,7 +425,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     img = a.display_u8(i, preset)
     ph = None
     if r.pseudo_healthy is not None:
-        ph = (np.clip(one.to_original(r.pseudo_healthy)[0] / 1.2, 0, 1) * 255).astype(np.uint8)
+        ph = a.model_u8(one.to_original(r.pseudo_healthy)[0], i, preset)
     pct = float(r.percentiles[0]) if r.calibration else float("nan")
     cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
@@ -419,10 +439,19 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
                   "ms": round(r.ms_per_slice, 1), "seed": seed}
 
 
-def usable_window(preset: str) -> tuple[str, str | None]:
+def usable_window(preset: str, key: str | None = None) -> tuple[str, str | None]:
     """(window to draw with, message): a window the app cannot read is drawn as 'auto', and the
-    message says why, so that a typo warns instead of blanking the viewer."""
+    message says why, so that a typo warns instead of blanking the viewer; a Hounsfield preset on
+    the loaded scan (``key``) when it is not CT says that it is drawn as 'auto'."""
     try:
-        return check_window(preset), None
+        check_window(preset)
     except AnomalyError as e:
         return "auto", f"{e}. Showing the auto window."
+    name = str(preset).strip().lower()
+    if key and name in PRESETS:
+        with _LOCK:
+            a = _CACHE.get(key)
+        if a is not None and not is_ct(a.scan):
+            return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is "
+                            f"{a.scan.modality}: showing the auto window.")
+    return preset, None
