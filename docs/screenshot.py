@@ -25,7 +25,9 @@ def main(url: str = "http://127.0.0.1:7860/", height: int = 2600) -> None:
         page = b.new_page(viewport={"width": 1500, "height": 1200})
         page.goto(url, wait_until="load")
         page.get_by_text("synthetic_haemorrhage_t1.nii.gz").first.click()
-        page.wait_for_selector("text=scored in", timeout=600_000)  # the whole volume, not its preview
+        page.wait_for_selector("text=scored in", timeout=600_000)
+        # the whole volume, not its preview ("Slice 45 scored first; scoring all 90 slices...")
+        page.wait_for_function("() => !document.body.innerText.includes('scoring all')", timeout=600_000)
         page.get_by_label("Extra maps (uncertainty, discrepancies, votes) as rows of their own").uncheck()
         page.wait_for_timeout(8000)
         page.screenshot(path=str(OUT), full_page=True)
