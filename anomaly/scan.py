@@ -144,6 +144,30 @@ def plane_size(scan: Scan, plane: str) -> int:
     return scan.voxels.shape[{"axial": 0, "coronal": 1, "sagittal": 2}[check_plane(plane)]]
 
 
+def plane_point_to_voxel(plane: str, index: int, row: float, col: float, shape: tuple[int, int, int]
+                         ) -> tuple[float, float, float]:
+    """The display voxel (slice, row, column) under pixel (``row``, ``col``) of slice ``index`` of
+    ``plane`` (``Scan.slice``: coronal and sagittal slices run superior -> inferior down the rows)."""
+    s = shape[0]
+    if check_plane(plane) == "axial":
+        return float(index), float(row), float(col)
+    if plane == "coronal":
+        return float(s - 1 - row), float(index), float(col)
+    return float(s - 1 - row), float(col), float(index)
+
+
+def voxel_to_plane_point(voxel: tuple[float, float, float], plane: str, shape: tuple[int, int, int]
+                         ) -> tuple[int, float, float]:
+    """(slice index, row, col) of a display voxel in ``plane``; the inverse of ``plane_point_to_voxel``."""
+    z, h, w = (float(v) for v in voxel)
+    s = shape[0]
+    if check_plane(plane) == "axial":
+        return int(round(z)), h, w
+    if plane == "coronal":
+        return int(round(h)), s - 1 - z, w
+    return int(round(w)), s - 1 - z, h
+
+
 def ras_to_display(data: np.ndarray) -> np.ndarray:
     """A 3D array in RAS+ voxel order (nibabel canonical) -> (S, H, W) display order.
 

@@ -250,7 +250,7 @@ def test_a_refused_upload_clears_the_viewer_so_flags_cannot_go_to_the_previous_s
     outs = list(on_upload_page([str(bad)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
                                progress=lambda *a, **k: None))
     assert len(outs) == 1
-    key, slider, banner, summary, curve, grid, table, findings, compare, _, plane = outs[0]
+    key, slider, banner, summary, curve, grid, table, findings, compare, _, plane, centre = outs[0]
     assert key is None and grid is None and table is None and slider["interactive"] is False
     assert banner["visible"] and banner["value"].startswith("**Not loaded:**")
     from anomaly.annotations import service as svc
@@ -453,7 +453,7 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
     png = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
     outs = list(on_upload_page([str(png)], None, "coronal", ["zscore"], "auto", 0.5, 1.0, "both",
                                progress=lambda *a, **k: None))
-    key, slider, banner, summary, curve, grid, table, *_, plane = outs[-1]
+    key, slider, banner, summary, curve, grid, table, *_, plane, centre = outs[-1]
     assert key is not None and grid is not None
     assert plane["value"] == "axial"  # the radio is set back to the one plane a 2D image has
     assert "A 2D image has one plane" in summary and "not coronal" in summary and not banner["visible"]
@@ -465,10 +465,10 @@ def test_a_2d_image_keeps_its_one_plane(methods_root, monkeypatch):
     assert len(out) == 1  # nothing to preview: a 2D image stays in its plane
     out = out[0]
     assert out[0] == key and cb.get_analysis(out[0]).plane == "axial" and out[3] is not None
-    assert out[-1]["value"] == "axial"  # the radio too
+    assert out[-2]["value"] == "axial"  # the radio too
     assert infos and "one plane" in infos[0]
     nothing = list(on_plane(None, "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
-    assert len(nothing) == 1 and len(nothing[0]) == 9 and all(u == gr.update() for u in nothing[0])
+    assert len(nothing) == 1 and len(nothing[0]) == 10 and all(u == gr.update() for u in nothing[0])
     with pytest.raises(gr.Error):  # an expired key is still an error
         list(on_plane("expired-key", "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *x, **k: None))
 
@@ -693,7 +693,36 @@ def test_clicking_a_finding_jumps_to_it_and_centres_the_zoom(methods_root, lesio
         index = [300, 150]  # on the pseudo-healthy panel of the first row
 
     assert ui.on_grid_click(key, 1.0, None, Click()) == list(cb.clicked_pixel(key, 300, 150))
-    assert ui.reset_zoom_centre() is None
+    # a new scan: the upload's outputs set the zoom centre back to none (the last output)
+    outs = list(ui.on_upload([str(lesion_volume)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                             progress=lambda *x, **k: None))
+    assert outs[-1][-1] is None
+
+
+def test_a_plane_switch_keeps_the_point_in_view(methods_root, lesion_volume):
+    """Zoomed on the blob in axial, a switch to coronal opens the coronal slice through the blob with
+    the zoom centred on it, and back to axial returns to the same axial slice and point."""
+    from anomaly.scan import plane_point_to_voxel
+    from anomaly.ui import app as ui
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    blob = [31, 56, 46]  # axial slice 31, the blob's middle (rows 50-61, columns 40-51)
+    j, (r, c) = cb.same_point_in(key, 31, blob[1:], "coronal")
+    assert j == 56 and c == 46 and r == a.scan.shape[0] - 1 - 31
+    assert plane_point_to_voxel("coronal", j, r, c, a.scan.shape) == (31.0, 56.0, 46.0)
+    j2, (r2, c2) = cb.same_point_in(key, 31, blob[1:], "sagittal")
+    assert (j2, r2, c2) == (46, a.scan.shape[0] - 1 - 31, 56.0)
+    run = lambda k, pl, i, centre: list(ui.on_plane(k, pl, "auto", 0.5, 1.0, "both", ["zscore"], True, None, 2.0,  # noqa: E731
+                                                     i, centre, progress=lambda *x, **kw: None))
+    out = run(key, "coronal", 31, blob[1:])[-1]
+    kc = out[0]
+    assert cb.get_analysis(kc).plane == "coronal" and out[1]["value"] == 56 and out[-1] == [r, c]
+    back = run(kc, "axial", out[1]["value"], out[-1])[-1]
+    assert cb.get_analysis(back[0]).plane == "axial" and back[1]["value"] == 31 and back[-1] == [56.0, 46.0]
+    # no zoom centre: the middle of the slice in view is the point kept
+    mid = cb.same_point_in(key, 31, None, "coronal")
+    h, w = a.scan.slice(31).shape
+    assert mid == (round((h - 1) / 2), [float(a.scan.shape[0] - 1 - 31), (w - 1) / 2])
 
 
 def test_reader_safeguards_ct_windows_method_order_and_non_axial_decisions(methods_root, lesion_volume, tmp_path,

@@ -74,6 +74,15 @@ def test_upload_view_and_move_slider(live_app, browser):
     page.wait_for_function(f"() => ({grid_src})() !== {zoomed!r}", timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "after_zoom_click.png"), full_page=True)
     assert "Error" not in page.inner_text("body").split("Annotate")[0]
+    # another plane keeps the point: the coronal slice through it opens, zoomed, without errors
+    page.get_by_label("coronal").check()
+    page.wait_for_selector("text=plane coronal", timeout=180_000)
+    page.wait_for_function("() => !document.body.innerText.includes('scoring all')", timeout=180_000)
+    page.screenshot(path=str(ARTIFACTS / "after_plane_switch.png"), full_page=True)
+    body = page.inner_text("body")
+    head = body.split("Annotate")[0]
+    assert "Error" not in head, head[max(0, head.find("Error") - 300):head.find("Error") + 100]
+    assert "no decision (" in body
 
 
 

@@ -154,3 +154,19 @@ def test_volumes_the_project_writes_have_their_origin_at_the_centre(tmp_path):
     ex = load_scan(ROOT / "assets" / "examples" / "synthetic_haemorrhage_t1.nii.gz")
     mid = ex.shape[2] // 2
     assert ex.slice_label(mid, "sagittal") in ("R 1.0 mm", "L 1.0 mm", "R 0.0 mm")
+
+
+def test_a_point_maps_between_planes_and_back():
+    """A pixel of a coronal or sagittal slice is the display voxel that ``Scan.slice`` shows there."""
+    from anomaly.scan import Scan, plane_point_to_voxel, voxel_to_plane_point
+
+    v = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    s = Scan(v)
+    for plane in ("axial", "coronal", "sagittal"):
+        for index, row, col in ((0, 0, 0), (2, 3, 4), (1, 4, 2)):
+            sl = s.slice(index, plane)
+            if row >= sl.shape[0] or col >= sl.shape[1]:
+                continue
+            z, h, w = (int(x) for x in plane_point_to_voxel(plane, index, row, col, s.shape))
+            assert v[z, h, w] == sl[row, col], (plane, index, row, col)
+            assert voxel_to_plane_point((z, h, w), plane, s.shape) == (index, row, col)

@@ -44,7 +44,8 @@ HOW_TO_READ = """
 * **Window**: a preset, or type a level and width (e.g. `L40 W80`, in the scan's own units). The input panel's
   title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
 * **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
-  point on any panel, or a finding, to centre it there.
+  point on any panel, or a finding, to centre it there. Switching the plane opens the slice through that
+  point (through the middle of the slice in view when none was chosen).
 * **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
   range, peak in multiples of the threshold), all methods in one list: those on slices with a large brain
   section first, then those at the skull base, vertex or brain edge (**brain section** "small", where healthy
@@ -112,19 +113,20 @@ def _compare(a, pair, methods, compare_with):
 
 
 def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
-                  zoom=1.0, note: str = ""):
+                  zoom=1.0, zoom_centre=None, note: str = ""):
     """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
     (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
     preset = _window(preset, key)
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
-                                       zoom)
+                                       zoom, zoom_centre)
     banner_text = "" if a.ood.in_distribution else a.ood.banner
     banner = gr.update(value=banner_text, visible=bool(banner_text))
     summary = cb.scan_summary(a)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
             banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx, methods), grid, _df(table),
             _df(cb.findings_rows(key, threshold, methods)), _compare(a, pair, methods, compare_with), gr.update(),
-            gr.update(value=a.plane))  # the plane radio says the plane shown (a 2D image: axial)
+            gr.update(value=a.plane),  # the plane radio says the plane shown (a 2D image: axial)
+            zoom_centre)  # a new scan: the zoom centres on the slice's middle until a click says otherwise
 
 
 def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows=True, compare_with=None,
@@ -167,7 +169,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
         choices = [(v, k) for k, v in e.series.items()]
         gr.Warning("This upload holds several series: choose one and press Analyse.")
         yield (None, gr.update(), gr.update(value=f"**{e}**", visible=True), "", None, None, None, None, None,
-               gr.update(choices=choices, visible=True, value=None), gr.update())
+               gr.update(choices=choices, visible=True, value=None), gr.update(), gr.update())
         return
     except AnomalyError as e:
         _fail(e)
@@ -185,7 +187,7 @@ def on_upload_page(*args, **kw):
         gr.Warning(f"Not loaded: {e.message}")
         yield (None, gr.update(minimum=0, maximum=1, value=0, interactive=False),
                gr.update(value=f"**Not loaded:** {e.message}", visible=True), "", None, None, None, None, None,
-               gr.update(visible=False), gr.update())
+               gr.update(visible=False), gr.update(), None)
 
 
 def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
@@ -206,36 +208,42 @@ def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_ro
 
 
 def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
-             progress=gr.Progress()):
-    """Re-analyse the loaded scan in another plane, as an upload is: the new plane's middle slice
-    first, then the whole plane (a plane seen before comes from the cache at once). Nothing to do
-    before a scan is loaded; a 2D image keeps its one plane and says so."""
+             index=None, zoom_centre=None, progress=gr.Progress()):
+    """Re-analyse the loaded scan in another plane, as an upload is: first the slice of the new plane
+    through the point in view (the zoom centre on slice ``index``, else that slice's middle), then
+    the whole plane (a plane seen before comes from the cache at once); the view stays on that point,
+    which becomes the zoom centre. Nothing to do before a scan is loaded; a 2D image keeps its one
+    plane and says so."""
     if not key:
-        yield tuple(gr.update() for _ in range(9))
+        yield tuple(gr.update() for _ in range(10))
         return
-    preview_key = None
+    preview_key, point = None, None
     try:
-        preview = cb.preview_plane(key, plane)
+        if index is not None:
+            point = cb.same_point_in(key, index, zoom_centre, plane)
+        preview = cb.preview_plane(key, plane, None if point is None else point[0])
         if preview is not None:
             preview_key, p, mid = preview
             yield _plane_outputs(preview_key, p, mid, preset, opacity, threshold, mode, methods, extra_rows,
-                                 compare_with, zoom, note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
+                                 compare_with, zoom, point, note=f"*{p.plane.capitalize()} slice {mid} scored first; scoring all {p.n_slices} slices...*")
         key, a = cb.reanalyse_plane(key, plane, progress=lambda p, desc="": progress(p, desc=desc))
         cb.forget(preview_key)
     except AnomalyError as e:
         _fail(e)
     if a.plane != plane:
         gr.Info(f"A 2D image has one plane: it stays as it is, not {plane}.")
-    yield _plane_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods, extra_rows,
-                         compare_with, zoom)
+    yield _plane_outputs(key, a, a.most_anomalous_slice() if point is None else point[0], preset, opacity, threshold,
+                         mode, methods, extra_rows, compare_with, zoom, point)
 
 
 def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
-                   zoom=1.0, note: str = ""):
-    """``_view_outputs`` in the order of the plane event's outputs (a preview's slider stays locked)."""
-    key, slider, _, summary, curve, grid, table, findings, pair, _, plane = _view_outputs(
-        key, a, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, note=note)
-    return key, slider, curve, grid, table, findings, pair, summary, plane
+                   zoom=1.0, point=None, note: str = ""):
+    """``_view_outputs`` in the order of the plane event's outputs (a preview's slider stays locked);
+    ``point`` = (slice, [row, col]) of the point kept in view, which becomes the zoom centre."""
+    centre = None if point is None else point[1]
+    key, slider, _, summary, curve, grid, table, findings, pair, _, plane, _ = _view_outputs(
+        key, a, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, centre, note=note)
+    return key, slider, curve, grid, table, findings, pair, summary, plane, (gr.update() if point is None else centre)
 
 
 def on_finding(findings_df, evt: gr.SelectData):
@@ -258,9 +266,7 @@ def on_grid_click(key, zoom, zoom_centre, evt: gr.SelectData):
     return gr.update() if px is None else list(px)
 
 
-def reset_zoom_centre():
-    """Another scan or plane: the zoom centres on the new slice's middle until a click says otherwise."""
-    return None
+
 
 
 def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zoom_centre=None, progress=gr.Progress()):
@@ -361,7 +367,8 @@ def build_app() -> gr.Blocks:
 
                 view_inputs = [key, slider, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom,
                                zoom_centre]
-                upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series, plane]
+                upload_outputs = [key, slider, banner, summary, curve, grid, table, findings, compare, series, plane,
+                                  zoom_centre]
                 up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with,
                              zoom]
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
@@ -382,8 +389,9 @@ def build_app() -> gr.Blocks:
                                 trigger_mode="always_last")
                 # a user's choice only (.input): the events that set the radio back (a 2D image) must not fire it
                 plane.input(on_plane, [key, plane, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
-                                       zoom],
-                            [key, slider, curve, grid, table, findings, compare, summary, plane], api_name="change_plane")
+                                       zoom, slider, zoom_centre],
+                            [key, slider, curve, grid, table, findings, compare, summary, plane, zoom_centre],
+                            api_name="change_plane")
                 findings.select(on_finding, [findings], [slider, zoom_centre], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode, zoom, zoom_centre],
@@ -391,7 +399,6 @@ def build_app() -> gr.Blocks:
                              api_name="run_on_demand")
                 # another scan or plane: the on-demand result of the previous one goes
                 key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
-                key.change(reset_zoom_centre, None, [zoom_centre], api_visibility="private")
                 if examples is not None:  # a click on an example analyses it, as an upload does
                     examples.load_input_event.then(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 gr.api(analyze_api, api_name="analyze")

@@ -19,7 +19,7 @@ from anomaly.calibration import volume_percentile
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
-from anomaly.scan import check_plane, plane_size
+from anomaly.scan import check_plane, plane_point_to_voxel, plane_size, voxel_to_plane_point
 from anomaly.windowing import PRESETS, is_ct, check_window, window_text
 
 MAX_CACHED = 6
@@ -172,17 +172,34 @@ def _series_of(a: Analysis) -> str | None:
     return (getattr(a, "_memo", None) or ("",) * 5)[4] or None
 
 
-def preview_plane(key: str, plane: str) -> tuple[str, Analysis, int] | None:
-    """(key, analysis, slice) of the middle slice of ``plane`` scored alone, shown while the whole
-    plane is scored; None when there is nothing to preview (same plane, one slice, already cached)."""
+def preview_plane(key: str, plane: str, index: int | None = None) -> tuple[str, Analysis, int] | None:
+    """(key, analysis, slice) of slice ``index`` of ``plane`` (its middle one when None) scored alone,
+    shown while the whole plane is scored; None when there is nothing to preview (same plane, one
+    slice, already cached)."""
     a = get_analysis(key)
     target = plane_of(a.scan, plane)
     if (target == a.plane or plane_size(a.scan, target) < 2
             or cached_analysis(a.scan, list(a.results), target, _series_of(a)) is not None):
         return None
-    mid = preview_slice(a.scan, target)
+    mid = preview_slice(a.scan, target) if index is None else int(np.clip(int(index), 0, plane_size(a.scan, target) - 1))
     pkey, p = reanalyse_plane(key, target, only=[mid])
     return pkey, p, mid
+
+
+def same_point_in(key: str, index: int, zoom_centre, plane: str) -> tuple[int, list[float]] | None:
+    """Where the point in view goes in ``plane``: (slice index there, [row, col]) of the zoom centre
+    (the slice's middle when there is none) on slice ``index`` of the loaded scan's plane, so that a
+    plane switch keeps the reader on the same spot; None for a 2D image (it has one plane)."""
+    a = get_analysis(key)
+    target = plane_of(a.scan, plane)
+    if not a.scan.is_volume:
+        return None
+    i = int(np.clip(int(index), 0, a.n_slices - 1))
+    h, w = a.scan.slice(i, a.plane).shape
+    row, col = _centre(zoom_centre) or ((h - 1) / 2, (w - 1) / 2)
+    vox = plane_point_to_voxel(a.plane, i, row, col, a.scan.shape)
+    j, r, c = voxel_to_plane_point(vox, target, a.scan.shape)
+    return int(np.clip(j, 0, plane_size(a.scan, target) - 1)), [float(r), float(c)]
 
 
 def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5, threshold: float = 1.0,
