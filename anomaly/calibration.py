@@ -155,13 +155,18 @@ def volume_score(slice_scores: np.ndarray, valid: np.ndarray) -> float:
     return float(s.max()) if s.size else float("nan")
 
 
-def volume_percentile(slice_percentile: float, n_slices: int) -> float:
+def volume_percentile(slice_percentile: float, n_slices: int, n_healthy: int = 0) -> float:
     """How a volume's score (its highest slice score, at ``slice_percentile`` of healthy slices)
     ranks among the highest scores of ``n_slices`` healthy slices: 100 * (p / 100) ** n, treating
     the slices as independent draws (neighbouring slices are alike, so this errs low). Comparing
     the maximum of n slices with single healthy slices would put nearly every volume, healthy or
-    not, near the 100th percentile."""
+    not, near the 100th percentile. With ``n_healthy`` (the calibration's number of healthy slices,
+    m), a slice above all of them is placed at their m / (m + 1) quantile, the most m slices can
+    tell (the 100th percentile of m slices is not a certainty)."""
     p, n = float(slice_percentile), int(n_slices)
     if not np.isfinite(p) or n < 1:
         return float("nan")
-    return float(100.0 * (min(max(p, 0.0), 100.0) / 100.0) ** n)
+    p = min(max(p, 0.0), 100.0)
+    if n_healthy > 0:
+        p = min(p, 100.0 * n_healthy / (n_healthy + 1))
+    return float(100.0 * (p / 100.0) ** n)

@@ -33,7 +33,10 @@ def check_window(preset: str) -> str:
 
 def window_text(centre: float, width: float) -> str:
     """A window as a workstation prints it: "L40 W80" (4 significant digits)."""
-    return f"L{float(centre):.4g} W{float(width):.4g}"
+    def num(v: float) -> str:  # no exponent: a 16-bit image's window reads L29490 W58990
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+    return f"L{num(float(centre))} W{num(float(width))}"
 
 
 def typed_window(text: str) -> tuple[float, float] | None:

@@ -618,6 +618,7 @@ def test_the_input_panel_shows_its_window(methods_root, lesion_volume):
 
     key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
     assert window_text(40, 80) == "L40 W80" and window_text(-600, 1500) == "L-600 W1500"
+    assert window_text(29490.4, 58990.6) == "L29490 W58991" and window_text(0.3, 0.2) == "L0.3 W0.2"
     assert window_text(*a.window(31, "L0.3 W0.2")) == "L0.3 W0.2"
     c, w = a.window(31, "auto")
     assert np.array_equal(a.display_u8(31), np.clip(np.rint((a.scan.slice(31) - (c - w / 2)) / w * 255), 0, 255).astype(np.uint8))
@@ -767,3 +768,25 @@ def test_reader_safeguards_ct_windows_method_order_and_non_axial_decisions(metho
         assert all(r["decision"] == "no decision (axial-trained models)" for r in c.score_table(j) if r["scored"])
     finally:
         c.ood.in_distribution = was
+
+
+def test_a_file_dropped_on_a_full_upload_box_is_the_one_analysed(methods_root, lesion_volume, monkeypatch):
+    """The page's file box keeps the files listed before: a new image dropped on it is analysed
+    (with a note), not refused as "separate images"; the API keeps refusing such an upload."""
+    import gradio as gr
+
+    from anomaly.ui.app import on_upload, on_upload_page
+
+    png = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
+    assert cb.newest_image([str(lesion_volume), str(png)]) == png
+    assert cb.newest_image([str(png)]) is None and cb.newest_image(None) is None
+    infos = []
+    monkeypatch.setattr(gr, "Info", lambda msg, *x, **k: infos.append(msg))
+    outs = list(on_upload_page([str(lesion_volume), str(png)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                               progress=lambda *a, **k: None))
+    a = cb.get_analysis(outs[-1][0])
+    assert a.n_slices == 1 and not a.scan.is_volume  # the PNG, the last one added
+    assert infos and "healthy_stripped_t1_axial.png" in infos[0]
+    with pytest.raises(gr.Error, match="separate images"):
+        list(on_upload([str(lesion_volume), str(png)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                       progress=lambda *a, **k: None))

@@ -266,3 +266,6 @@ def test_volume_percentile_compares_a_maximum_with_healthy_maxima():
         pcts.append(volume_percentile(100.0 * (healthy < top).mean(), 80))
     assert abs(np.mean(pcts) - 50) < 5 and abs(np.mean(np.asarray(pcts) >= 95) - 0.05) < 0.04
     assert np.isnan(volume_percentile(float("nan"), 10)) and np.isnan(volume_percentile(50.0, 0))
+    # above all of 158 healthy slices: their 158/159 quantile, not a certain 100th percentile
+    assert volume_percentile(100.0, 90, 158) == pytest.approx(100 * (158 / 159) ** 90) and volume_percentile(100.0, 90, 158) < 60
+    assert volume_percentile(50.0, 1, 158) == pytest.approx(50.0)

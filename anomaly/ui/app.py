@@ -184,6 +184,15 @@ def on_upload_page(*args, **kw):
     try:
         yield from on_upload(*args, **kw)
     except gr.Error as e:
+        newest = cb.newest_image(args[0] if args else kw.get("files")) if "separate images" in e.message else None
+        if newest is not None:  # a file dropped on the box while another is listed: the box keeps both
+            gr.Info(f"Several separate images in the upload box: analysing the last one added ({newest.name}). "
+                    "Clear the box (x) to start afresh.")
+            try:
+                yield from on_upload([str(newest)], *args[1:], **kw)
+                return
+            except gr.Error as e2:
+                e = e2
         gr.Warning(f"Not loaded: {e.message}")
         yield (None, gr.update(minimum=0, maximum=1, value=0, interactive=False),
                gr.update(value=f"**Not loaded:** {e.message}", visible=True), "", None, None, None, None, None,

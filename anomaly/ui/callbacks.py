@@ -91,6 +91,24 @@ def load_upload(files, series_uid: str | None = None):
     return load_scan(paths if len(paths) > 1 else paths[0], series_uid=series_uid or None), paths
 
 
+def newest_image(files) -> Path | None:
+    """The last file of a multi-file upload when it is a single image of its own (not DICOM): what a
+    reader meant by dropping a new file on the page's box, which keeps the files listed before."""
+    from anomaly.io.loader import sniff
+
+    try:
+        paths = _paths(files)
+    except AnomalyError:
+        return None
+    if len(paths) < 2 or not paths[-1].is_file():
+        return None
+    try:
+        kind = sniff(paths[-1])
+    except OSError:
+        return None
+    return paths[-1] if kind in ("nifti", "nifti-gz", "png", "jpeg", "tiff") else None
+
+
 def preview_slice(scan, plane: str = "axial") -> int:
     """The slice a volume's first view shows: the middle one."""
     return plane_size(scan, plane) // 2
@@ -304,7 +322,8 @@ def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str]
         y = r.percentiles if r.calibration else r.scores / max(r.scores.max(), 1e-8) * 100
         y = np.where(r.valid, y, np.nan)
         ax.plot(xs, y, label=name, lw=1.4, marker="o" if a.partial or a.n_slices == 1 else None, ms=4)
-    ax.axhline(95, color="grey", lw=0.8, ls="--", label="95th (decision)")
+    if a.plane == "axial" and a.ood.in_distribution:  # elsewhere no decision is made
+        ax.axhline(95, color="grey", lw=0.8, ls="--", label="95th (decision)")
     if index is not None:  # black, not a method's colour, and in the legend
         ax.axvline(index, color="black", lw=1.2, ls=":", label="slice in view")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -355,7 +374,8 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
     for name, r in a.results.items():
         vp = None
         if r.calibration:  # the highest of n slices against the highest of n healthy ones
-            vp = volume_percentile(float(r.calibration.percentile([r.volume_score])[0]), int(np.sum(r.valid)))
+            vp = volume_percentile(float(r.calibration.percentile([r.volume_score])[0]), int(np.sum(r.valid)),
+                                   int(r.calibration.n_slices or 0))
             vp = vp if np.isfinite(vp) else None
         out["methods"][name] = {
             "volume_score": r.volume_score,
@@ -469,6 +489,7 @@ def usable_window(preset: str, key: str | None = None) -> tuple[str, str | None]
         with _LOCK:
             a = _CACHE.get(key)
         if a is not None and not is_ct(a.scan):
-            return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is "
-                            f"{a.scan.modality}: showing the auto window.")
+            what = "of unknown modality" if str(a.scan.modality).lower() == "unknown" else a.scan.modality
+            return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is {what}: "
+                            "showing the auto window.")
     return preset, None
