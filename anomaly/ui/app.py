@@ -275,9 +275,6 @@ def on_grid_click(key, zoom, zoom_centre, evt: gr.SelectData):
     return gr.update() if px is None else list(px)
 
 
-
-
-
 def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zoom_centre=None, progress=gr.Progress()):
     """Run a slow (diffusion) method on the slice in view, with a progress bar (at the viewer's zoom)."""
     if not method:

@@ -449,7 +449,6 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
                   zoom_centre=None):
     """Run a slow method (diffusion) on the slice in view only; returns (grid image, score row). The
     grid shows the viewer's zoom window."""
-    from anomaly.preprocess import PreparedSlices
     from anomaly.render import GridRow, compose_grid
     from anomaly.scoring import run_method
 
