@@ -790,3 +790,18 @@ def test_a_file_dropped_on_a_full_upload_box_is_the_one_analysed(methods_root, l
     with pytest.raises(gr.Error, match="separate images"):
         list(on_upload([str(lesion_volume), str(png)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
                        progress=lambda *a, **k: None))
+
+
+def test_a_window_warning_is_given_once_per_load(methods_root, lesion_volume, monkeypatch):
+    """A volume loads in two steps (its first slice, then all): a bad window warns once, not twice."""
+    import gradio as gr
+
+    from anomaly.ui.app import on_upload
+
+    with cb._LOCK:
+        cb._CACHE.clear()
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda msg, *x, **k: warned.append(msg))
+    outs = list(on_upload([str(lesion_volume)], None, "axial", ["zscore"], "brain", 0.5, 1.0, "both",
+                          progress=lambda *a, **k: None))
+    assert len(outs) == 2 and len(warned) == 1 and "Hounsfield" in warned[0]

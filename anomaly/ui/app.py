@@ -98,11 +98,11 @@ def _fail(e: Exception):
     raise gr.Error(str(e), duration=None) from None
 
 
-def _window(preset, key=None):
+def _window(preset, key=None, warn: bool = True):
     """The window to draw with: one the app cannot read (or a CT window on another modality) warns
-    (a toast) and is drawn as 'auto'."""
+    (a toast, unless ``warn`` is False) and is drawn as 'auto'."""
     preset, problem = cb.usable_window(preset, key)
-    if problem:
+    if problem and warn:
         gr.Warning(problem)
     return preset
 
@@ -116,7 +116,7 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_
                   zoom=1.0, zoom_centre=None, note: str = ""):
     """The viewer's outputs for analysis ``a`` at slice ``idx``. The red banner is kept for warnings
     (out of distribution); ``note`` (progress, stored results, a 2D image's one plane) heads the summary."""
-    preset = _window(preset, key)
+    preset = _window(preset, key, warn=not a.partial)  # one toast per load: the preview's is left out
     grid, table, pair = cb.render_view(key, idx, preset, opacity, threshold, mode, methods, extra_rows, compare_with,
                                        zoom, zoom_centre)
     banner_text = "" if a.ood.in_distribution else a.ood.banner
