@@ -102,7 +102,8 @@ class Analysis:
 
     def calibration_caveat(self) -> str:
         """What a percentile shown for this scan must be read with: "" for an axial, in-distribution
-        scan; else why no decision is made."""
+        scan; else why no decision is made (calibrated on axial slices, most healthy coronal slices
+        would read "anomalous")."""
         if not self.ood.in_distribution:
             return " (not calibrated for this scan)"
         return " (axial-trained models)" if self.plane != "axial" else ""
@@ -111,6 +112,7 @@ class Analysis:
         """Per method at slice ``index``: decision, percentile, area mm², score (brain-fill conditioned
         where calibrated so), the raw top-1% map mean, volume score, ms."""
         rows = []
+        caveat = self.calibration_caveat()
         for name, r in self.results.items():
             pct = float(r.percentiles[index]) if r.calibration else float("nan")
             area = float((self.full_map(name)[index] >= threshold).sum() * self.pixel_area_mm2())
@@ -118,10 +120,8 @@ class Analysis:
                 decision = "not scored"
             elif not np.isfinite(pct):
                 decision = "uncalibrated"
-            elif not self.ood.in_distribution:  # the banner's warning, where the decision is read
-                decision = "no decision (not calibrated for this scan)"
-            elif self.plane != "axial":  # calibrated on axial slices: on healthy coronal slices most "anomalous"
-                decision = "no decision (axial-trained models)"
+            elif caveat:  # out of distribution (the banner's warning), or a plane the models were not calibrated on
+                decision = "no decision" + caveat
             else:
                 decision = "anomalous" if pct >= IMAGE_DECISION_PERCENTILE else "normal"
             rows.append({  # what a reader needs first comes first (a narrow screen scrolls the rest)
@@ -147,9 +147,10 @@ class Analysis:
                  others: dict[str, np.ndarray] | None = None) -> list[dict]:
         """Connected regions above threshold in 3D: volume (mL), extent along the slice, row and
         column axes (mm, bounding box), slice range, peak, centre. With ``others`` (method -> its
-        ``_regions``), each finding also says which of them flag at least one of its voxels."""
+        ``_regions``; its own, when there, is used as it is), each finding also says which of them flag
+        at least one of its voxels."""
         m = self.full_map(method)
-        region = self._regions(method, threshold)
+        region = others[method] if others and method in others else self._regions(method, threshold)
         lab, n = ndimage.label(region)
         if n == 0:
             return []
@@ -197,16 +198,16 @@ class Analysis:
         rows.sort(key=lambda f: (f["brain section"] != "large", -f["peak (x threshold)"]))
         return rows
 
-    def window(self, index: int | None = None, preset: str = "auto") -> tuple[float, float]:
+    def window(self, preset: str = "auto") -> tuple[float, float]:
         """(centre, width) of ``preset`` for this scan (``windowing.window_for`` over the whole scan),
-        the same on every slice, as on a workstation; ``index`` is not used."""
+        the same on every slice, as on a workstation."""
         key = ("window", str(preset).strip().lower())
         if key not in self._display:
             self._display[key] = window_for(self.scan, preset)
         return self._display[key]
 
     def display_u8(self, index: int, preset: str = "auto") -> np.ndarray:
-        return apply_window(self.scan.slice(index, self.plane), *self.window(index, preset))
+        return apply_window(self.scan.slice(index, self.plane), *self.window(preset))
 
     def pseudo_healthy_u8(self, method: str, index: int, preset: str = "auto") -> np.ndarray | None:
         """``method``'s pseudo-healthy slice taken back to the scan's intensities (the inverse of that
@@ -224,7 +225,7 @@ class Analysis:
             self._display["background"] = background_level(v[np.isfinite(v)])
         bg = self._display["background"]
         scale = intensity_scale(self.scan.slice(index, self.plane), self.prepared.original_masks[index], bg)
-        return apply_window(np.asarray(model_values, np.float32) * (scale or 0.0) + bg, *self.window(index, preset))
+        return apply_window(np.asarray(model_values, np.float32) * (scale or 0.0) + bg, *self.window(preset))
 
     def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None,
                extra_rows: bool = True):
@@ -248,11 +249,16 @@ class Analysis:
             if extra_rows:
                 rows += extra_map_rows(name, img_u8, r.extra_maps, self.prepared.masks,
                                        lambda m: self.prepared.slice_to_original(m[index], index), "scan")
-        plane = self.plane if self.scan.known_frame else None
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
-        return compose_grid(rows, cfg, plane, aspect=self.pixel_aspect(), scale_note=note,
-                            slice_label=self.scan.slice_label(index, self.plane),
-                            window_label=window_text(*self.window(index, preset)))
+        return self.grid(rows, cfg, index, preset, scale_note=note)
+
+    def grid(self, rows: list[GridRow], cfg: RenderConfig, index: int, preset: str = "auto",
+             scale_note: str = "calibrated"):
+        """``compose_grid`` of ``rows`` framed for slice ``index`` of this scan: orientation letters
+        where the frame is known, pixel aspect, slice position and the window in force."""
+        return compose_grid(rows, cfg, self.plane if self.scan.known_frame else None, aspect=self.pixel_aspect(),
+                            scale_note=scale_note, slice_label=self.scan.slice_label(index, self.plane),
+                            window_label=window_text(*self.window(preset)))
 
 
 SMALL_SECTION = "small (skull base, vertex or edge)"

@@ -81,16 +81,20 @@ def overlay_rgb(img_u8: np.ndarray, cal_map: np.ndarray, cfg: RenderConfig) -> n
     return out
 
 
-def fit_panel(rgb: np.ndarray, size: int = PANEL, aspect: float = 1.0) -> Image.Image:
-    """Letterbox an RGB array into a size x size panel, honouring pixel aspect (row/col mm)."""
-    im = Image.fromarray(rgb)
-    h, w = rgb.shape[:2]
+def letterbox(h: int, w: int, aspect: float = 1.0, size: int = PANEL) -> tuple[int, int, int, int]:
+    """(width, height, left, top) of an h x w image (rows ``aspect`` times its columns' size) drawn
+    as large as fits, centred, in a size x size panel."""
     hh = h * aspect
     s = size / max(hh, w)
     nw, nh = max(1, round(w * s)), max(1, round(hh * s))
-    im = im.resize((nw, nh), Image.BILINEAR)
+    return nw, nh, (size - nw) // 2, (size - nh) // 2
+
+
+def fit_panel(rgb: np.ndarray, size: int = PANEL, aspect: float = 1.0) -> Image.Image:
+    """Letterbox an RGB array into a size x size panel, honouring pixel aspect (row/col mm)."""
+    nw, nh, left, top = letterbox(*rgb.shape[:2], aspect, size)
     panel = Image.new("RGB", (size, size), (0, 0, 0))
-    panel.paste(im, ((size - nw) // 2, (size - nh) // 2))
+    panel.paste(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR), (left, top))
     return panel
 
 
@@ -107,9 +111,8 @@ def panel_pixel(x: float, y: float, shape: tuple[int, int], aspect: float = 1.0,
         return None
     r0, r1, c0, c1 = zoom_window(shape, zoom, centre)
     ch, cw = r1 - r0, c1 - c0
-    s = PANEL / max(ch * aspect, cw)
-    nw, nh = max(1, round(cw * s)), max(1, round(ch * aspect * s))
-    px, py = x % PANEL - (PANEL - nw) // 2, yb - (PANEL - nh) // 2
+    nw, nh, left, top = letterbox(ch, cw, aspect)
+    px, py = x % PANEL - left, yb - top
     if not (0 <= px < nw and 0 <= py < nh):
         return None
     return int(r0 + py / nh * ch), int(c0 + px / nw * cw)
@@ -191,8 +194,8 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
     n = max(1, len(rows))
     r0, r1, c0, c1 = zoom_window(rows[0].image_u8.shape[:2], cfg.zoom, cfg.zoom_centre) if rows else (0, 0, 0, 0)
 
-    def crop(rgb: np.ndarray) -> np.ndarray:  # every panel of every row: the same window of the slice
-        return np.ascontiguousarray(rgb[r0:r1, c0:c1])
+    def panel(rgb: np.ndarray) -> Image.Image:  # every panel of every row: the same window of the slice
+        return draw_orientation(fit_panel(np.ascontiguousarray(rgb[r0:r1, c0:c1]), aspect=aspect), plane)
 
     if cfg.zoom > 1.0 and rows:
         slice_label = f"{slice_label}  x{cfg.zoom:g}".strip()
@@ -206,11 +209,11 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
         y = r * ROW
         d.text((4, y + 3), f"{row.name}  {row.caption}", fill=(255, 255, 255), font=_font(13))
         y += CAPTION
-        p_in = draw_orientation(fit_panel(crop(grey_rgb(row.image_u8)), aspect=aspect), plane)
+        p_in = panel(grey_rgb(row.image_u8))
         if window_label:
             ImageDraw.Draw(p_in).text((3, PANEL - 15), window_label, fill=(255, 255, 0), font=_font(11))
         if row.pseudo_healthy_u8 is not None:
-            p_ph = draw_orientation(fit_panel(crop(grey_rgb(row.pseudo_healthy_u8)), aspect=aspect), plane)
+            p_ph = panel(grey_rgb(row.pseudo_healthy_u8))
             ph_label = "pseudo-healthy"
         else:
             p_ph = Image.new("RGB", (PANEL, PANEL), (30, 30, 30))
@@ -218,9 +221,9 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
             ph_label = "pseudo-healthy"
         # an uncalibrated map runs from 0 to its own reference (1.0), not on the shared 0-3 scale
         rcfg = cfg if row.calibrated else replace(cfg, vmax=1.0)
-        p_map = draw_orientation(fit_panel(crop(heatmap_rgb(row.cal_map, rcfg)), aspect=aspect), plane)
+        p_map = panel(heatmap_rgb(row.cal_map, rcfg))
         ov = overlay_rgb(row.image_u8, row.cal_map, cfg) if row.calibrated else blend_rgb(row.image_u8, row.cal_map, rcfg)
-        p_ov = draw_orientation(fit_panel(crop(ov), aspect=aspect), plane)
+        p_ov = panel(ov)
         titles = (f"input  {slice_label}" if slice_label else "input", ph_label, row.map_title, "overlay" if row.calibrated else "blend (no threshold)")
         for c, (p, t) in enumerate(zip((p_in, p_ph, p_map, p_ov), titles)):
             out.paste(label_panel(p, t), (c * PANEL, y))

@@ -25,10 +25,15 @@ def check_window(preset: str) -> str:
     key = str(preset).strip().lower()
     if key in DATA_PRESETS or key in PRESETS or typed_window(key) is not None:
         return preset
-    if re.search(r"\b[lw]\s*[:=]?\s*-?[\d.]", key):
-        raise InvalidRequestError(f"window {preset!r}: type both a level and a width, e.g. L40 W80")
-    raise InvalidRequestError(f"unknown window preset {preset!r}; choose one of "
-                              f"{list(DATA_PRESETS) + list(PRESETS)} or type a level and width, e.g. L40 W80")
+    raise _unreadable(preset)
+
+
+def _unreadable(preset: str) -> InvalidRequestError:
+    """The error for a window that is no preset and no typed "L40 W80", saying what to write."""
+    if re.search(r"\b[lw]\s*[:=]?\s*-?[\d.]", str(preset).strip().lower()):
+        return InvalidRequestError(f"window {preset!r}: type both a level and a width, e.g. L40 W80")
+    return InvalidRequestError(f"unknown window preset {preset!r}; choose one of "
+                               f"{list(DATA_PRESETS) + list(PRESETS)} or type a level and width, e.g. L40 W80")
 
 
 def window_text(centre: float, width: float) -> str:
@@ -116,10 +121,9 @@ def window_for(scan, preset: str, img: np.ndarray | None = None) -> tuple[float,
             return auto_window(data)
         return PRESETS[key]
     typed = typed_window(key)
-    if typed is not None:
-        return typed
-    check_window(preset)  # raises, saying what to write
-    raise AssertionError(preset)  # unreachable: check_window accepts only what is handled above
+    if typed is None:
+        raise _unreadable(preset)
+    return typed
 
 
 def apply_window(img: np.ndarray, centre: float, width: float) -> np.ndarray:

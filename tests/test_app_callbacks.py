@@ -192,7 +192,7 @@ def test_pseudo_healthy_and_extra_maps_go_back_through_their_own_slices_crop(met
 
     bg = background_level(a.scan.voxels)
     scale = intensity_scale(a.scan.slice(idx), p.original_masks[idx], bg)
-    grid_ph = apply_window(p.to_original(ae.pseudo_healthy)[idx] * scale + bg, *a.window(idx, "auto"))
+    grid_ph = apply_window(p.to_original(ae.pseudo_healthy)[idx] * scale + bg, *a.window("auto"))
     by_name = {r.name: r for r in rows}
     assert np.array_equal(by_name["ae"].pseudo_healthy_u8, grid_ph)
     # ... and the compare slider in the model's scale, beside the model's input
@@ -379,7 +379,8 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
         aspects = []
         real = render.compose_grid
         names = []
-        monkeypatch.setattr(render, "compose_grid", lambda *x, **k: aspects.append(k.get("aspect"))
+        # the grid of a scan is framed in one place, Analysis.grid, which calls compose_grid from anomaly.analysis
+        monkeypatch.setattr("anomaly.analysis.compose_grid", lambda *x, **k: aspects.append(k.get("aspect"))
                             or names.append([r.name for r in x[0]]) or real(*x, **k))
         i = a.n_slices // 2
         grid, row = cb.run_on_demand(key, i, "anoddpm", seed=0)
@@ -619,8 +620,8 @@ def test_the_input_panel_shows_its_window(methods_root, lesion_volume):
     key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
     assert window_text(40, 80) == "L40 W80" and window_text(-600, 1500) == "L-600 W1500"
     assert window_text(29490.4, 58990.6) == "L29490 W58991" and window_text(0.3, 0.2) == "L0.3 W0.2"
-    assert window_text(*a.window(31, "L0.3 W0.2")) == "L0.3 W0.2"
-    c, w = a.window(31, "auto")
+    assert window_text(*a.window("L0.3 W0.2")) == "L0.3 W0.2"
+    c, w = a.window("auto")
     assert np.array_equal(a.display_u8(31), np.clip(np.rint((a.scan.slice(31) - (c - w / 2)) / w * 255), 0, 255).astype(np.uint8))
     seen = []
     import anomaly.analysis as an

@@ -20,7 +20,7 @@ from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
 from anomaly.scan import check_plane, plane_point_to_voxel, plane_size, voxel_to_plane_point
-from anomaly.windowing import PRESETS, is_ct, check_window, window_text
+from anomaly.windowing import PRESETS, check_window, is_ct
 
 MAX_CACHED = 6
 _CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
@@ -281,7 +281,7 @@ def compare_source(a: Analysis, methods: list[str] | None = None, compare_with: 
     reconstruction, else the first shown method with one; None when none has."""
     shown = shown_methods(a, methods)
     with_recon = [m for m in shown if a.results[m].pseudo_healthy is not None]
-    if compare_with and compare_with != AUTO_COMPARE and compare_with in with_recon:
+    if compare_with in with_recon:  # AUTO_COMPARE is no method's name
         return compare_with
     return with_recon[0] if with_recon else None
 
@@ -449,7 +449,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
                   zoom_centre=None):
     """Run a slow method (diffusion) on the slice in view only; returns (grid image, score row). The
     grid shows the viewer's zoom window."""
-    from anomaly.render import GridRow, compose_grid
+    from anomaly.render import GridRow
     from anomaly.scoring import run_method
 
     a = get_analysis(key)
@@ -468,8 +468,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     rows += extra_map_rows(method, img, r.extra_maps, one.masks, lambda m: one.to_original(m)[0], "slice")
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=float(zoom or 1.0),
                        zoom_centre=_centre(zoom_centre))
-    grid = compose_grid(rows, cfg, a.plane if a.scan.known_frame else None, aspect=a.pixel_aspect(),
-                        slice_label=a.scan.slice_label(i, a.plane), window_label=window_text(*a.window(i, preset)))
+    grid = a.grid(rows, cfg, i, preset)
     return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
                   "percentile vs healthy": None if not np.isfinite(pct) else round(pct, 1),
                   "ms": round(r.ms_per_slice, 1), "seed": seed}
@@ -483,11 +482,12 @@ def usable_window(preset: str, key: str | None = None) -> tuple[str, str | None]
         check_window(preset)
     except AnomalyError as e:
         return "auto", f"{e}. Showing the auto window."
-    name = str(preset).strip().lower()
-    if key and name in PRESETS:
-        with _LOCK:
-            a = _CACHE.get(key)
-        if a is not None and not is_ct(a.scan):
+    if key and str(preset).strip().lower() in PRESETS:
+        try:
+            a = get_analysis(key)
+        except AnomalyError:  # no scan loaded: nothing to say about its modality
+            return preset, None
+        if not is_ct(a.scan):
             what = "of unknown modality" if str(a.scan.modality).lower() == "unknown" else a.scan.modality
             return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is {what}: "
                             "showing the auto window.")
