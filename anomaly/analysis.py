@@ -8,12 +8,13 @@ score table, without re-running the models.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
 
 from anomaly.calibration import IMAGE_DECISION_PERCENTILE
+from anomaly.errors import AnomalyError
 from anomaly.keys import study_key
 from anomaly.methods.base import get_method, method_class
 from anomaly.ood import OODVerdict, verdict
@@ -192,11 +193,27 @@ class Analysis:
         slices of large brain section first (the opening slice's rule: at the skull base and vertex
         healthy anatomy gives every method its largest residuals), each group strongest first (peak
         in multiples of each method's own healthy threshold, one scale for all)."""
-        shown = [m for m in (methods or list(self.results)) if m in self.results]
+        shown = [m for m in (list(self.results) if methods is None else methods) if m in self.results]
         regions = {m: self._regions(m, float(threshold)) for m in shown}
         rows = [f for m in shown for f in self.findings(m, float(threshold), others=regions)]
         rows.sort(key=lambda f: (f["brain section"] != "large", -f["peak (x threshold)"]))
         return rows
+
+    def with_methods(self, methods: list[str], seed: int = 0, checkpoint_root=None, progress=None) -> Analysis:
+        """This analysis with those of ``methods`` it lacks scored as well, on the same prepared
+        slices (a method ticked after loading); the others' results are kept, not run again, and
+        the out-of-distribution verdict is redrawn from all of them. Itself when none is missing."""
+        missing = [m for m in methods if m not in self.results]
+        if not missing:
+            return self
+        if self.partial:
+            raise AnomalyError("the scan is still being scored: tick the method again when it is done")
+        t0 = time.perf_counter()
+        results = {**self.results, **score_prepared(self.prepared, missing, seed, checkpoint_root, progress,
+                                                     known=self.results)}
+        v = verdict(self.scan, {n: r.percentiles for n, r in results.items() if r.calibration}, self.prepared.valid)
+        return replace(self, results=results, ood=v, seconds=self.seconds + time.perf_counter() - t0,
+                       _full_maps=dict(self._full_maps), _display=self._display)
 
     def window(self, preset: str = "auto") -> tuple[float, float]:
         """(centre, width) of ``preset`` for this scan (``windowing.window_for`` over the whole scan),
@@ -234,7 +251,11 @@ class Analysis:
         index = int(np.clip(index, 0, self.n_slices - 1))
         img_u8 = self.display_u8(index, preset)
         rows = []
-        for name in methods or list(self.results):
+        names = list(self.results) if methods is None else [m for m in methods if m in self.results]
+        if not names:  # every method unticked: the input alone, saying so (not a blank image)
+            rows.append(GridRow("no method ticked", img_u8, None, np.zeros(img_u8.shape[:2], np.float32),
+                                "tick one under Methods to see its maps", empty_note=NO_METHOD_NOTE))
+        for name in names:
             r = self.results[name]
             ph = self.pseudo_healthy_u8(name, index, preset)
             pct = r.percentiles[index]
@@ -262,6 +283,7 @@ class Analysis:
 
 
 SMALL_SECTION = "small (skull base, vertex or edge)"
+NO_METHOD_NOTE = "no method ticked:\ntick one under Methods"
 
 
 def extra_map_rows(method: str, img_u8: np.ndarray, extra_maps: dict[str, np.ndarray], masks: np.ndarray,
@@ -305,10 +327,11 @@ def _embed(r: MethodResult, idx: np.ndarray, n: int) -> MethodResult:
 
 
 def score_prepared(prepared: PreparedSlices, methods: list[str], seed: int = 0, checkpoint_root=None,
-                   progress=None) -> dict[str, MethodResult]:
+                   progress=None, known: dict[str, MethodResult] | None = None) -> dict[str, MethodResult]:
     """Every method on ``prepared`` through ``run_method``; a consensus reuses its members' results
-    when they are among ``methods`` (as the app does). ``progress(i, name)`` before each method."""
-    results: dict[str, MethodResult] = {}
+    when they are among ``methods`` or in ``known`` (results already scored on ``prepared``), as the
+    app does. ``progress(i, name)`` before each method."""
+    results: dict[str, MethodResult] = dict(known or {})
     order = sorted(methods, key=lambda n: n == "consensus")  # members first
     for i, name in enumerate(order):
         m = get_method(name, None if checkpoint_root is None else checkpoint_root / name)

@@ -251,7 +251,8 @@ def test_a_refused_upload_clears_the_viewer_so_flags_cannot_go_to_the_previous_s
                                progress=lambda *a, **k: None))
     assert len(outs) == 1
     key, slider, banner, summary, curve, grid, table, findings, compare, _, plane, centre = outs[0]
-    assert key is None and grid is None and table is None and slider["interactive"] is False
+    assert key is None and grid is None and slider["interactive"] is False
+    assert table.empty and list(table.columns) == ["method", "decision", "percentile vs healthy"]  # headers, no "1 2 3"
     assert banner["visible"] and banner["value"].startswith("**Not loaded:**")
     from anomaly.annotations import service as svc
 
@@ -806,3 +807,49 @@ def test_a_window_warning_is_given_once_per_load(methods_root, lesion_volume, mo
     outs = list(on_upload([str(lesion_volume)], None, "axial", ["zscore"], "brain", 0.5, 1.0, "both",
                           progress=lambda *a, **k: None))
     assert len(outs) == 2 and len(warned) == 1 and "Hounsfield" in warned[0]
+
+
+def test_a_method_ticked_after_loading_is_scored_and_shown(methods_root, lesion_volume):
+    """Ticking a method the scan was not scored with scores it (the others are reused, not re-run),
+    under a new key, and the view, table and findings then show it; before, it was silently left out."""
+    from anomaly.ui.app import on_methods
+
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    idx = a.results["zscore"].most_anomalous_slice
+    new_key, grid, table, compare, curve, findings, banner = on_methods(
+        key, idx, "auto", 0.5, 1.0, "both", ["zscore", "ae"], progress=lambda *a, **k: None)
+    assert new_key != key
+    b = cb.get_analysis(new_key)
+    assert list(b.results) == ["zscore", "ae"] and list(a.results) == ["zscore"]  # the first analysis is untouched
+    assert b.results["zscore"] is a.results["zscore"]  # reused
+    assert list(table["method"]) == ["zscore", "ae"]
+    # the same as scoring both at upload
+    _, both = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial", seed=1)
+    assert np.allclose(b.results["ae"].scores, both.results["ae"].scores)
+    assert len(findings) == len(cb.findings_rows(new_key, 1.0, ["zscore", "ae"]))
+    assert cb.ensure_methods(new_key, ["ae"]) == (new_key, b)  # nothing missing: the same analysis
+    assert cb.ensure_methods(key, ["zscore", "ae"])[0] == new_key  # cached, like an upload's analysis
+
+
+def test_unticking_every_method_shows_the_input_alone(methods_root, lesion_volume):
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial")
+    grid, table, (img, ph) = cb.render_view(key, 30, methods=[])
+    assert table == [] and cb.findings_rows(key, 1.0, []) == []
+    assert np.array_equal(img, ph)  # the compare slider: the input on both sides
+    assert cb.compare_label(a, []) == "Compare: no method ticked (input on both sides)"
+    one_row, _, _ = cb.render_view(key, 30, methods=["zscore"], extra_rows=False)
+    assert grid.size == one_row.size  # one row: the input, saying that no method is ticked
+    arr = np.asarray(grid)
+    assert arr[40:200, 20:200].std() > 10  # the input is drawn, not a blank image
+    # None (the API's default) still means every method
+    assert [r["method"] for r in cb.render_view(key, 30, methods=None)[1]] == ["zscore", "ae"]
+
+
+def test_clearing_the_upload_box_empties_the_viewer():
+    from anomaly.ui.app import on_clear
+
+    out = on_clear()
+    key, slider, banner, summary, curve, grid, table, findings, compare, series, plane, centre = out
+    assert key is None and grid is None and compare is None and curve is None and centre is None
+    assert summary == "" and banner["visible"] is False and slider["interactive"] is False
+    assert table.empty and findings.empty and list(findings.columns)[:2] == ["method", "peak (x threshold)"]

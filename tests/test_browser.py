@@ -122,4 +122,33 @@ def test_clicking_an_example_analyses_it(live_app, browser):
     assert page.locator("#anomaly-annotate .error").count() == 0
 
     assert "PNG image" in body or "png" in body.lower()
+    assert "Bundled example: a real healthy slice (Colin27) with a synthetic tumour" in body
+    assert "DICOM series: brain_pd_series (20 files)" in body  # the series' label, not a cut-off list of names
     page.screenshot(path=str(ARTIFACTS / "after_example.png"), full_page=True)
+
+
+def test_methods_ticked_later_and_a_cleared_upload(live_app, browser):
+    """A method ticked after loading is scored and shown; unticking every method leaves the input
+    alone; clearing the upload box (x) empties the viewer."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1800})
+    page.goto(live_app, wait_until="load")
+    methods = page.locator("#methods")
+    zscore = methods.get_by_label("Normative z-score (baseline) (zscore)", exact=True)
+    zscore.uncheck()
+    png = ROOT / "assets" / "examples" / "synthetic_tumour_t1_axial.png"
+    page.locator("#scan-files input[type=file]").first.set_input_files(str(png))
+    page.wait_for_selector("text=area above threshold", timeout=180_000)
+    table = "() => document.body.innerText.split('Scores at this slice')[1].split('Findings')[0]"
+    page.wait_for_function("() => !document.body.innerText.includes('Slice 0 scored first')", timeout=60_000)
+    assert "\nae\n" in page.evaluate(table) and "zscore" not in page.evaluate(table)
+    zscore.check()
+    page.wait_for_function(f"() => ({table})().includes('zscore')", timeout=120_000)
+    boxes = methods.locator("input[type=checkbox]")
+    for i in range(boxes.count()):
+        boxes.nth(i).uncheck()
+    page.wait_for_function(f"() => !({table})().includes('anomalous') && !({table})().includes('normal')", timeout=60_000)
+    assert "Error" not in page.inner_text("body").split("Annotate")[0]
+    page.screenshot(path=str(ARTIFACTS / "no_method.png"), full_page=True)
+    page.locator("#scan-files button[aria-label='Clear']").first.click()
+    page.wait_for_function("() => ![...document.querySelectorAll('img')].some(i => i.naturalWidth > 800)", timeout=30_000)
+    assert "study key" not in page.inner_text("body")

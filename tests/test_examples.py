@@ -35,3 +35,27 @@ def test_shipped_models_find_the_haemorrhage_example_and_open_on_it():
     assert np.nanmax(a.results["zscore"].percentiles[ls]) < 50  # the baseline misses it
     assert ls.min() <= a.most_anomalous_slice() <= ls.max()  # the app opens inside the lesion
     base.clear_cache()
+
+
+def test_a_loaded_bundled_example_says_what_it_is(tmp_path):
+    """After a click on an example, the summary says that its lesion is synthetic and where its mask
+    is (the Examples label alone is gone once the scan is in view); a user's file that only shares
+    the name is not called an example; every example offered has its note."""
+    import shutil
+
+    from anomaly.ui.app import EXAMPLE_NOTES, _examples, example_note
+
+    rows, labels = _examples()
+    assert len(rows) == len(labels) and labels[-1].startswith("DICOM series: brain_pd_series (")
+    for name in labels[:-1]:
+        assert name in EXAMPLE_NOTES
+    copy = tmp_path / "synthetic_tumour_t1_axial.png"  # as Gradio hands it over: a copy in its cache
+    shutil.copy(EX / copy.name, copy)
+    note = example_note([str(copy)])
+    assert "**synthetic** tumour" in note and "synthetic_tumour_t1_axial_mask.png" in note
+    assert "healthy" in example_note([str(EX / "healthy_t1.nii.gz")])
+    other = tmp_path / "other" / copy.name
+    other.parent.mkdir()
+    other.write_bytes(copy.read_bytes()[:-10] + b"0" * 20)  # same name, not the example
+    assert example_note([str(other)]) == ""
+    assert example_note([str(copy), str(copy)]) == "" and example_note(None) == ""

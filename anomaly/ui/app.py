@@ -75,23 +75,58 @@ CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .b
        ".caption p {margin:0}")
 
 
-def _examples() -> list[list[list[str]]]:
-    """One row per example; the row's only value (the multiple-file input) is a list of paths."""
-    ex = []
+def _examples() -> tuple[list[list[list[str]]], list[str]]:
+    """(rows, labels): one row per example, whose only value (the multiple-file input) is a list of
+    paths, and its label (a file's name; a DICOM series: its folder and file count, not a cut-off
+    list of names)."""
+    ex, labels = [], []
     for name in ("synthetic_haemorrhage_t1.nii.gz", "synthetic_tumour_t1.nii.gz", "healthy_t1.nii.gz",
                  "synthetic_tumour_t1_axial.png",
                  "healthy_with_skull_t1_axial.png", "healthy_stripped_t1_axial.png"):
         p = EXAMPLES / name
         if p.exists():
             ex.append([[str(p)]])
+            labels.append(name)
     dcm = ROOT / "assets" / "dicom" / "brain_pd_series"
-    if dcm.is_dir():
-        ex.append([[str(p) for p in sorted(dcm.glob("*.dcm"))]])
-    return ex
+    series = sorted(dcm.glob("*.dcm")) if dcm.is_dir() else []
+    if series:
+        ex.append([[str(p) for p in series]])
+        labels.append(f"DICOM series: {dcm.name} ({len(series)} files)")
+    return ex, labels
 
 
-def _df(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows)
+# What a visitor should know about a bundled example once it is loaded (assets/examples/README.md)
+EXAMPLE_NOTES = {
+    "synthetic_haemorrhage_t1.nii.gz": "a real healthy brain (Colin27) with a **synthetic** haemorrhage-like lesion "
+                                       "(25 mm, axial slices 31-40; mask: `synthetic_haemorrhage_t1_mask.nii.gz`)",
+    "synthetic_tumour_t1.nii.gz": "a real healthy brain (Colin27) with a **synthetic** non-enhancing tumour (30 mm; "
+                                  "mask: `synthetic_tumour_t1_mask.nii.gz`), low-contrast on T1: no method here finds it",
+    "synthetic_tumour_t1_axial.png": "a real healthy slice (Colin27) with a **synthetic** tumour (27 mm; mask: "
+                                     "`synthetic_tumour_t1_axial_mask.png`)",
+    "healthy_t1.nii.gz": "a real healthy brain (Colin27): about one slice in twenty reads anomalous by design",
+    "healthy_with_skull_t1_axial.png": "a real healthy slice (Colin27, with skull)",
+    "healthy_stripped_t1_axial.png": "a real healthy slice (MNI152 2009a, skull-stripped)",
+}
+
+
+def example_note(paths) -> str:
+    """"Bundled example: ..." when the one loaded file is a bundled example (its name and size), else ""."""
+    try:
+        (p,) = [Path(x) for x in (paths or [])]
+        ref = EXAMPLES / p.name
+        same = p.name in EXAMPLE_NOTES and ref.is_file() and ref.stat().st_size == p.stat().st_size
+    except (ValueError, TypeError, OSError):
+        return ""
+    return f"*Bundled example: {EXAMPLE_NOTES[p.name]} (`assets/examples/README.md`).*" if same else ""
+
+
+EMPTY_SCORES = ["method", "decision", "percentile vs healthy"]
+EMPTY_FINDINGS = ["method", "peak (x threshold)", "also flagged by"]
+
+
+def _df(rows: list[dict], empty_columns: list[str] = EMPTY_SCORES) -> pd.DataFrame:
+    """A table's rows; with none, its headers (not Gradio's "1 2 3")."""
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=empty_columns)
 
 
 def _fail(e: Exception):
@@ -124,7 +159,7 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_
     summary = cb.scan_summary(a)
     return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
             banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx, methods), grid, _df(table),
-            _df(cb.findings_rows(key, threshold, methods)), _compare(a, pair, methods, compare_with), gr.update(),
+            _df(cb.findings_rows(key, threshold, methods), EMPTY_FINDINGS), _compare(a, pair, methods, compare_with), gr.update(),
             gr.update(value=a.plane),  # the plane radio says the plane shown (a 2D image: axial)
             zoom_centre)  # a new scan: the zoom centres on the slice's middle until a click says otherwise
 
@@ -140,19 +175,21 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
     try:
         loaded = cb.load_upload(files, series or None)
         scan, preview_key = loaded[0], None
+        note = example_note(loaded[1])
+        note = f"{note} " if note else ""
         shown_in = cb.plane_of(scan, plane)
         if shown_in != plane:
-            note = f"*A 2D image has one plane: shown as it is, not {plane}.* "
+            note += f"*A 2D image has one plane: shown as it is, not {plane}.* "
             plane = shown_in
         if stored is not None and plane == "axial":
             try:
                 key, a = cb.open_stored(loaded, *stored)
             except StaleResultsError as e:
-                note = f"*Stored batch results not used: {e}; scoring again.* "
+                note += f"*Stored batch results not used: {e}; scoring again.* "
             else:
                 yield _view_outputs(key, a, a.most_anomalous_slice(), preset, opacity, threshold, mode, methods,
                                     extra_rows, compare_with, zoom, note=f"*Stored batch results, not rescored (methods: {', '.join(a.results)}). "
-                                         "Another plane or set of methods is scored afresh.*")
+                                         "A method ticked now is scored here; another plane is scored afresh.*")
                 return
         if cb.cached_analysis(scan, methods or None, plane, series or None) is None and scan.n_slices_in(plane) > 1:
             mid = cb.preview_slice(scan, plane)
@@ -194,9 +231,18 @@ def on_upload_page(*args, **kw):
             except gr.Error as e2:
                 e = e2
         gr.Warning(f"Not loaded: {e.message}")
-        yield (None, gr.update(minimum=0, maximum=1, value=0, interactive=False),
-               gr.update(value=f"**Not loaded:** {e.message}", visible=True), "", None, None, None, None, None,
-               gr.update(visible=False), gr.update(), None)
+        cleared = list(on_clear())
+        cleared[2] = gr.update(value=f"**Not loaded:** {e.message}", visible=True)
+        yield tuple(cleared)
+
+
+def on_clear():
+    """The upload box was cleared (x): the viewer empties, as before any scan (stale maps of a scan
+    no longer listed would mislead); saved flags stay in the store and the annotation panel keeps
+    its case."""
+    return (None, gr.update(minimum=0, maximum=1, value=0, interactive=False), gr.update(value="", visible=False),
+            "", None, None, _df([]), _df([], EMPTY_FINDINGS), None,
+            gr.update(choices=[], value=None, visible=False), gr.update(), None)
 
 
 def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
@@ -213,7 +259,24 @@ def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=Tr
 def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
                  zoom_centre=None):
     out = on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, zoom_centre)
-    return (*out, _df(cb.findings_rows(key, threshold, methods)))
+    return (*out, _df(cb.findings_rows(key, threshold, methods), EMPTY_FINDINGS))
+
+
+def on_methods(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
+               zoom_centre=None, progress=gr.Progress()):
+    """The Methods checkboxes changed: a method ticked after loading is scored on the loaded slices
+    (with a progress bar; its key is new, so the annotation panel offers it); the view, the findings
+    list and the out-of-distribution banner then follow the ticked methods. Nothing to do before a
+    scan is loaded."""
+    if not key:
+        return tuple(gr.update() for _ in range(7))
+    try:
+        key, a = cb.ensure_methods(key, methods, progress=lambda p, desc="": progress(p, desc=desc))
+    except AnomalyError as e:
+        _fail(e)
+    banner_text = "" if a.ood.in_distribution else a.ood.banner
+    return (key, *on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom,
+                               zoom_centre), gr.update(value=banner_text, visible=bool(banner_text)))
 
 
 def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
@@ -318,14 +381,16 @@ def build_app() -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
                         files = gr.File(label="Scan: DICOM file(s) or .zip, NIfTI, PNG/JPG/TIFF", file_count="multiple",
-                                        type="filepath")
+                                        type="filepath", elem_id="scan-files")
                         series = gr.Dropdown(label="Series", choices=[], visible=False)
                         analyse_btn = gr.Button("Analyse", variant="primary")
                         api_analyse = gr.Button("analyse (API)", visible=False)  # raises its errors
-                        examples = (gr.Examples(_examples(), inputs=[files], label="Examples: click one to analyse it "
-                                                "(lesions marked 'synthetic' are synthetic)") if _examples() else None)
+                        example_rows, example_labels = _examples()
+                        examples = (gr.Examples(example_rows, inputs=[files], example_labels=example_labels,
+                                                label="Examples: click one to analyse it (lesions marked 'synthetic' "
+                                                "are synthetic)") if example_rows else None)
                         methods = gr.CheckboxGroup(label="Methods (best validation pixel AP first)", choices=choices,
-                                                   value=default)
+                                                   value=default, elem_id="methods")
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
                         preset = gr.Dropdown(WINDOW_PRESETS, value="auto", allow_custom_value=True,
                                              label="Window: a preset (HU presets: CT only), or type level and width, "
@@ -349,9 +414,9 @@ def build_app() -> gr.Blocks:
                         grid = gr.Image(label="input | pseudo-healthy | residual map | overlay (calibrated against healthy)",
                                         show_label=False, type="pil", format="png", interactive=False)
                         # headers before a scan is loaded (not Gradio's "1 2 3"); the full columns come with it
-                        table = gr.Dataframe(pd.DataFrame(columns=["method", "decision", "percentile vs healthy"]),
+                        table = gr.Dataframe(_df([]),
                                              label="Scores at this slice", interactive=False)
-                        findings = gr.Dataframe(pd.DataFrame(columns=["method", "peak (x threshold)", "also flagged by"]),
+                        findings = gr.Dataframe(_df([], EMPTY_FINDINGS),
                                                 label="Findings: connected regions above threshold in 3D "
                                                 "(click to jump)", interactive=False)
                         with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
@@ -380,6 +445,7 @@ def build_app() -> gr.Blocks:
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
+                files.clear(on_clear, None, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
                              trigger_mode="always_last")
@@ -390,7 +456,8 @@ def build_app() -> gr.Blocks:
                 grid.select(on_grid_click, [key, zoom, zoom_centre], [zoom_centre], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 # the findings list and its "also flagged by" follow the shown methods
-                methods.change(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private")
+                methods.change(on_methods, view_inputs, [key, grid, table, compare, curve, findings, banner],
+                               api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
                 # a user's choice only (.input): the events that set the radio back (a 2D image) must not fire it

@@ -272,8 +272,31 @@ AUTO_COMPARE = "first shown"  # the compare slider's default: the first shown me
 
 
 def shown_methods(a: Analysis, methods: list[str] | None) -> list[str]:
-    """The ticked methods that the analysis has (all of its methods when none is)."""
-    return [m for m in (methods or list(a.results)) if m in a.results] or list(a.results)
+    """The ticked methods that the analysis has (all of its methods for None; none for an empty list:
+    the reader unticked every one)."""
+    return list(a.results) if methods is None else [m for m in methods if m in a.results]
+
+
+def ensure_methods(key: str, methods: list[str] | None, progress=None) -> tuple[str, Analysis]:
+    """(key, analysis) of the loaded scan with every ticked method scored: a method ticked after
+    loading is scored on the same slices (``Analysis.with_methods``) and cached under a new key like
+    an upload's analysis; the same key and analysis when nothing is missing or the scan is still being
+    scored (its full analysis comes with the methods ticked at upload)."""
+    a = get_analysis(key)
+    missing = [m for m in (methods or []) if m not in a.results]
+    if not missing or a.partial:
+        return key, a
+    wanted = [*a.results, *missing]
+    series = _series_of(a)
+    hit = cached_analysis(a.scan, wanted, a.plane, series)
+    if hit is not None:
+        return hit
+    n = len(missing)
+    b = a.with_methods(missing, progress=None if progress is None else
+                       (lambda i, name: progress((i, n), desc=f"{name}: {a.n_slices} slices")))
+    b._memo = _memo(a.scan, wanted, a.plane, 0, series)
+    b.source_paths = getattr(a, "source_paths", None)
+    return _put(b), b
 
 
 def compare_source(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str | None:
@@ -290,6 +313,8 @@ def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: s
     """The compare slider's caption: which method's pseudo-healthy it shows (and why, if not the one asked)."""
     source = compare_source(a, methods, compare_with)
     if source is None:
+        if not shown_methods(a, methods):
+            return "Compare: no method ticked (input on both sides)"
         return "Compare: no shown method has a pseudo-healthy image (input on both sides)"
     asked = compare_with not in (None, "", AUTO_COMPARE)
     why = ""
