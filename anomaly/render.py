@@ -128,7 +128,8 @@ def draw_orientation(panel: Image.Image, plane: str | None) -> Image.Image:
     w, h = panel.size
     # the top letter sits below the 17-px title bar ``label_panel`` paints over each panel's top
     for txt, xy in ((top, (w // 2 - 4, 19)), (bottom, (w // 2 - 4, h - 16)), (left, (3, h // 2 - 7)), (right, (w - 11, h // 2 - 7))):
-        d.text(xy, txt, fill=(255, 255, 0), font=f)
+        # a dark outline: legible on bright scalp without hiding it behind a yellow blot
+        d.text(xy, txt, fill=(255, 255, 0), font=f, stroke_width=2, stroke_fill=(0, 0, 0))
     return panel
 
 
@@ -211,7 +212,8 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
         y += CAPTION
         p_in = panel(grey_rgb(row.image_u8))
         if window_label:
-            ImageDraw.Draw(p_in).text((3, PANEL - 15), window_label, fill=(255, 255, 0), font=_font(11))
+            ImageDraw.Draw(p_in).text((3, PANEL - 15), window_label.replace(" ", "  "), fill=(255, 255, 0), font=_font(11), stroke_width=2,
+                                      stroke_fill=(0, 0, 0))
         if row.pseudo_healthy_u8 is not None:
             p_ph = panel(grey_rgb(row.pseudo_healthy_u8))
             ph_label = "pseudo-healthy"
