@@ -152,3 +152,21 @@ def test_methods_ticked_later_and_a_cleared_upload(live_app, browser):
     page.locator("#scan-files button[aria-label='Clear']").first.click()
     page.wait_for_function("() => ![...document.querySelectorAll('img')].some(i => i.naturalWidth > 800)", timeout=30_000)
     assert "study key" not in page.inner_text("body")
+
+
+def test_on_a_phone_the_grid_keeps_a_legible_size_and_scrolls_sideways(live_app, browser):
+    """Shrunk to a phone's width, each panel was under 100 px wide; the grid now keeps 900 px and
+    its own box scrolls sideways, while the page itself does not."""
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(live_app, wait_until="load")
+    png = ROOT / "assets" / "examples" / "synthetic_tumour_t1_axial.png"
+    page.locator("#scan-files input[type=file]").first.set_input_files(str(png))
+    page.wait_for_selector("text=area above threshold", timeout=180_000)
+    page.locator("#grid").scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('#grid img').getBoundingClientRect().height > 300",
+                           timeout=30_000)
+    width, scroll_w, client_w, page_w = page.evaluate(
+        "() => { const i = document.querySelector('#grid img'); const c = i.closest('.image-container');"
+        " return [i.getBoundingClientRect().width, c.scrollWidth, c.clientWidth, document.documentElement.scrollWidth]; }")
+    assert width >= 800 and scroll_w > client_w and page_w <= 400
+    page.screenshot(path=str(ARTIFACTS / "phone.png"))

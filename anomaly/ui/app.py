@@ -72,7 +72,12 @@ HOW_TO_READ = """
 """
 
 CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important} "
-       ".caption p {margin:0}")
+       ".caption p {margin:0} "
+       # a phone: the grid keeps a legible size and scrolls sideways (shrunk to the screen, each panel
+       # was under 100 px wide and its captions unreadable)
+       "@media (max-width: 700px) {#grid .image-container {overflow-x: auto !important} "
+       "#grid .image-container > button, #grid .image-frame, #grid img "
+       "{width: 900px !important; max-width: none !important; height: auto !important; max-height: none !important}}")
 
 
 def _examples() -> tuple[list[list[list[str]]], list[str]]:
@@ -411,7 +416,7 @@ def build_app() -> gr.Blocks:
                         curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method", show_label=False)
                         gr.Markdown("**Per method: input | pseudo-healthy | residual map | overlay** (colours calibrated "
                                     "against healthy: 1.0 = threshold)", elem_classes=["caption"])
-                        grid = gr.Image(label="input | pseudo-healthy | residual map | overlay (calibrated against healthy)",
+                        grid = gr.Image(label="input | pseudo-healthy | residual map | overlay (calibrated against healthy)", elem_id="grid",
                                         show_label=False, type="pil", format="png", interactive=False)
                         # headers before a scan is loaded (not Gradio's "1 2 3"); the full columns come with it
                         table = gr.Dataframe(_df([]),
