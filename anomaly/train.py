@@ -68,11 +68,12 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
             print(f"note: {data / 'val_lesion'} is not used: validation figures need the layout train/ + val_lesion/ "
                   "(README, 'Training and evaluation')", file=sys.stderr)
     folder = data / train_split if (data / train_split).is_dir() else data
-    train = _healthy_only(train, folder)
+    items = _folder_items(folder)
+    train = _healthy_only(train, items)
     if len(train) == 0:
         raise DatasetError(f"no healthy slices to train on in {data}")
     if val is None:
-        val, train = hold_out_files(train, subjects=_subjects_of(folder))
+        val, train = hold_out_files(train, subjects=_subjects_of(items))
         if (folder / "brainmasks").is_dir():  # the held-out files again, with the extractor's masks
             held = set(val.names)
             extracted = load_prepared(folder, desc="preprocess held-out", use_brainmasks=False,
@@ -87,17 +88,23 @@ def load_training_data(data: Path, train_split: str = "train", val_split: str = 
     return train, val, val_lesion
 
 
-def _healthy_only(ps: PreparedSet, folder: Path) -> PreparedSet:
-    """The slices a model of healthy anatomy may learn from: not those labelled anomalous (a lesion
-    in their mask, or label 1 of a 2D image), nor any slice of a file labelled 1 in labels.csv that
-    has no mask (where its lesion lies is unknown; with a mask, its lesion-free slices are healthy).
-    Says on stderr how many it leaves out."""
+def _folder_items(folder: Path) -> list:
+    """The folder's items as ``read_folder`` lists them (labels, masks, extra columns of labels.csv);
+    none when it does not follow the documented format (a plain folder of scans)."""
     from anomaly.data.folder import read_folder
 
     try:
-        flagged = {it.name for it in read_folder(folder) if it.label == 1 and it.mask_path is None}
+        return read_folder(folder)
     except AnomalyError:
-        flagged = set()
+        return []
+
+
+def _healthy_only(ps: PreparedSet, items: list) -> PreparedSet:
+    """The slices a model of healthy anatomy may learn from: not those labelled anomalous (a lesion
+    in their mask, or label 1 of a 2D image), nor any slice of a file labelled 1 in labels.csv that
+    has no mask (where its lesion lies is unknown; with a mask, its lesion-free slices are healthy).
+    ``items``: the folder's ``_folder_items``. Says on stderr how many it leaves out."""
+    flagged = {it.name for it in items if it.label == 1 and it.mask_path is None}
     files = [n.rsplit(":", 1)[0] for n in ps.names] if ps.names else [""] * len(ps)
     keep = np.array([lab != 1 and f not in flagged for lab, f in zip(ps.labels, files)], bool)
     if (~keep).any():
@@ -107,15 +114,9 @@ def _healthy_only(ps: PreparedSet, folder: Path) -> PreparedSet:
     return ps.subset(np.nonzero(keep)[0])
 
 
-def _subjects_of(folder: Path) -> dict[str, str]:
-    """File name -> ``subject`` from the folder's labels.csv (files without one are left out; the
-    column name is matched without regard to case)."""
-    from anomaly.data.folder import read_folder
-
-    try:
-        items = read_folder(folder)
-    except AnomalyError:
-        return {}
+def _subjects_of(items: list) -> dict[str, str]:
+    """File name -> ``subject`` from the folder's labels.csv (``_folder_items``; files without one are
+    left out; the column name is matched without regard to case)."""
     out = {}
     for it in items:
         val = next((v for k, v in it.extras.items() if str(k).strip().lower() == "subject"), None)

@@ -114,7 +114,7 @@ def test_hold_out_keeps_the_files_of_a_subject_together(tmp_path):
     """labels.csv's subject column: a subject's files are all held out or all trained on."""
     from anomaly.data.folder import write_image, write_labels
     from anomaly.data.prepared import PreparedSet
-    from anomaly.train import _subjects_of, hold_out_files
+    from anomaly.train import _folder_items, _subjects_of, hold_out_files
 
     rng = np.random.default_rng(0)
     rows = []
@@ -123,7 +123,7 @@ def test_hold_out_keeps_the_files_of_a_subject_together(tmp_path):
             write_image(tmp_path, f"s{s}_{k}", rng.random((16, 16)).astype(np.float32) + 0.1)
             rows.append({"file": f"s{s}_{k}.png", "label": 0, "subject": f"subj{s}"})
     write_labels(tmp_path, rows)
-    subjects = _subjects_of(tmp_path)
+    subjects = _subjects_of(_folder_items(tmp_path))
     assert subjects["s3_1"] == "subj3" and len(subjects) == 18  # keyed like PreparedSet names: file stem
     names = [f"s{s}_{k}:0" for s in range(6) for k in range(3)]
     ps = PreparedSet(np.zeros((18, 8, 8), np.float32), np.ones((18, 8, 8), bool), np.zeros(18, np.int64), None, names)
@@ -134,7 +134,7 @@ def test_hold_out_keeps_the_files_of_a_subject_together(tmp_path):
     # without subjects, files are drawn one by one: slices of a subject end up on both sides for some seed
     split = [hold_out_files(ps, seed=seed)[0] for seed in range(5)]
     assert any(len(subj(v)) > 1 for v in split)
-    assert _subjects_of(tmp_path / "nothing here") == {}
+    assert _subjects_of(_folder_items(tmp_path / "nothing here")) == {}
 
 
 def _tiny_loop(tmp_path, max_steps, resume=False, out=1):
@@ -299,7 +299,7 @@ def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_datas
     calibrated on (a volume's lesion may be on any slice), with a note; a "Subject" column of any
     case groups the hold-out; the card names the held-out files and times a fit without a loop."""
     from anomaly.data.folder import write_labels
-    from anomaly.train import _subjects_of, load_training_data, train
+    from anomaly.train import _folder_items, _subjects_of, load_training_data, train
 
     data = _plain_folder(tiny_dataset, tmp_path)
     pngs = sorted(p.name for p in (data / "images").glob("*.png"))
@@ -316,7 +316,7 @@ def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_datas
     mc[2, 20:30, 20:30] = True
     write_mask(data, "volC", mc)
     write_labels(data, rows + [{"file": "volC.nii.gz", "label": 1, "Subject": "volc"}])
-    assert _subjects_of(data)["volB"] == "vol"
+    assert _subjects_of(_folder_items(data))["volB"] == "vol"
     (data / "val_lesion").mkdir()  # beside images/, not beside train/: said to be unused
     capsys.readouterr()
     tr, val, _ = load_training_data(data)
@@ -328,7 +328,7 @@ def test_own_folder_leaves_out_what_is_labelled_anomalous_and_says_so(tiny_datas
     assert "volC:2" not in c_slices and len(c_slices) >= 1
     assert "file(s) labelled anomalous" in err and "3 file(s)" in err  # the PNG, volA, volC's lesion slice
     held = {n.rsplit(":", 1)[0] for n in val.names}
-    subj = _subjects_of(data)
+    subj = _subjects_of(_folder_items(data))
     assert not {subj[f] for f in held} & {subj[n.rsplit(":", 1)[0]] for n in tr.names}
     card = train("zscore", data, tmp_path / "z", TrainConfig(seed=0))
     assert "(plain folder); held out for calibration" in card["training_data"]

@@ -239,17 +239,19 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
     img = a.display_u8(index, preset)
     ph = None
     source = compare_source(a, methods, compare_with)
-    if source is not None:
-        full = a.prepared.slice_to_original(a.results[source].pseudo_healthy[index], index)
-        ph = (np.clip(full / 1.2, 0, 1) * 255).astype(np.uint8)
-        # the input as the model saw it, on the pseudo-healthy's scale: the two halves compare
-        norm = a.prepared.slice_to_original(a.prepared.images[index], index)
-        img = (np.clip(norm / 1.2, 0, 1) * 255).astype(np.uint8)
+    if source is not None:  # the input as the model saw it beside the reconstruction, one scale for both
+        img, ph = (_model_scale_u8(a.prepared.slice_to_original(x[index], index))
+                   for x in (a.prepared.images, a.results[source].pseudo_healthy))
     aspect = a.pixel_aspect()
     r0, r1, c0, c1 = zoom_window(img.shape[:2], zoom, zoom_centre)
     img = np.ascontiguousarray(img[r0:r1, c0:c1])
     ph = None if ph is None else np.ascontiguousarray(ph[r0:r1, c0:c1])
     return grid, table, (square_pixels(img, aspect), square_pixels(ph if ph is not None else img, aspect))
+
+
+def _model_scale_u8(model_values: np.ndarray) -> np.ndarray:
+    """Model-space intensities (normalised slices, 0 to about 1) as 8-bit grey, 1.2 as white."""
+    return (np.clip(model_values / 1.2, 0, 1) * 255).astype(np.uint8)
 
 
 def _centre(value) -> tuple[float, float] | None:
