@@ -63,6 +63,8 @@ HOW_TO_READ = """
 * **Extra rows** (DDAD's intra-discrepancy, the spread of its normal ensemble; DDAD's inter-discrepancy;
   the diffusion model's uncertainty, the spread of its noise draws) are *uncertainty and component maps*,
   on their own scale and not calibrated: high where a method disagrees with itself, not a finding.
+* **Methods**: ticking one after loading scores it on this scan (the others are kept); unticking all leaves
+  the input alone. Clearing the upload box (x) empties the viewer; saved flags stay.
 * Methods differ a lot in how well they find lesions: see each one's validation figures under "Methods
   and citations" (several are near chance on the project's synthetic lesions); weigh their rows accordingly.
 * The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation),
