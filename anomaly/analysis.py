@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
-from anomaly.calibration import IMAGE_DECISION_PERCENTILE
+from anomaly.calibration import IMAGE_DECISION_PERCENTILE, percentile_text
 from anomaly.errors import AnomalyError
 from anomaly.keys import study_key
 from anomaly.methods.base import get_method, method_class
@@ -262,7 +262,7 @@ class Analysis:
             if not r.valid[index]:
                 cap = "not scored: too little brain in this slice (or not scored yet)"
             elif np.isfinite(pct):
-                cap = f"score {r.scores[index]:.4f}, {pct:.1f}th percentile of healthy" + self.calibration_caveat()
+                cap = f"score {r.scores[index]:.4f}, {percentile_text(pct)} percentile of healthy" + self.calibration_caveat()
             else:
                 cap = f"score {r.scores[index]:.4f} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,

@@ -170,3 +170,13 @@ def volume_percentile(slice_percentile: float, n_slices: int, n_healthy: int = 0
     if n_healthy > 0:
         p = min(p, 100.0 * n_healthy / (n_healthy + 1))
     return float(100.0 * (p / 100.0) ** n)
+
+
+def percentile_text(p: float) -> str:
+    """A healthy percentile as a reader says it: "99.5th", "61st", "100th" (not "100.0th")."""
+    r = round(float(p), 1)
+    if r != int(r):
+        return f"{r:.1f}th"
+    n = int(r)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

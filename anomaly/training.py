@@ -60,7 +60,8 @@ def device_label(device: str) -> str:
 
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(torch.device(device))} GPU (torch {torch.__version__})"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    n = torch.get_num_threads()
+    return f"{platform.machine()} CPU, {n} torch thread{'s' if n != 1 else ''} (torch {torch.__version__})"
 
 
 def _say(msg: str) -> None:

@@ -89,7 +89,7 @@ def test_api_flag_edit_stale_remove_undo(annot_app):
     case_key, table = r[0], r[1]
     assert case_key.startswith("sk-")
     rows = table["data"]
-    assert len(rows) == 1 and rows[0][4] == "false_positive" and rows[0][6] == "via API" and rows[0][1] == 90
+    assert len(rows) == 1 and rows[0][4] == "false positive" and rows[0][6] == "via API" and rows[0][1] == 90
     fid = rows[0][-1]
     # two editors on version 1: the second edit is refused, nothing is overwritten
     e1 = c.predict(fid, 1, "false_positive", "artefact", "alice's edit", token, case_key, api_name="/edit_flag")

@@ -400,19 +400,22 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
         base.clear_cache()
 
 
-def test_a_new_scan_clears_the_on_demand_panel(methods_root):
-    """Wiring: the scan key's change event empties both on-demand outputs."""
+def test_a_new_scan_or_slice_clears_the_on_demand_panel(methods_root):
+    """Wiring: the change events of the scan key and of the slice (moved, a finding, a new scan)
+    empty both on-demand outputs: a result of one slice is not left beside another."""
     from anomaly.ui.app import build_app, clear_on_demand
 
     cfg = build_app().config
     comps = {c["id"]: c for c in cfg["components"]}
-    deps = [d for d in cfg["dependencies"] if d.get("api_name") == "clear_on_demand"]
-    assert len(deps) == 1
-    (target, event), = deps[0]["targets"]
-    assert event == "change" and comps[target]["type"] == "state"
+    deps = [d for d in cfg["dependencies"] if d.get("api_name", "").startswith("clear_on_demand")]
+    assert len(deps) == 2
+    targets = {comps[t]["type"]: (t, e) for d in deps for t, e in d["targets"]}
+    assert {e for _, e in targets.values()} == {"change"} and set(targets) == {"state", "slider"}
     run = [d for d in cfg["dependencies"] if d.get("api_name") == "run_on_demand"][0]
-    assert target in run["inputs"]  # the same key the button runs on
-    assert sorted(deps[0]["outputs"]) == sorted(run["outputs"])
+    for t, _ in targets.values():
+        assert t in run["inputs"]  # the same key and slice the button runs on
+    for d in deps:
+        assert sorted(d["outputs"]) == sorted(run["outputs"])
     assert clear_on_demand() == (None, None)
 
 
@@ -853,3 +856,47 @@ def test_clearing_the_upload_box_empties_the_viewer():
     assert key is None and grid is None and compare is None and curve is None and centre is None
     assert summary == "" and banner["visible"] is False and slider["interactive"] is False
     assert table.empty and findings.empty and list(findings.columns)[:2] == ["method", "peak (x threshold)"]
+
+
+def test_a_typed_number_out_of_range_is_taken_as_the_nearest_end():
+    """Gradio's slider refused it before any callback ran, with "Error" badges on every output."""
+    from anomaly.ui.app import ClampedSlider
+
+    s = ClampedSlider(0, 89, value=0, step=1, label="Slice")
+    assert s.get_block_name() == "slider"  # drawn by Gradio's own slider
+    assert s.preprocess(200) == 89 and s.preprocess(-3) == 0 and s.preprocess(40) == 40
+    assert s.preprocess(float("nan")) == 0 and s.preprocess("x") == 0
+    z = ClampedSlider(1, 4, value=1, step=0.5, label="Zoom")
+    assert z.preprocess(9) == 4
+
+
+def test_the_window_box_says_what_is_drawn(methods_root, lesion_volume):
+    from anomaly.ui.app import WINDOW_CHOICES, window_in_force
+
+    key, _ = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    assert window_in_force("garbage", key)["value"] == "auto"
+    assert window_in_force("brain", key)["value"] == "auto"  # a CT window on MR is drawn as 'auto'
+    assert window_in_force("L40 W80", key) == {"__type__": "update"}
+    assert window_in_force("auto", key) == {"__type__": "update"}
+    assert ("brain (CT)", "brain") in WINDOW_CHOICES and ("auto", "auto") in WINDOW_CHOICES
+
+
+def test_a_new_scan_opens_axial_at_1x_and_the_page_shows_no_volume_score(methods_root, lesion_volume):
+    """A scan dropped on the box after another was left coronal at 2x opens axial at 1x; the score
+    table on the page leaves out the volume score (the skull base sets it on every scan here)."""
+    from anomaly.ui.app import on_new_scan
+
+    outs = list(on_new_scan([str(lesion_volume)], None, "coronal", ["zscore"], "auto", 0.5, 1.0, "both", True, None,
+                            2.0, progress=lambda *a, **k: None))
+    last = outs[-1]
+    assert len(last) == 13 and last[-1] == 1.0
+    key, table, plane = last[0], last[6], last[10]
+    assert plane["value"] == "axial" and cb.get_analysis(key).plane == "axial"
+    assert "volume score" not in table.columns and "percentile vs healthy" in table.columns
+
+
+def test_percentiles_read_as_a_reader_says_them():
+    from anomaly.calibration import percentile_text
+
+    assert [percentile_text(p) for p in (100.0, 99.96, 99.5, 61.0, 1, 2, 3, 11, 12, 13, 21, 22.0)] == [
+        "100th", "100th", "99.5th", "61st", "1st", "2nd", "3rd", "11th", "12th", "13th", "21st", "22nd"]

@@ -19,6 +19,12 @@ from tests.test_batch import METHODS, make_cohort
 pytestmark = pytest.mark.timeout(600)
 
 
+@pytest.fixture(autouse=True)
+def results_roots_here(tmp_path_factory, monkeypatch):
+    """The Worklist opens results only under its roots: pytest's temporary folders are one here."""
+    monkeypatch.setenv(wl.ROOTS_ENV, str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_checkpoints, monkeypatch_module):
     """A results folder written by the batch scorer (one part per study), and a fresh annotation store."""
@@ -198,3 +204,17 @@ def test_the_tab_reports_a_bad_folder_without_an_error_state(tmp_path, monkeypat
     out = wl.refusal_as_message(wl.on_open_folder, 4, 3, "Not opened")(str(tmp_path / "nothing"), None)
     assert len(out) == 4 and "does not exist" in out[-1] and out[-1].startswith("**Not opened:**")
     assert all(o == wl.gr.update() for o in out[:-1]) and warned and "does not exist" in warned[0]
+
+
+def test_the_worklist_opens_results_only_under_its_roots(tmp_path, monkeypatch):
+    """On a shared server the folder box must not open, nor tell apart, folders elsewhere on disk."""
+    monkeypatch.delenv(wl.ROOTS_ENV)
+    msgs = []
+    for folder in ("/etc", "/nonexistent-folder", str(tmp_path)):
+        with pytest.raises(wl.AnomalyError) as e:
+            wl.load_results(folder)
+        msgs.append(str(e.value).split("'", 2)[2])
+    assert len(set(msgs)) == 1 and "is not a results folder this app may open" in str(e.value)
+    monkeypatch.setenv(wl.ROOTS_ENV, str(tmp_path))
+    with pytest.raises(wl.AnomalyError, match="does not exist"):
+        wl.load_results(tmp_path / "nothing")

@@ -69,7 +69,8 @@ def access_state(token=None) -> dict:
     elif not enabled:
         msg = ("**Annotation is off (view-only): no annotator accounts are configured.** To enable it, add an "
                "account with `python -m anomaly.annotations add-user NAME` (stored in `$ANOMALY_USERS_FILE`, "
-               f"default `{auth.users_file()}`) or set `ANOMALY_USERS`, then log in here. Viewing needs no login.")
+               "default `users.txt` in the app's data folder, `$ANOMALY_DATA_DIR`) or set `ANOMALY_USERS`, then log "
+               "in here. Viewing needs no login.")  # no server path on the page
     elif user:
         msg = f"Logged in as **{user}**: your flags are stored in `{default_db_path().name}` with your name."
     else:
@@ -279,7 +280,7 @@ def flag_table(study_key: str | None, include_deleted: bool = False) -> list[dic
         return []
     rows = []
     for f in get_store().list_flags(study_key, include_deleted=include_deleted):
-        rows.append({"slice": f.slice_index, "of": f.n_slices, "plane": f.plane, "method": f.method, "label": f.label,
+        rows.append({"slice": f.slice_index, "of": f.n_slices, "plane": f.plane, "method": f.method, "label": f.label.replace("_", " "),
                      "reason": f.reason or "", "note": f.note, "region": _region_text(f), "by": f.updated_by,
                      "version": f.version, "updated (UTC)": f.updated_at[:19].replace("T", " "), "id": f.id})
     return rows

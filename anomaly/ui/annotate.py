@@ -170,7 +170,7 @@ def on_add(key, index, method, label, reason, note, mode, r0, c0, r1, c1, pr, pc
     except AnomalyError as e:
         _err(e)
     msg = f"Added {f.label.replace('_', ' ')} on slice {f.slice_index} ({f.method}), flag `{f.id[:8]}`."
-    gr.Info(msg)
+    gr.Info(msg.replace("`", ""))  # a toast shows no markdown
     prev = on_preview(key, index, method, threshold, None, r0, c0, r1, c1, pr, pc)
     return _case_outputs(f.study_key) + [msg, prev, ""]
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from anomaly.errors import AnomalyError, MultipleSeriesError, StaleResultsError
@@ -18,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
 MAX_FILE_SIZE = "512mb"
 WINDOW_PRESETS = ["auto", "file", "brain", "subdural", "stroke", "ct soft tissue", "lung", "bone"]
+CT_ONLY = {"brain", "subdural", "stroke", "ct soft tissue", "lung", "bone"}  # Hounsfield windows
+# (label, value): the Hounsfield presets say that they are for CT
+WINDOW_CHOICES = [(f"{p} (CT)" if p in CT_ONLY and "ct" not in p else p, p) for p in WINDOW_PRESETS]
 
 NOTICE = (
     "**Research tool, not for diagnosis.** Do not upload identifiable patient data: uploads are deleted "
@@ -37,10 +41,12 @@ HOW_TO_READ = """
   slices that fill as much of their brain box), not from the area above threshold: a map can outline a
   small region while the slice stays *normal*, and a diffuse rise can make a slice *anomalous*. Read both.
 * Score table columns: **score** = the slice score relative to healthy slices of similar brain fill
-  (0 = their median, 1 = their 90th percentile; negative = below the healthy median); **raw score** = the
-  mean of the top 1% of the map, in the method's own units (not comparable across methods); **volume
-  score** = the highest slice score of the scan; **area above threshold** = the map's area at or above the
-  threshold on this slice; **scored** = false where the slice has too little brain to score.
+  (0 = their median, 1 = their 90th percentile, a scale only: the decision is the **percentile**, 95th and
+  above); **raw score** = the mean of the top 1% of the map, in the method's own units (not comparable across
+  methods); **area above threshold** = the map's area at or above the threshold on this slice; **scored** =
+  false where the slice has too little brain to score. No whole-scan score is shown: the highest slice score
+  of a scan (the API's volume score) comes from the skull base on healthy and lesion scans alike here, and
+  tells them apart hardly better than chance (README, "Whole volumes").
 * **Window**: a preset, or type a level and width (e.g. `L40 W80`, in the scan's own units). The input panel's
   title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
 * **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
@@ -60,18 +66,24 @@ HOW_TO_READ = """
   slice score with the highest of as many healthy slices.
 * **consensus**: its residual map is the mean of its members' calibrated maps; its extra row **votes**
   counts how many of them flag each pixel (1.0 on its scale = all of them).
-* **Extra rows** (DDAD's intra-discrepancy, the spread of its normal ensemble; DDAD's inter-discrepancy;
-  the diffusion model's uncertainty, the spread of its noise draws) are *uncertainty and component maps*,
-  on their own scale and not calibrated: high where a method disagrees with itself, not a finding.
+* **Extra rows** are *uncertainty and component maps*, on their own scale and not calibrated: DDAD's
+  **uncertainty (NDM spread)** (its intra-discrepancy: the spread of its ensemble of autoencoders trained on
+  healthy slices, the NDM), its **inter-discrepancy** (where the healthy and the mixed ensembles disagree) and
+  its **NDM residual** (the input minus the NDM's mean reconstruction, before the refinement that gives its
+  residual map); the diffusion model's **uncertainty (draw spread)** (the spread of its noise draws). High
+  where a method disagrees with itself or before refinement: not a finding.
 * **Methods**: ticking one after loading scores it on this scan (the others are kept); unticking all leaves
   the input alone. Clearing the upload box (x) empties the viewer; saved flags stay.
 * Methods differ a lot in how well they find lesions: see each one's validation figures under "Methods
-  and citations" (several are near chance on the project's synthetic lesions); weigh their rows accordingly.
+  and citations" (image AUROC 0.39-0.64 on the validation lesions, several below chance; on the test lesions
+  the best, ddad, reaches 0.71: README); weigh their rows accordingly.
 * The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation),
   as **axial** slices. Other images still get maps, under a banner that says the scores are not calibrated
   for them (then no decision is made); coronal and sagittal planes are scored by the same axial models:
   their maps are shown, but no decision is made (on healthy coronal slices most would read *anomalous*).
 """
+
+SCROLL_TO_GRID = "() => document.getElementById('grid')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
 
 CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important} "
        ".caption p {margin:0} "
@@ -80,6 +92,27 @@ CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .b
        "@media (max-width: 700px) {#grid .image-container {overflow-x: auto !important} "
        "#grid .image-container > button, #grid .image-frame, #grid img "
        "{width: 900px !important; max-width: none !important; height: auto !important; max-height: none !important}}")
+
+
+class ClampedSlider(gr.Slider):
+    """A slider whose typed number out of range is taken as the nearest end: Gradio's own slider
+    refuses it before any callback runs, with "Error" badges on every output of the event."""
+
+    is_template = True  # drawn by Gradio's slider front end
+
+    def preprocess(self, payload):
+        try:
+            v = float(payload)
+        except (TypeError, ValueError):
+            v = float(self.minimum)
+        if not np.isfinite(v):
+            v = float(self.minimum)
+        return super().preprocess(min(max(v, float(self.minimum)), float(self.maximum)))
+
+
+def echo(value):
+    """An input handed back to its control (a clamped slider then shows the value in force)."""
+    return value
 
 
 def _examples() -> tuple[list[list[list[str]]], list[str]]:
@@ -147,6 +180,12 @@ def _window(preset, key=None, warn: bool = True):
     if problem and warn:
         gr.Warning(problem)
     return preset
+
+
+def window_in_force(preset, key=None):
+    """The Window box set back to 'auto' when what it holds is drawn as 'auto' (a typo, a CT window on
+    MR: the warning says so), so that the box says what is shown; unchanged otherwise."""
+    return gr.update(value="auto") if cb.usable_window(preset, key)[1] else gr.update()
 
 
 def _compare(a, pair, methods, compare_with):
@@ -250,6 +289,16 @@ def on_clear():
     return (None, gr.update(minimum=0, maximum=1, value=0, interactive=False), gr.update(value="", visible=False),
             "", None, None, _df([]), _df([], EMPTY_FINDINGS), None,
             gr.update(choices=[], value=None, visible=False), gr.update(), None)
+
+
+def on_new_scan(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows=True, compare_with=None,
+                zoom=1.0, progress=gr.Progress()):
+    """A scan dropped on the upload box or an example clicked: ``on_upload_page`` in the axial plane
+    (the models' own, where decisions are made) at 1x, whatever the previous scan was left at; the
+    zoom slider is set back too (the last output). The Analyse button keeps the chosen plane."""
+    for out in on_upload_page(files, series, "axial", methods, preset, opacity, threshold, mode, extra_rows,
+                              compare_with, 1.0, progress=progress):
+        yield (*out, 1.0)
 
 
 def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
@@ -387,7 +436,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Review", id="review"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=300):
-                        files = gr.File(label="Scan: DICOM file(s) or .zip, NIfTI, PNG/JPG/TIFF", file_count="multiple",
+                        files = gr.File(label="Scan (DICOM, zip, NIfTI, PNG/JPG/TIFF)", file_count="multiple", height=150,
                                         type="filepath", elem_id="scan-files")
                         series = gr.Dropdown(label="Series", choices=[], visible=False)
                         analyse_btn = gr.Button("Analyse", variant="primary")
@@ -399,19 +448,18 @@ def build_app() -> gr.Blocks:
                         methods = gr.CheckboxGroup(label="Methods (best validation pixel AP first)", choices=choices,
                                                    value=default, elem_id="methods")
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
-                        preset = gr.Dropdown(WINDOW_PRESETS, value="auto", allow_custom_value=True,
-                                             label="Window: a preset (HU presets: CT only), or type level and width, "
-                                                   "e.g. L40 W80")
-                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                        threshold = gr.Slider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
+                        preset = gr.Dropdown(WINDOW_CHOICES, value="auto", allow_custom_value=True,
+                                             label="Window: a preset, or type level and width, e.g. L40 W80")
+                        opacity = ClampedSlider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
+                        threshold = ClampedSlider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
-                        zoom = gr.Slider(1, 4, value=1, step=0.5, label="Zoom (every panel together; click a panel "
+                        zoom = ClampedSlider(1, 4, value=1, step=0.5, label="Zoom (every panel together; click a panel "
                                          "or a finding to centre it)", elem_id="zoom-slider")
                         extra_rows = gr.Checkbox(True, label="Extra maps (uncertainty, discrepancies, votes) as rows "
                                                               "of their own")
                     with gr.Column(scale=3):
                         summary = gr.Markdown()
-                        slider = gr.Slider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
+                        slider = ClampedSlider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
                         # captions as text above, not as labels drawn over the figure and the grid's first row
                         gr.Markdown("**Per-slice score** (percentile vs healthy), one line per method; dotted line: slice in view",
                                     elem_classes=["caption"])
@@ -451,13 +499,19 @@ def build_app() -> gr.Blocks:
                              zoom]
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
-                files.upload(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
+                files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private")
                 files.clear(on_clear, None, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
                              trigger_mode="always_last")
                 for c in (preset, opacity, mode, extra_rows, compare_with):
                     c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+                preset.change(window_in_force, [preset, key], [preset], api_visibility="private")
+                key.change(window_in_force, [preset, key], [preset], api_visibility="private")
+                slider.input(echo, [slider], [slider], api_visibility="private")  # a typed number out of range: the end
+                # the on-demand result is of one slice: another slice (moved, a finding, a new scan) clears it
+                slider.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
+                zoom.input(echo, [zoom], [zoom], api_visibility="private")
                 zoom.input(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private",
                            trigger_mode="always_last")
                 grid.select(on_grid_click, [key, zoom, zoom_centre], [zoom_centre], api_visibility="private").then(
@@ -473,14 +527,17 @@ def build_app() -> gr.Blocks:
                             [key, slider, curve, grid, table, findings, compare, summary, plane, zoom_centre],
                             api_name="change_plane")
                 findings.select(on_finding, [findings], [slider, zoom_centre], api_visibility="private").then(
-                    on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
+                    on_view, view_inputs, [grid, table, compare, curve], api_visibility="private").then(
+                    None, js=SCROLL_TO_GRID)  # the grid is far above the findings table: bring it into view
                 od_btn.click(on_demand, [key, slider, od_method, preset, threshold, opacity, mode, zoom, zoom_centre],
                              [od_grid, od_json],
                              api_name="run_on_demand")
                 # another scan or plane: the on-demand result of the previous one goes
                 key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
                 if examples is not None:  # a click on an example analyses it, as an upload does
-                    examples.load_input_event.then(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
+                    examples.load_input_event.then(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private")
+                    # on a phone the result lands far below the examples: go to it
+                    examples.load_input_event.then(None, js=f"() => {{ if (window.innerWidth < 700) ({SCROLL_TO_GRID})(); }}")
                 gr.api(analyze_api, api_name="analyze")
                 annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
             with gr.Tab("Worklist", id="worklist"):

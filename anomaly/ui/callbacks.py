@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly.analysis import Analysis, analyse, extra_map_rows
-from anomaly.calibration import volume_percentile
+from anomaly.calibration import percentile_text, volume_percentile
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
@@ -235,7 +235,9 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
     zoom_centre = _centre(zoom_centre)
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=zoom, zoom_centre=zoom_centre)
     grid = a.render(index, cfg, preset, shown, extra_rows=bool(extra_rows))
-    table = [r for r in a.score_table(index, float(threshold)) if r["method"] in shown]
+    # no volume score on the page: the highest slice score barely tells healthy from lesion scans (README)
+    table = [{k: v for k, v in r.items() if k != "volume score"} for r in a.score_table(index, float(threshold))
+             if r["method"] in shown]
     img = a.display_u8(index, preset)
     ph = None
     source = compare_source(a, methods, compare_with)
@@ -354,6 +356,7 @@ def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str]
     if index is not None:  # black, not a method's colour, and in the legend
         ax.axvline(index, color="black", lw=1.2, ls=":", label="slice in view")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlim(-0.5, a.n_slices - 0.5)  # the whole scan, with or without curves (no method ticked)
     if a.n_slices == 1:  # one slice (a 2D image): one tick, not an axis from -0.04 to 0.04
         ax.set_xlim(-0.5, 0.5)
         ax.set_xticks([0])
@@ -490,7 +493,7 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     if r.pseudo_healthy is not None:
         ph = a.model_u8(one.to_original(r.pseudo_healthy)[0], i, preset)
     pct = float(r.percentiles[0]) if r.calibration else float("nan")
-    cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {pct:.1f}th percentile of healthy" if np.isfinite(pct) else "")
+    cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {percentile_text(pct)} percentile of healthy" if np.isfinite(pct) else "")
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
     rows += extra_map_rows(method, img, r.extra_maps, one.masks, lambda m: one.to_original(m)[0], "slice")
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=float(zoom or 1.0),

@@ -36,11 +36,35 @@ def default_results_dir() -> str:
     return os.environ.get(RESULTS_ENV, "runs/batch")
 
 
+WORKLIST_COLUMNS = ["study", "score", "percentile", "opens at slice", "method's top slice", "top-slice score", "OOD",
+                    "review", "flags", "false positives", "modality", "slices", "result"]
+ROOTS_ENV = "ANOMALY_RESULTS_ROOTS"  # more folders (os.pathsep-separated) the Worklist may open results under
+
+
+def results_roots() -> list[Path]:
+    """The folders under which the Worklist opens results: the project's ``runs/``, the folder that
+    holds the default results folder (``ANOMALY_RESULTS``), and those in ``ANOMALY_RESULTS_ROOTS``."""
+    roots = [Path("runs"), Path(default_results_dir()).parent]
+    roots += [Path(p) for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [r.resolve() for r in roots]
+
+
+def allowed_folder(folder: str | Path) -> Path:
+    """``folder`` (the default results folder when empty) if it lies under ``results_roots``; else a
+    refusal that says the same whether or not it exists (the box must not probe the server's disk)."""
+    folder = Path(str(folder or "").strip() or default_results_dir())
+    resolved = folder.resolve()
+    if not any(resolved == r or r in resolved.parents for r in results_roots()):
+        raise AnomalyError(f"'{folder.name or folder}' is not a results folder this app may open: results are opened "
+                           f"under runs/ or the folders that whoever runs the app names in {ROOTS_ENV}")
+    return folder
+
+
 def load_results(folder: str | Path) -> pd.DataFrame:
-    """Every study of a results folder (cached until a part is added or changed)."""
+    """Every study of a results folder under ``results_roots`` (cached until a part is added or changed)."""
     from anomaly.batch.results import part_files, read_results
 
-    folder = Path(str(folder or "").strip() or default_results_dir())
+    folder = allowed_folder(folder)
     name = folder.name or str(folder)
     if not folder.exists():
         raise AnomalyError(f"results folder '{name}' does not exist: run `python -m anomaly.batch "
@@ -124,9 +148,7 @@ def worklist_rows(df: pd.DataFrame, method: str | None = None, min_percentile: f
             "result": "ok" if ok else f"failed: {r.get('error_type')}: {r.get('error')}",
             "_sort": score if np.isfinite(score) else -np.inf,
         })
-    t = pd.DataFrame(out, columns=["study", "score", "percentile", "opens at slice", "method's top slice",
-                                   "top-slice score", "OOD", "review",
-                                   "flags", "false positives", "modality", "slices", "result", "_sort"])
+    t = pd.DataFrame(out, columns=[*WORKLIST_COLUMNS, "_sort"])
     if min_percentile and float(min_percentile) > 0:
         t = t[t["percentile"].fillna(-1) >= float(min_percentile)]
     if ood_only:
@@ -307,7 +329,8 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
     info = gr.Markdown()
     with gr.Row():
         with gr.Column(scale=3):
-            table = gr.Dataframe(label="Worklist (click a row to open the study)", interactive=False,
+            table = gr.Dataframe(pd.DataFrame(columns=WORKLIST_COLUMNS), label="Worklist (click a row to open the study)",
+                                 interactive=False,
                                  elem_id="worklist-table")
         with gr.Column(scale=1, min_width=220):
             selected = gr.Textbox(label="Selected study", interactive=False)
@@ -333,7 +356,8 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
 
     def _open(folder_v, key, *review_values, progress=gr.Progress()):
         """Open a study; passes on every update of the review view's callback (a generator or not)."""
-        if not key:  # a click outside the data
+        if not key:  # a click outside the data, or the button before a study was picked
+            gr.Info("Pick a study in the worklist first (click its row).")
             yield tuple(gr.update() for _ in outs)
             return
         try:
