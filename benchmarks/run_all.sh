@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/benchmark}
+# is data/cohort/test the split the README's figures were measured on? (a rebuild may differ: README)
+$PY -m anomaly.data verify --data data/cohort || true
 SINGLE=$($PY -c "from anomaly.methods.base import available_methods, method_class; print(','.join(m for m in available_methods() if not method_class(m).on_demand))")
 $PY -m anomaly.evaluate --data data/cohort/test --methods "$SINGLE" --out "$OUT/test" --no-progress
 if [ -f checkpoints/anoddpm/card.json ]; then

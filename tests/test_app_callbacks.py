@@ -860,7 +860,7 @@ def test_clearing_the_upload_box_empties_the_viewer():
 
 def test_a_typed_number_out_of_range_is_taken_as_the_nearest_end():
     """Gradio's slider refused it before any callback ran, with "Error" badges on every output."""
-    from anomaly.ui.app import ClampedSlider
+    from anomaly.ui.components import ClampedSlider
 
     s = ClampedSlider(0, 89, value=0, step=1, label="Slice")
     assert s.get_block_name() == "slider"  # drawn by Gradio's own slider
@@ -868,6 +868,7 @@ def test_a_typed_number_out_of_range_is_taken_as_the_nearest_end():
     assert s.preprocess(float("nan")) == 0 and s.preprocess("x") == 0
     z = ClampedSlider(1, 4, value=1, step=0.5, label="Zoom")
     assert z.preprocess(9) == 4
+    assert not list((ROOT / "anomaly").rglob("*.pyi"))  # Gradio's stub writer was kept out of the package
 
 
 def test_the_window_box_says_what_is_drawn(methods_root, lesion_volume):

@@ -222,3 +222,38 @@ def test_level_matched_normals_sit_at_the_lesion_levels():
     draws = [z for s in range(20) for z in _level_matched(list(range(10, 100)), 5, np.random.default_rng(s), [], (10, 99))]
     assert 40 <= np.mean(draws) <= 70 and np.mean([z < 20 or z > 90 for z in draws]) < 0.1
     assert _level_matched([], 3, rng, [50], (10, 99)) == [] and _level_matched(free, 0, rng, [50], None) == []
+
+
+def test_verify_names_the_subjects_whose_slices_differ_from_the_reference(tmp_path):
+    """``python -m anomaly.data verify``: a rebuilt test split against the benchmarked one."""
+    import csv
+
+    from anomaly.data.__main__ import main
+    from anomaly.data.verify import REFERENCE, compare_split
+
+    ref_rows = list(csv.DictReader(open(REFERENCE)))
+    assert len(ref_rows) == 282 and {"file", "label", "kind", "size_mm", "slice_extent_mm"} <= set(ref_rows[0])
+    split = tmp_path / "cohort" / "test"
+    split.mkdir(parents=True)
+    cols = ["file", "label", "kind", "size_mm", "subject", "slice_extent_mm"]
+
+    def write(rows):
+        with open(split / "labels.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, cols)
+            w.writeheader()
+            w.writerows(rows)
+
+    same = [{"file": r["file"], "label": r["label"], "kind": r["kind"] or "none", "size_mm": r["size_mm"],
+             "subject": r["file"].rsplit("_", 1)[0], "slice_extent_mm": r["slice_extent_mm"]} for r in ref_rows]
+    write(same)
+    assert compare_split(split).identical and main(["verify", "--data", str(tmp_path / "cohort")]) == 0
+    changed = [dict(r) for r in same]
+    lesion = next(i for i, r in enumerate(changed) if r["label"] == "1")
+    changed[lesion]["size_mm"] = str(float(changed[lesion]["size_mm"]) + 5)
+    write(changed[:-1])  # one slice changed, one missing
+    cmp = compare_split(split)
+    assert not cmp.identical and cmp.n_matching == 280
+    assert cmp.differing == {changed[lesion]["subject"]: [changed[lesion]["file"]]} and cmp.missing == [same[-1]["file"]]
+    assert "figures on this build will differ" in cmp.report()
+    assert main(["verify", "--data", str(tmp_path / "cohort")]) == 1
+    assert main(["verify", "--data", str(tmp_path / "nothing")]) == 2

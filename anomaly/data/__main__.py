@@ -1,4 +1,4 @@
-"""CLI: ``python -m anomaly.data build|examples`` (see docs/data.md)."""
+"""CLI: ``python -m anomaly.data build|examples|verify`` (see docs/data.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,23 @@ def main(argv=None) -> int:
     e = sub.add_parser("examples", help="write the small example files (assets/examples)")
     e.add_argument("--out", default="assets/examples")
     e.add_argument("--seed", type=int, default=0)
+    v = sub.add_parser("verify", help="compare a built test split with the one the README's figures were measured on")
+    v.add_argument("--data", default="data/cohort", help="cohort folder (its test/ split is compared)")
+    v.add_argument("--reference", default=None, help="reference CSV (default docs/benchmark/test_scores.csv)")
     a = p.parse_args(argv)
+    if a.cmd == "verify":
+        from pathlib import Path
+
+        from anomaly.data.verify import REFERENCE, compare_split
+        from anomaly.errors import AnomalyError
+
+        try:
+            cmp = compare_split(Path(a.data) / "test", a.reference or REFERENCE)
+        except AnomalyError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{Path(a.data) / 'test'}: {cmp.report()}")
+        return 0 if cmp.identical else 1
 
     import torch
 

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 
 from anomaly.errors import AnomalyError, MultipleSeriesError, StaleResultsError
 from anomaly.ui import callbacks as cb
 from anomaly.ui.annotate import annotation_panel
+from anomaly.ui.components import ClampedSlider
 from anomaly.ui.worklist import build_worklist
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,22 +92,6 @@ CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .b
        "@media (max-width: 700px) {#grid .image-container {overflow-x: auto !important} "
        "#grid .image-container > button, #grid .image-frame, #grid img "
        "{width: 900px !important; max-width: none !important; height: auto !important; max-height: none !important}}")
-
-
-class ClampedSlider(gr.Slider):
-    """A slider whose typed number out of range is taken as the nearest end: Gradio's own slider
-    refuses it before any callback runs, with "Error" badges on every output of the event."""
-
-    is_template = True  # drawn by Gradio's slider front end
-
-    def preprocess(self, payload):
-        try:
-            v = float(payload)
-        except (TypeError, ValueError):
-            v = float(self.minimum)
-        if not np.isfinite(v):
-            v = float(self.minimum)
-        return super().preprocess(min(max(v, float(self.minimum)), float(self.maximum)))
 
 
 def echo(value):
@@ -472,7 +456,7 @@ def build_app() -> gr.Blocks:
                         table = gr.Dataframe(_df([]),
                                              label="Scores at this slice", interactive=False)
                         findings = gr.Dataframe(_df([], EMPTY_FINDINGS),
-                                                label="Findings: connected regions above threshold in 3D "
+                                                label="Findings: connected regions above threshold (in 3D for a volume) "
                                                 "(click to jump)", interactive=False)
                         with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
                             od_choices = cb.on_demand_methods()
