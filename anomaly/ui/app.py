@@ -83,6 +83,12 @@ HOW_TO_READ = """
   their maps are shown, but no decision is made (on healthy coronal slices most would read *anomalous*).
 """
 
+def clamp_js(elem_id: str) -> str:
+    """Browser code that takes a slider's typed value to its range (read from its range input)."""
+    return (f"(v) => {{ const r = document.querySelector('#{elem_id} input[type=range]'); "
+            "if (!r || !isFinite(+v)) return r ? +r.min : v; return Math.min(+r.max, Math.max(+r.min, +v)); }")
+
+
 SCROLL_TO_GRID = "() => document.getElementById('grid')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
 
 CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .banner * {color:#fff !important} "
@@ -92,11 +98,6 @@ CSS = (".banner {background:#5a1d1d; padding:8px; border-radius:6px} .banner, .b
        "@media (max-width: 700px) {#grid .image-container {overflow-x: auto !important} "
        "#grid .image-container > button, #grid .image-frame, #grid img "
        "{width: 900px !important; max-width: none !important; height: auto !important; max-height: none !important}}")
-
-
-def echo(value):
-    """An input handed back to its control (a clamped slider then shows the value in force)."""
-    return value
 
 
 def _examples() -> tuple[list[list[list[str]]], list[str]]:
@@ -492,10 +493,12 @@ def build_app() -> gr.Blocks:
                     c.change(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 preset.change(window_in_force, [preset, key], [preset], api_visibility="private")
                 key.change(window_in_force, [preset, key], [preset], api_visibility="private")
-                slider.input(echo, [slider], [slider], api_visibility="private")  # a typed number out of range: the end
+                # a typed number out of range: the box shows the end the server takes (ClampedSlider), set in the
+                # browser (a server echo of each value came back late and undid fast arrow-key steps)
+                slider.input(None, [slider], [slider], js=clamp_js("slice-slider"))
                 # the on-demand result is of one slice: another slice (moved, a finding, a new scan) clears it
                 slider.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
-                zoom.input(echo, [zoom], [zoom], api_visibility="private")
+                zoom.input(None, [zoom], [zoom], js=clamp_js("zoom-slider"))
                 zoom.input(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private",
                            trigger_mode="always_last")
                 grid.select(on_grid_click, [key, zoom, zoom_centre], [zoom_centre], api_visibility="private").then(
