@@ -540,13 +540,16 @@ def test_findings_of_all_methods_in_one_list_say_which_others_agree(methods_root
     key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae", "consensus"], "axial")
     rows = cb.findings_rows(key, 1.0, ["zscore", "ae", "consensus"])
     assert {r["method"] for r in rows} >= {"zscore"} and len(rows) > 1
-    # large brain sections first (the skull base and vertex after), each group strongest first
+    # large brain sections first (the skull base and vertex after); in each group method by method,
+    # in the Methods' order (best validation pixel AP first: validation_rank), each strongest first
     large = a.opening_candidates()
     assert all(r["brain section"] == ("large" if large[r["centre slice"]] else "small (skull base, vertex or edge)")
                for r in rows)
-    key_of = [(r["brain section"] != "large", -r["peak (x threshold)"]) for r in rows]
+    order = sorted(["zscore", "ae", "consensus"], key=cb.validation_rank)
+    key_of = [(r["brain section"] != "large", order.index(r["method"]), -r["peak (x threshold)"]) for r in rows]
     assert key_of == sorted(key_of) and any(not k[0] for k in key_of)
-    regions = {m: a._regions(m, 1.0) for m in ("zscore", "ae", "consensus")}
+    assert cb.findings_rows(key, 1.0, list(reversed(order))) == rows  # the ticked order does not matter
+    regions = {m: a._regions(m, 1.0) for m in order}  # "also flagged by" lists them in that order
     ml = a.pixel_area_mm2() * a.scan.spacing[0] / 1000.0
     for method in ("zscore", "ae"):  # each finding's agreement, recomputed from the regions
         lab, n = ndimage.label(regions[method])

@@ -55,7 +55,9 @@ HOW_TO_READ = """
 * **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
   range, peak in multiples of the threshold), all methods in one list: those on slices with a large brain
   section first, then those at the skull base, vertex or brain edge (**brain section** "small", where healthy
-  anatomy gives every method its largest residuals), each group strongest peak first; **also flagged by**
+  anatomy gives every method its largest residuals); in each group method by method in the Methods' order
+  (best validation first: on validation lesion volumes this put a lesion finding first more than twice as
+  often as the strongest peak over all methods did), each method's strongest peak first; **also flagged by**
   names the other shown methods whose maps are above their threshold somewhere in the same region ("none":
   the finding rests on one method). Click one to jump to it. DDAD's refined map saturates at about 2.1 x its
   threshold, so its peaks often tie.

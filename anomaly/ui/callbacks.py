@@ -382,9 +382,11 @@ def scan_summary(a: Analysis) -> str:
 
 
 def findings_rows(key: str, threshold: float = 1.0, methods: list[str] | None = None) -> list[dict]:
-    """The findings table: every shown method's findings, strongest first, with the other methods
-    that flag part of each (``Analysis.findings_across``)."""
-    return get_analysis(key).findings_across(methods, float(threshold))
+    """The findings table: every shown method's findings (in the Methods' order, best validation
+    pixel AP first: ``FINDINGS_ORDER``), with the other methods that flag part of each
+    (``Analysis.findings_across``)."""
+    a = get_analysis(key)
+    return a.findings_across(sorted(shown_methods(a, methods), key=validation_rank), float(threshold))
 
 
 def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -> dict:
@@ -417,7 +419,7 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
             "title": method_class(name).title,
         }
     out["score_table"] = a.score_table(idx, threshold)
-    out["findings"] = a.findings_across(None, threshold)
+    out["findings"] = a.findings_across(sorted(a.results, key=validation_rank), threshold)
     return out
 
 
