@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from anomaly.calibration import Calibration, brain_fill, volume_score
+from anomaly.calibration import Calibration, brain_fill, volume_percentile, volume_score
 from anomaly.methods.base import AnomalyMethod
 from anomaly.preprocess import PreparedSlices
 
@@ -95,6 +95,17 @@ class MethodResult:
     @property
     def volume_score(self) -> float:
         return volume_score(self.scores, self.valid)
+
+    @property
+    def volume_percentile(self) -> float:
+        """The volume score's healthy percentile as a scan-level figure: the highest of this scan's
+        scored slices against the highest of as many healthy slices (``calibration.volume_percentile``);
+        NaN when uncalibrated or nothing is scored."""
+        n = int(np.sum(self.valid))
+        if self.calibration is None or n == 0:
+            return float("nan")
+        return volume_percentile(float(self.calibration.percentile(np.array([self.volume_score]))[0]), n,
+                                 int(self.calibration.n_slices or 0))
 
     @property
     def most_anomalous_slice(self) -> int:

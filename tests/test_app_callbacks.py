@@ -856,7 +856,8 @@ def test_clearing_the_upload_box_empties_the_viewer():
 
     out = on_clear()
     key, slider, banner, summary, curve, grid, table, findings, compare, series, plane, centre = out
-    assert key is None and grid is None and compare is None and curve is None and centre is None
+    assert key is None and grid is None and curve is None and centre is None
+    assert compare["value"] is None and compare["label"] == "Compare: input vs pseudo-healthy"  # no stale caption
     assert summary == "" and banner["visible"] is False and slider["interactive"] is False
     assert table.empty and findings.empty and list(findings.columns)[:2] == ["method", "peak (x threshold)"]
 
@@ -871,6 +872,7 @@ def test_a_typed_number_out_of_range_is_taken_as_the_nearest_end():
     assert s.preprocess(float("nan")) == 0 and s.preprocess("x") == 0
     z = ClampedSlider(1, 4, value=1, step=0.5, label="Zoom")
     assert z.preprocess(9) == 4
+    assert s.preprocess(45.7) == 46 and z.preprocess(2.2) == 2.0 and z.preprocess(2.3) == 2.5  # the nearest step
     assert not list((ROOT / "anomaly").rglob("*.pyi"))  # Gradio's stub writer was kept out of the package
 
 
@@ -904,3 +906,11 @@ def test_percentiles_read_as_a_reader_says_them():
 
     assert [percentile_text(p) for p in (100.0, 99.96, 99.5, 61.0, 1, 2, 3, 11, 12, 13, 21, 22.0)] == [
         "100th", "100th", "99.5th", "61st", "1st", "2nd", "3rd", "11th", "12th", "13th", "21st", "22nd"]
+
+
+def test_controls_touched_before_a_scan_is_loaded_do_nothing():
+    """They raised "no scan loaded" errors that stacked up and stayed after a scan was loaded."""
+    from anomaly.ui.app import on_threshold, on_view
+
+    assert on_view(None, 0, "auto", 0.5, 1.0, "both", []) == tuple({"__type__": "update"} for _ in range(4))
+    assert on_threshold(None, 0, "auto", 0.5, 1.0, "both", []) == tuple({"__type__": "update"} for _ in range(5))

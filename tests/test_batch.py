@@ -89,6 +89,11 @@ def assert_parity(df: pd.DataFrame, items: list[dict], root: Path) -> None:
             np.testing.assert_allclose(np.asarray(row[col(m, "curve")]), r.scores, rtol=1e-6, atol=1e-9)
             np.testing.assert_allclose(np.asarray(row[col(m, "pct_curve")], float), r.percentiles, rtol=1e-6, atol=1e-6)
             assert row[col(m, "top_slice")] == r.most_anomalous_slice
+            # the scan-level percentile is the API's (the top of n slices against the top of n healthy ones)
+            from anomaly.ui.callbacks import api_summary
+
+            api = api_summary(a)["methods"][m]["volume_percentile"]
+            assert (api is None and np.isnan(row[col(m, "percentile")])) or row[col(m, "percentile")] == pytest.approx(api)
             assert row[col(m, "checkpoint_hash")] == r.checkpoint_hash
 
 

@@ -204,6 +204,10 @@ def test_the_tab_reports_a_bad_folder_without_an_error_state(tmp_path, monkeypat
     out = wl.refusal_as_message(wl.on_open_folder, 4, 3, "Not opened")(str(tmp_path / "nothing"), None)
     assert len(out) == 4 and "does not exist" in out[-1] and out[-1].startswith("**Not opened:**")
     assert all(o == wl.gr.update() for o in out[:-1]) and warned and "does not exist" in warned[0]
+    # the tab's own wiring clears the table and thumbnails: another folder's studies must not stay on screen
+    empty = pd.DataFrame(columns=wl.WORKLIST_COLUMNS)
+    out = wl.refusal_as_message(wl.on_open_folder, 4, 3, "Not opened", cleared={1: empty, 2: []})("/etc", None)
+    assert out[1] is empty and out[2] == [] and out[0] == wl.gr.update() and "may open" in out[3]
 
 
 def test_the_worklist_opens_results_only_under_its_roots(tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def _segments(store: Store, key: str, labels) -> dict[tuple, list]:
         if f.label in labels:
             if f.plane != "axial":
                 raise AnnotationError(f"flag {f.id[:8]} was drawn on the {f.plane} plane: the DICOM SEG export "
-                                      "takes flags on the acquired (axial) slices; use the NIfTI export")
+                                      "takes flags on the acquired (axial) slices; for the others export a NIfTI label map: `python -m anomaly.annotations export-nifti`")
             groups[(f.label, f.method, f.checkpoint_hash)].append(f)
     return dict(sorted(groups.items()))
 
@@ -95,7 +95,7 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
         raise AnnotationError("these DICOM files are not the study of this study key (different StudyInstanceUID)")
     uids = scan.meta.get("SOPInstanceUIDs") or []
     if len(uids) != scan.n_slices or "frames" in scan.meta:
-        raise AnnotationError("DICOM SEG export needs a series of single-frame images (multi-frame: use the NIfTI export)")
+        raise AnnotationError("DICOM SEG export needs a series of single-frame images (multi-frame: export a NIfTI label map with `python -m anomaly.annotations export-nifti`)")
     transform = scan.meta.get("display_transform") or {}
     groups = _segments(store, study_key, labels)
     if not groups:

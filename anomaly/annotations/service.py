@@ -360,7 +360,7 @@ def export_seg(key, out_dir=None) -> Path:
     a = _analysis(key)
     paths = getattr(a, "source_paths", None)
     if a.scan.source != "dicom" or not paths:
-        raise AnnotationError("DICOM SEG export needs a scan loaded from DICOM files (use the NIfTI export otherwise)")
+        raise AnnotationError("DICOM SEG export needs a scan loaded from DICOM files (otherwise export a NIfTI label map: `python -m anomaly.annotations export-nifti STUDY_KEY --out FILE.nii.gz`)")
     out = Path(out_dir or tempfile.mkdtemp(prefix="anomaly-seg-")) / f"{a.study_key}_seg.dcm"
     return export_dicom_seg(get_store(), a.study_key, paths, out)
 

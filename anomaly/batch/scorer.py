@@ -99,7 +99,7 @@ def _fill(row: dict, a) -> None:
     for m, r in a.results.items():
         t = r.most_anomalous_slice
         pct = r.percentiles
-        vol_pct = float(r.calibration.percentile(np.array([r.volume_score]))[0]) if r.calibration else float("nan")
+        vol_pct = r.volume_percentile  # the same scan-level percentile as the API's
         row.update({col(m, "score"): float(r.volume_score), col(m, "percentile"): vol_pct,
                     col(m, "top_slice"): t, col(m, "top_score"): float(r.scores[t]),
                     col(m, "curve"): [float(x) for x in r.scores], col(m, "pct_curve"): [float(x) for x in pct],

@@ -1,10 +1,11 @@
 """The Gradio review app: layout in ``app``, plain-function callbacks in ``callbacks``."""
 
 
-def refusal_as_message(fn, n_out: int, message_at: int, prefix: str):
+def refusal_as_message(fn, n_out: int, message_at: int, prefix: str, cleared: dict | None = None):
     """A page event's version of ``fn`` (a callback that raises ``gr.Error`` to refuse): the refusal
     becomes a warning and ``**{prefix}:** message`` in output ``message_at``, the other ``n_out - 1``
-    outputs are left as they are. A raised error would mark every output "Error" until its next
+    outputs are left as they are, but those in ``cleared`` (index -> value) are set to that value (what
+    the refused request would have replaced must not stay on screen as if it were its answer). A raised error would mark every output "Error" until its next
     update (and an image output would swallow the next click). API endpoints keep ``fn`` itself,
     so that ``gradio_client`` callers still get the failure."""
     import gradio as gr
@@ -15,6 +16,8 @@ def refusal_as_message(fn, n_out: int, message_at: int, prefix: str):
         except gr.Error as e:
             gr.Warning(f"{prefix}: {e.message}")
             out = [gr.update()] * n_out
+            for i, v in (cleared or {}).items():
+                out[i] = v
             out[message_at] = f"**{prefix}:** {e.message}"
             return out
 

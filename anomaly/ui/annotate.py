@@ -399,9 +399,15 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     if root is not None:
         root.load(lambda t, k, m, s: on_load(t, k, m, s, nb), [token, key_state, qmethod, qstatus],
                   access_out + [queue_df], api_visibility="private")
-    login_btn.click(lambda n, p: on_login(n, p, nb), [user_tb, pw_tb], [token, pw_tb, *access_out], api_name="login")
-    pw_tb.submit(lambda n, p: on_login(n, p, nb), [user_tb, pw_tb], [token, pw_tb, *access_out],
-                 api_visibility="private")
+    # on the page a refused login is a warning and a line in the panel's message, the boxes stay usable
+    # (a raised error laid an "Error" overlay over them); the API endpoint keeps raising
+    login_out = [token, pw_tb, *access_out]
+    login_page = refusal_as_message(lambda n, p: on_login(n, p, nb), len(login_out), 2, "Not logged in",
+                                    cleared={1: ""})
+    login_btn.click(login_page, [user_tb, pw_tb], login_out, api_visibility="private")
+    pw_tb.submit(login_page, [user_tb, pw_tb], login_out, api_visibility="private")
+    api_login = gr.Button("log in (API)", visible=False)
+    api_login.click(lambda n, p: on_login(n, p, nb), [user_tb, pw_tb], login_out, api_name="login")
     logout_btn.click(lambda: on_logout(nb), None, [token, *access_out], api_visibility="private")
 
     key_state.change(on_scan, [key_state, case_key, methods, threshold],

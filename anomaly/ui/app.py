@@ -86,9 +86,12 @@ HOW_TO_READ = """
 """
 
 def clamp_js(elem_id: str) -> str:
-    """Browser code that takes a slider's typed value to its range (read from its range input)."""
+    """Browser code that takes a slider's typed value to its range and to its nearest step (both read
+    from its range input), as ``ClampedSlider`` does on the server."""
     return (f"(v) => {{ const r = document.querySelector('#{elem_id} input[type=range]'); "
-            "if (!r || !isFinite(+v)) return r ? +r.min : v; return Math.min(+r.max, Math.max(+r.min, +v)); }")
+            "if (!r || !isFinite(+v)) return r ? +r.min : v; const lo = +r.min, st = +r.step || 0; "
+            "const s = st > 0 ? lo + Math.round((+v - lo) / st) * st : +v; "
+            "return Math.min(+r.max, Math.max(lo, s)); }")
 
 
 SCROLL_TO_GRID = "() => document.getElementById('grid')?.scrollIntoView({behavior: 'smooth', block: 'start'})"
@@ -274,7 +277,7 @@ def on_clear():
     no longer listed would mislead); saved flags stay in the store and the annotation panel keeps
     its case."""
     return (None, gr.update(minimum=0, maximum=1, value=0, interactive=False), gr.update(value="", visible=False),
-            "", None, None, _df([]), _df([], EMPTY_FINDINGS), None,
+            "", None, None, _df([]), _df([], EMPTY_FINDINGS), gr.update(value=None, label="Compare: input vs pseudo-healthy"),
             gr.update(choices=[], value=None, visible=False), gr.update(), None)
 
 
@@ -290,6 +293,8 @@ def on_new_scan(files, series, plane, methods, preset, opacity, threshold, mode,
 
 def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
             zoom_centre=None):
+    if not key:  # a control touched before a scan is loaded (or after the box was cleared): nothing to draw
+        return tuple(gr.update() for _ in range(4))
     try:
         grid, table, pair = cb.render_view(key, index, _window(preset, key), opacity, threshold, mode, methods, extra_rows,
                                            compare_with, zoom, zoom_centre)
@@ -302,6 +307,8 @@ def on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows=Tr
 def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
                  zoom_centre=None):
     out = on_view(key, index, preset, opacity, threshold, mode, methods, extra_rows, compare_with, zoom, zoom_centre)
+    if not key:
+        return (*out, gr.update())
     return (*out, _df(cb.findings_rows(key, threshold, methods), EMPTY_FINDINGS))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from anomaly.analysis import Analysis, analyse, extra_map_rows
-from anomaly.calibration import percentile_text, volume_percentile
+from anomaly.calibration import percentile_text
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
@@ -236,8 +236,9 @@ def render_view(key: str, index: int, preset: str = "auto", opacity: float = 0.5
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=zoom, zoom_centre=zoom_centre)
     grid = a.render(index, cfg, preset, shown, extra_rows=bool(extra_rows))
     # no volume score on the page: the highest slice score barely tells healthy from lesion scans (README)
-    table = [{k: v for k, v in r.items() if k != "volume score"} for r in a.score_table(index, float(threshold))
-             if r["method"] in shown]
+    rows = {r["method"]: {k: v for k, v in r.items() if k != "volume score"}
+            for r in a.score_table(index, float(threshold))}
+    table = [rows[m] for m in shown]  # in the grid's order (a stored batch result lists its methods otherwise)
     img = a.display_u8(index, preset)
     ph = None
     source = compare_source(a, methods, compare_with)
@@ -404,11 +405,8 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
         "methods": {},
     }
     for name, r in a.results.items():
-        vp = None
-        if r.calibration:  # the highest of n slices against the highest of n healthy ones
-            vp = volume_percentile(float(r.calibration.percentile([r.volume_score])[0]), int(np.sum(r.valid)),
-                                   int(r.calibration.n_slices or 0))
-            vp = vp if np.isfinite(vp) else None
+        vp = r.volume_percentile  # the highest of n slices against the highest of n healthy ones
+        vp = vp if np.isfinite(vp) else None
         out["methods"][name] = {
             "volume_score": r.volume_score,
             "volume_percentile": vp,

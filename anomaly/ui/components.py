@@ -13,8 +13,9 @@ _write_stub = _meta.create_or_modify_pyi
 _meta.create_or_modify_pyi = lambda *args, **kwargs: None
 try:
     class ClampedSlider(gr.Slider):
-        """A slider whose typed number out of range is taken as the nearest end: Gradio's own slider
-        refuses it before any callback runs, with "Error" badges on every output of the event."""
+        """A slider whose typed number out of range is taken as the nearest end, and one between steps as
+        the nearest step: Gradio's own slider refuses the first before any callback runs, with "Error"
+        badges on every output of the event, and passes the second on as typed."""
 
         is_template = True  # drawn by Gradio's slider front end
 
@@ -25,6 +26,10 @@ try:
                 v = float(self.minimum)
             if not np.isfinite(v):
                 v = float(self.minimum)
-            return super().preprocess(min(max(v, float(self.minimum)), float(self.maximum)))
+            lo, hi = float(self.minimum), float(self.maximum)
+            step = float(self.step or 0)
+            if step > 0:  # a typed 45.7 on a slice slider is slice 46, as its handle shows
+                v = lo + round((v - lo) / step) * step
+            return super().preprocess(min(max(v, lo), hi))
 finally:
     _meta.create_or_modify_pyi = _write_stub

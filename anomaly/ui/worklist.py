@@ -341,14 +341,17 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
     filters = [folder, method, min_pct, ood_only, status]
     open_out = [method, table, thumbs, info]
     # the tab's own events: a refusal (bad folder, ...) is a line in the summary, not error badges
-    open_ui = refusal_as_message(on_open_folder, len(open_out), open_out.index(info), "Not opened")
+    empty = pd.DataFrame(columns=WORKLIST_COLUMNS)  # a refused folder leaves no other folder's studies on screen
+    open_ui = refusal_as_message(on_open_folder, len(open_out), open_out.index(info), "Not opened",
+                                 cleared={open_out.index(table): empty, open_out.index(thumbs): []})
     open_btn.click(open_ui, [folder, method], open_out, api_visibility="private")
     folder.submit(open_ui, [folder, method], open_out, api_visibility="private")
     api_open = gr.Button("open results (API)", visible=False)
     api_open.click(on_open_folder, [folder, method], open_out, api_name="worklist_open_folder")
     flt = [method, min_pct, ood_only, status]
     for c in flt:  # the slider: any user change (keyboard too), the latest position only
-        (c.input if c is min_pct else c.change)(refusal_as_message(on_filter, 3, 2, "Not opened"), filters,
+        (c.input if c is min_pct else c.change)(refusal_as_message(on_filter, 3, 2, "Not opened", cleared={0: empty, 1: []}),
+                                                 filters,
                                                  [table, thumbs, info],
                                                  api_visibility="private", trigger_mode="always_last")
 
