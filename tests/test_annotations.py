@@ -449,6 +449,8 @@ def test_service_flags_need_a_login_and_go_through_the_loaded_analysis(loaded):
     # edit, stale edit, remove, undo (also "my last change")
     e1 = svc.edit_flag(f.id, 1, None, "noise", "vessel, I think", tok)
     assert e1.version == 2 and e1.updated_by == "alice"
+    same = svc.edit_flag(f.id, 2, e1.label, "noise", "vessel, I think", tok)  # a save with nothing changed
+    assert same.version == 2 and same.updated_at == e1.updated_at  # no new version, no history row
     with pytest.raises(StaleEditError):
         svc.edit_flag(f.id, 1, None, None, "bob's view", _token("bob", "hunter2"))
     svc.remove_flag(g.id, 1, tok)

@@ -59,3 +59,18 @@ def test_a_loaded_bundled_example_says_what_it_is(tmp_path):
     other.write_bytes(copy.read_bytes()[:-10] + b"0" * 20)  # same name, not the example
     assert example_note([str(other)]) == ""
     assert example_note([str(copy), str(copy)]) == "" and example_note(None) == ""
+
+
+def test_the_example_note_stays_after_a_plane_change(tmp_path):
+    """The note (where the synthetic lesion is) was gone once the plane changed."""
+    import shutil
+
+    from anomaly.ui import callbacks as cb
+    from anomaly.ui.app import on_plane
+
+    copy = tmp_path / "synthetic_haemorrhage_t1.nii.gz"
+    shutil.copy(EX / copy.name, copy)
+    key, _ = cb.load_and_analyse([str(copy)], ["zscore"], "axial")
+    outs = list(on_plane(key, "coronal", "auto", 0.5, 1.0, "both", ["zscore"], progress=lambda *a, **k: None))
+    summary = outs[-1][7]
+    assert "Bundled example" in summary and "plane coronal" in summary

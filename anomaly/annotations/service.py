@@ -251,7 +251,12 @@ def edit_flag(flag_id: str, version, label=None, reason=None, note=None, token=N
         changes["reason"] = _reason(reason)
     if note is not None:
         changes["note"] = note
-    return get_store().update_flag(flag_id, None if version in (None, "") else int(version), reviewer=user, **changes)
+    store = get_store()
+    expected = None if version in (None, "") else int(version)
+    cur = store.get_flag(flag_id)
+    if not cur.deleted and expected in (None, cur.version) and all(getattr(cur, k) == v for k, v in changes.items()):
+        return cur  # nothing changed: no new version, no history row
+    return store.update_flag(flag_id, expected, reviewer=user, **changes)
 
 
 def remove_flag(flag_id: str, version=None, token=None) -> Flag:

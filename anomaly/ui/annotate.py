@@ -232,7 +232,10 @@ def on_edit(flag_id, version, label, reason, note, token, case_key):
         return _case_outputs(cur.study_key) + [f"**Not saved.** {e}"] + _selected(cur)
     except AnomalyError as e:
         _err(e)
-    return _case_outputs(f.study_key) + [f"Saved flag `{f.id[:8]}` (version {f.version})."] + _selected(f)
+    same = version not in (None, "") and int(version) == f.version
+    msg = (f"Nothing to save: flag `{f.id[:8]}` already reads so (version {f.version})." if same
+           else f"Saved flag `{f.id[:8]}` (version {f.version}).")
+    return _case_outputs(f.study_key) + [msg] + _selected(f)
 
 
 def on_remove(flag_id, version, token, case_key):
@@ -251,7 +254,7 @@ def on_undo(flag_id, token, case_key):
         f = svc.undo(flag_id or None, case_key or None, token)
     except AnomalyError as e:
         _err(e)
-    state = "removed" if f.deleted else f"restored / reverted ({f.label.replace('_', ' ')})"
+    state = "removed" if f.deleted else f"in the list as {f.label.replace('_', ' ')}"
     return _case_outputs(f.study_key) + [f"Undone: flag `{f.id[:8]}` is now {state} (version {f.version})."] + \
         _selected(f)
 

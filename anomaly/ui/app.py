@@ -355,7 +355,8 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=T
     if a.plane != plane:
         gr.Info(f"A 2D image has one plane: it stays as it is, not {plane}.")
     yield _plane_outputs(key, a, a.most_anomalous_slice() if point is None else point[0], preset, opacity, threshold,
-                         mode, methods, extra_rows, compare_with, zoom, point)
+                         mode, methods, extra_rows, compare_with, zoom, point,
+                         note=example_note(getattr(a, "source_paths", None)))  # a bundled example still says so
 
 
 def _plane_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None,
