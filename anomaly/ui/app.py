@@ -14,14 +14,13 @@ from anomaly.ui import callbacks as cb
 from anomaly.ui.annotate import annotation_panel
 from anomaly.ui.components import ClampedSlider
 from anomaly.ui.worklist import build_worklist
+from anomaly.windowing import DATA_PRESETS, PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
 MAX_FILE_SIZE = "512mb"
-WINDOW_PRESETS = ["auto", "file", "brain", "subdural", "stroke", "ct soft tissue", "lung", "bone"]
-CT_ONLY = {"brain", "subdural", "stroke", "ct soft tissue", "lung", "bone"}  # Hounsfield windows
-# (label, value): the Hounsfield presets say that they are for CT
-WINDOW_CHOICES = [(f"{p} (CT)" if p in CT_ONLY and "ct" not in p else p, p) for p in WINDOW_PRESETS]
+# (label, value): the data windows, then the Hounsfield presets (windowing.PRESETS), which say they are for CT
+WINDOW_CHOICES = [(p, p) for p in DATA_PRESETS] + [(p if "ct" in p else f"{p} (CT)", p) for p in PRESETS]
 
 NOTICE = (
     "**Research tool, not for diagnosis.** Do not upload identifiable patient data: uploads are deleted "

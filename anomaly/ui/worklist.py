@@ -327,10 +327,10 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
         ood_only = gr.Checkbox(False, label="Out-of-distribution only")
         status = gr.Dropdown([ANY, *STATUSES], value=ANY, label="Review status")
     info = gr.Markdown()
+    empty = pd.DataFrame(columns=WORKLIST_COLUMNS)  # headers before any folder (and after a refused one)
     with gr.Row():
         with gr.Column(scale=3):
-            table = gr.Dataframe(pd.DataFrame(columns=WORKLIST_COLUMNS), label="Worklist (click a row to open the study)",
-                                 interactive=False,
+            table = gr.Dataframe(empty, label="Worklist (click a row to open the study)", interactive=False,
                                  elem_id="worklist-table")
         with gr.Column(scale=1, min_width=220):
             selected = gr.Textbox(label="Selected study", interactive=False)
@@ -341,7 +341,7 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
     filters = [folder, method, min_pct, ood_only, status]
     open_out = [method, table, thumbs, info]
     # the tab's own events: a refusal (bad folder, ...) is a line in the summary, not error badges
-    empty = pd.DataFrame(columns=WORKLIST_COLUMNS)  # a refused folder leaves no other folder's studies on screen
+    # a refused folder leaves no other folder's studies on screen
     open_ui = refusal_as_message(on_open_folder, len(open_out), open_out.index(info), "Not opened",
                                  cleared={open_out.index(table): empty, open_out.index(thumbs): []})
     open_btn.click(open_ui, [folder, method], open_out, api_visibility="private")
