@@ -257,3 +257,7 @@ def test_verify_names_the_subjects_whose_slices_differ_from_the_reference(tmp_pa
     assert "figures on this build will differ" in cmp.report()
     assert main(["verify", "--data", str(tmp_path / "cohort")]) == 1
     assert main(["verify", "--data", str(tmp_path / "nothing")]) == 2
+    (split / "labels.csv").write_bytes(b"\xff\xfe\x00garbage")  # a corrupt table: a message, not a traceback
+    assert main(["verify", "--data", str(tmp_path / "cohort")]) == 2
+    (split / "labels.csv").write_text("name,label\na.png,1\n")
+    assert main(["verify", "--data", str(tmp_path / "cohort")]) == 2

@@ -56,10 +56,17 @@ def _row_key(r: dict) -> tuple:
 
 
 def _read(path: Path) -> dict[str, dict]:
+    """file -> row of a labels CSV; a missing, unreadable or file-less table is a ``DatasetError``."""
     if not path.is_file():
         raise DatasetError(f"no {path.name} at {path.parent}")
-    with open(path, newline="") as f:
-        return {r["file"]: r for r in csv.DictReader(f)}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "file" not in (reader.fieldnames or []):
+                raise DatasetError(f"{path.name} at {path.parent} has no 'file' column")
+            return {r["file"]: r for r in reader}
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path.name} at {path.parent} is not a readable CSV table ({e})") from None
 
 
 def compare_split(split_dir: Path | str, reference: Path | str = REFERENCE) -> SplitComparison:
