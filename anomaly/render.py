@@ -118,16 +118,16 @@ def panel_pixel(x: float, y: float, shape: tuple[int, int], aspect: float = 1.0,
     return int(r0 + py / nh * ch), int(c0 + px / nw * cw)
 
 
-def draw_orientation(panel: Image.Image, plane: str | None) -> Image.Image:
-    """Orientation letters at the panel's edges (radiological convention)."""
+def draw_orientation(panel: Image.Image, plane: str | None, top: int = 19) -> Image.Image:
+    """Orientation letters at the panel's edges (radiological convention); the top letter ``top`` px
+    down (below the 17-px title bar ``label_panel`` paints over each grid panel's top)."""
     if not plane or plane not in PLANE_LABELS:
         return panel
-    top, bottom, left, right = PLANE_LABELS[plane]
+    top_txt, bottom, left, right = PLANE_LABELS[plane]
     d = ImageDraw.Draw(panel)
     f = _font(13)
     w, h = panel.size
-    # the top letter sits below the 17-px title bar ``label_panel`` paints over each panel's top
-    for txt, xy in ((top, (w // 2 - 4, 19)), (bottom, (w // 2 - 4, h - 16)), (left, (3, h // 2 - 7)), (right, (w - 11, h // 2 - 7))):
+    for txt, xy in ((top_txt, (w // 2 - 4, top)), (bottom, (w // 2 - 4, h - 16)), (left, (3, h // 2 - 7)), (right, (w - 11, h // 2 - 7))):
         # a dark outline: legible on bright scalp without hiding it behind a yellow blot
         d.text(xy, txt, fill=(255, 255, 0), font=f, stroke_width=2, stroke_fill=(0, 0, 0))
     return panel

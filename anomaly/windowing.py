@@ -32,8 +32,8 @@ def _unreadable(preset: str) -> InvalidRequestError:
     """The error for a window that is no preset and no typed "L40 W80", saying what to write."""
     if re.search(r"\b[lw]\s*[:=]?\s*-?[\d.]", str(preset).strip().lower()):
         return InvalidRequestError(f"window {preset!r}: type both a level and a width, e.g. L40 W80")
-    return InvalidRequestError(f"unknown window preset {preset!r}; choose one of "
-                               f"{list(DATA_PRESETS) + list(PRESETS)} or type a level and width, e.g. L40 W80")
+    return InvalidRequestError(f"unknown window {preset!r}: choose {' or '.join(DATA_PRESETS)}, a CT preset "
+                               f"({', '.join(PRESETS)}), or type a level and width, e.g. L40 W80")
 
 
 def window_text(centre: float, width: float) -> str:

@@ -741,3 +741,44 @@ def test_the_same_flag_submitted_twice_in_a_row_is_stored_once(loaded, monkeypat
     monkeypatch.setattr(svc, "DOUBLE_SUBMIT_S", 0.0)
     svc.add_flag(key, 2, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=tok)
     assert len([x for x in svc.flag_table(a.study_key) if x["slice"] == 2]) == 5
+
+
+def test_case_last_change_follows_flag_edits_and_undo(loaded):
+    """The case line's "last change" is the latest of a status change and any flag change (an undo too)."""
+    from anomaly.annotations import service as svc
+
+    a, key = loaded.a, loaded.key
+    tok = _token()
+    f = svc.add_flag(key, 3, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=tok)
+    svc.set_case_status(a.study_key, "done", tok)
+    bob = _token("bob", "hunter2")
+    svc.edit_flag(f.id, 1, None, "artefact", "bob's", bob)
+    text = svc.case_info(a.study_key)["text"]
+    assert "last change by bob" in text
+    svc.undo(f.id, None, tok)
+    info = svc.case_info(a.study_key)
+    last_undo = svc.get_store().history(f.id)[-1]
+    assert last_undo["action"] == "undo"
+    assert f"last change by alice at {last_undo['at'][:19].replace('T', ' ')} UTC" in info["text"]
+    assert info["status"] == "done"  # a flag change does not touch the status, nor who set it
+    assert svc.get_store().get_case(a.study_key).reviewer == "alice"
+
+
+def test_preview_is_titled_with_its_slice_and_carries_orientation_letters(loaded):
+    from anomaly.annotations import service as svc
+    from anomaly.ui.annotate import PREVIEW_LABEL, on_preview
+
+    a, key = loaded.a, loaded.key
+    mid = a.n_slices // 2
+    out = on_preview(key, mid, "ae", 1.0, None, "", "", "", "", "", "")
+    assert out["label"].startswith(f"Slice {mid} of {a.n_slices}, {a.plane}")
+    img = out["value"]
+    assert a.scan.known_frame
+    # yellow letters (radiological: the patient's right on the image's left) where the slice has none
+    plain = a.display_u8(mid)
+    assert (img == (255, 255, 0)).all(axis=2).sum() > 20 and img.shape[0] >= 64
+    assert not np.array_equal(img[..., 0], np.repeat(np.repeat(plain, img.shape[0] // plain.shape[0], 0),
+                                                     img.shape[1] // plain.shape[1], 1))
+    # no scan: no image, the plain title
+    empty = on_preview("no-such-key", 0, "ae", 1.0, None, "", "", "", "", "", "")
+    assert empty["value"] is None and empty["label"] == PREVIEW_LABEL

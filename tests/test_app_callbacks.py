@@ -608,7 +608,7 @@ def test_extra_rows_toggle_compare_choice_and_typed_window(methods_root, lesion_
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gr, "Warning", lambda msg, *x, **k: warned.append(msg))
         out = ui.on_view(key, i, "bright", 0.5, 1.0, "both", None, False)
-    assert warned and "unknown window preset 'bright'" in warned[0] and "auto window" in warned[0]
+    assert warned and "unknown window 'bright'" in warned[0] and "(brain, subdural" in warned[0] and "auto window" in warned[0]
     same, _, _ = cb.render_view(key, i, "auto", 0.5, 1.0, "both", None, False)
     assert np.asarray(out[0]).tobytes() == np.asarray(same).tobytes()
     # a method picked for the compare slider but then unticked: the first shown one, and the caption says why

@@ -47,7 +47,7 @@ def test_window_for_presets_auto_and_file():
     c, w = window_for(scan, "auto")
     lo, hi = np.percentile(vox, [1, 99])
     assert c == pytest.approx((lo + hi) / 2) and w == pytest.approx(hi - lo)
-    with pytest.raises(ValueError, match="unknown window preset"):
+    with pytest.raises(ValueError, match="unknown window"):
         window_for(scan, "liver-ish")
     # 'auto' on the displayed slice when one is given; HU presets ignore it
     sl = vox[3]

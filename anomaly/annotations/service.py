@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 from anomaly.annotations import auth
@@ -32,6 +33,7 @@ from anomaly.annotations.store import (
     validate_region,
 )
 from anomaly.errors import AnomalyError
+from anomaly.render import draw_orientation
 
 REGION_MODES = ("component at point", "box", "whole slice")
 NO_REASON = "(none)"
@@ -314,14 +316,20 @@ def set_case_status(study_key: str, status: str, token=None) -> dict:
 def case_info(study_key: str | None) -> dict:
     if not study_key:
         return {"study_key": None, "status": None, "text": "No case: load a scan or pick one from the review queue."}
-    c = get_store().get_case(study_key)
+    store = get_store()
+    c = store.get_case(study_key)
     if c is None:
         return {"study_key": study_key, "status": "not started",
                 "text": f"Case `{study_key}`: **not started** (no flag yet)."}
+    # the last change: a status change (the case row) or a flag's add / edit / removal / undo
+    by, at = c.reviewer, c.updated_at
+    flag_change = store.last_flag_change(study_key)
+    if flag_change is not None and flag_change[1] > (at or ""):
+        by, at = flag_change
     return {"study_key": study_key, "status": c.status,
             "text": (f"Case `{study_key}`: **{c.status}**; {c.n_flags} flag(s), {c.n_false_positives} false positive(s), "
                      f"{c.n_slices_stored} reviewed slice(s) kept; series {c.series or 'unknown'}; "
-                     f"last change by {c.reviewer or '-'} at {c.updated_at[:19].replace('T', ' ')} UTC")}
+                     f"last change by {by or '-'} at {(at or '')[:19].replace('T', ' ')} UTC")}
 
 
 def review_queue(method: str | None = None, status: str | None = None) -> list[dict]:
@@ -473,7 +481,10 @@ def preview(key, index, method: str | None = None, threshold: float = 1.0, mode:
     fr, fc = preview_scale(img.shape, a.pixel_aspect())
     rows = np.minimum((np.arange(max(1, round(h * fr))) / fr).astype(int), h - 1)
     cols = np.minimum((np.arange(max(1, round(w * fc))) / fc).astype(int), w - 1)
-    return rgb[rows][:, cols]
+    out = rgb[rows][:, cols]
+    if a.scan.known_frame and min(out.shape[:2]) >= 64:  # orientation letters, as on the viewer's panels
+        out = np.asarray(draw_orientation(Image.fromarray(out), a.plane, top=3))
+    return out
 
 
 __all__ = ["REGION_MODES", "add_flag", "edit_flag", "remove_flag", "undo", "flag_table", "mark_slice_reviewed",

@@ -681,6 +681,12 @@ class Store:
         rows = self._read(sql + " ORDER BY h.seq DESC LIMIT 1", args)
         return rows[0]["flag_id"] if rows else None
 
+    def last_flag_change(self, study_key: str) -> tuple[str, str] | None:
+        """(reviewer, time) of the latest change to any flag of ``study_key`` (an undo included)."""
+        rows = self._read("SELECT h.reviewer, h.at FROM flag_history h JOIN flags f ON f.id = h.flag_id "
+                          "WHERE f.study_key = ? ORDER BY h.seq DESC LIMIT 1", (str(study_key),))
+        return (rows[0]["reviewer"], rows[0]["at"]) if rows else None
+
     def history(self, flag_id: str) -> list[dict]:
         out = []
         for r in self._read("SELECT * FROM flag_history WHERE flag_id = ? ORDER BY seq", (str(flag_id),)):

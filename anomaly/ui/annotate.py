@@ -117,24 +117,39 @@ def on_scan(key, case_key, methods, threshold):
     try:
         a = svc._analysis(key)
     except AnomalyError:
-        return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [None]
+        return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [gr.update(value=None,
+                                                                                              label=PREVIEW_LABEL)]
     names = list(a.results)
     chosen = next((m for m in (methods or []) if m in names), names[0] if names else None)
     idx = a.most_anomalous_slice()
     try:
-        prev = svc.preview(key, idx, chosen, threshold)
+        prev = _preview_update(key, idx, svc.preview(key, idx, chosen, threshold))
     except AnomalyError:
-        prev = None
+        prev = gr.update(value=None, label=PREVIEW_LABEL)
     return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev]
+
+
+PREVIEW_LABEL = "This slice (click: point / box corners)"
+
+
+def _preview_update(key, index, img):
+    """The preview image, titled with the slice it shows ("slice 31 of 80, axial")."""
+    try:
+        a = svc._analysis(key)
+        label = f"Slice {int(index)} of {a.n_slices}, {a.plane} (click: point / box corners)"
+    except (AnomalyError, TypeError, ValueError):
+        label = PREVIEW_LABEL
+    return gr.update(value=img, label=label)
 
 
 def on_preview(key, index, method, threshold, mode, r0, c0, r1, c1, pr, pc):
     """The preview never fails the page: no scan, a bad point or a bad box just show less."""
     try:
         r0, c0, r1, c1, pr, pc = _coords(r0, c0, r1, c1, pr, pc)
-        return svc.preview(key, index, method, threshold, mode, [r0, c0, r1, c1], [pr, pc])
+        return _preview_update(key, index, svc.preview(key, index, method, threshold, mode, [r0, c0, r1, c1],
+                                                       [pr, pc]))
     except AnomalyError:
-        return None
+        return gr.update(value=None, label=PREVIEW_LABEL)
     except Exception:  # noqa: BLE001
         log.exception("annotation preview failed")
         return gr.update()
@@ -347,7 +362,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                     api_add = gr.Button("add flag (API)", visible=False)
                 msg_md = gr.Markdown()
             with gr.Column(scale=1, min_width=320):
-                preview_img = gr.Image(label="This slice (click: point / box corners)", type="numpy", format="png",
+                preview_img = gr.Image(label=PREVIEW_LABEL, type="numpy", format="png",
                                        interactive=False, height=420)
                 with gr.Accordion("How to flag", open=False):
                     gr.Markdown(HELP)
@@ -355,7 +370,8 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                                 "jump to its slice)", interactive=False, wrap=True)
         with gr.Row():
             sel_id = gr.Textbox(label="Selected flag id", interactive=False, scale=3)
-            sel_version = gr.Number(label="its version", precision=0, interactive=False, scale=1)
+            # a text box: an empty number box shows 0 before any flag is selected
+            sel_version = gr.Textbox(label="its version", interactive=False, scale=1)
             edit_label = gr.Dropdown(LABEL_CHOICES, label="Label", scale=2)
             edit_reason = gr.Dropdown(REASON_CHOICES, label="Reason", scale=2)
             edit_note = gr.Textbox(label="Note", scale=3)
