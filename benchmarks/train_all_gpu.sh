@@ -27,7 +27,7 @@ wait
 for m in zscore ae vae ddad fanogan feature anoddpm; do
   $PY -m anomaly.train "$m" --data data/cohort --calibrate-only
 done
-# CPU stages (this 2-core VM, session 4), chosen on val_lesion (README, "What these numbers say"):
+# CPU stages (this 2-core VM, session 4), chosen on val_lesion (docs/benchmark/what_was_tried.md):
 # the DAE at the paper's 16x16 noise (now the default), 16 min with 2 threads then resumed to the
 # 45-minute budget with 1 thread; DDAD's ASR head on the GPU ensembles, 20 min then resumed to 40 min, 1 thread.
 ANOMALY_THREADS=2 $PY -m anomaly.train dae --data data/cohort --seed 0 --minutes 16 --out runs/dae16
@@ -43,7 +43,7 @@ ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad 
 # the card (DDAD's FLIP_TTA, chosen on val_lesion) and the checkpoint re-calibrated by that command
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 90 --resume
 # (resumed further to 130 minutes in a copy: val pixel AP 0.306 vs 0.311, image AUROC 0.59 vs 0.64: not adopted)
-# ASR generator variants tried on val_lesion at equal 3.7k steps (not adopted; README, "What these numbers say"):
+# ASR generator variants tried on val_lesion at equal 3.7k steps (not adopted; docs/benchmark/what_was_tried.md):
 #   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/ddad_asr_subtle --minutes 60 --steps 3700 --subtle-share 0.35
 #   $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --out runs/ddad_asr_edge --minutes 60 --steps 3700 --edge-share 0.5
 # session 6 (not adopted; README): mirror-asymmetry inputs from scratch, then 30-minute fine-tunes of the shipped head

@@ -4,7 +4,7 @@ After the session-8 tuning (t_start 25, one DDIM step, two draws; README), does 
 of several levels help? Each level's map is the shipped method's at that t_start; the slice score
 is conditioned on brain fill with a reference refitted on val_normal. No test data is read.
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/anoddpm_levels.py
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 from pathlib import Path
 

@@ -9,7 +9,7 @@ used to fit it, val_lesion only judges it:
   polyD   log score minus a degree-D polynomial fit of healthy log score on log brain area
 Run from the repository root after `make data`:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/area_conditioned_score.py ddad dae ae feature vae
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys
 from pathlib import Path

@@ -3,7 +3,7 @@ brain-mask edge (learned on 500 train slices): plane-agnostic. Compare with the 
 
 Run from the repository root after `make data` (val_lesion only, never test):
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/edge_profile.py dae feature vae ae
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys
 import numpy as np, torch

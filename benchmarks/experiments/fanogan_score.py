@@ -5,7 +5,7 @@ kappa = 1). Here kappa is varied and, as an alternative, the contract's map-base
 top 1% of the post-processed residual map) is used instead; each is conditioned on brain fill with
 a reference refitted on val_normal. No test data is read.
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/fanogan_score.py
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 from pathlib import Path
 

@@ -9,7 +9,7 @@ runs/feature_grid/NAME; no test data is read. The deeper settings need a convert
 enough blocks in their folder first (`python -m anomaly.methods.feature convert --blocks 8 (or 11)
 --out runs/feature_grid/NAME/backbone.safetensors`). Run from the repository root after `make data`:
     ANOMALY_THREADS=2 PYTHONPATH=. .venv/bin/python benchmarks/experiments/feature_grid.py [NAME ...]
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import json
 import sys

@@ -8,7 +8,7 @@ fill with a reference fitted on the fused maps of val_normal (no lesion label). 
 val_lesion image AUROC and pixel AP (all slices; lesion-free slices as empty masks). No test data is
 read. Run from the repository root after `make data`:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/map_fusion.py [METHOD ...]
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import itertools
 import sys

@@ -7,7 +7,7 @@ lie in one hemisphere. Here the slice score is the top-1% mean of
 or tilted), then conditioned on brain fill as the contract does (reference fitted on val_normal).
 Maps, and so pixel figures, are untouched. No test data is read. Run from the repository root:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/mirror_score.py ddad dae ae feature vae consensus
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys
 from pathlib import Path

@@ -3,7 +3,7 @@
 
 Run from the repository root after `make data` (val_lesion only, never test):
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/pixel_reference.py dae feature vae ae
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys, time
 import numpy as np, torch

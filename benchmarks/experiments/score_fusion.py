@@ -5,7 +5,7 @@ method's healthy percentile (``Calibration.percentile`` of its brain-fill condit
 subset of methods, judged by val_lesion image AUROC. No test data is read. Run from the repository
 root after `make data`:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/score_fusion.py [METHOD ...]
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import itertools
 import sys

@@ -6,7 +6,7 @@ the image when it moves, lesions do. Here each map is also averaged over the sli
 the shared post-processing, the top-1% score and the fill conditioning (reference fitted on
 val_normal with the same averaging). No test data is read. Run from the repository root:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/shift_tta.py ddad dae
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys
 from pathlib import Path

@@ -11,7 +11,7 @@ form a score. Candidates:
   contrast  top-1% mean divided by the slice's own median inside the brain
 Run from the repository root after `make data`:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/slice_score.py dae ddad vae feature
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys
 from pathlib import Path

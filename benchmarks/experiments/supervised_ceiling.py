@@ -15,7 +15,7 @@ method may.
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/supervised_ceiling.py /tmp/ceiling/s[1-6] \\
         --minutes 60 --out runs/ceiling60
 (session 9 ran it first with seeds 1-3 for 30 minutes, then as above)
-Results: README, "What these numbers say".
+Results: docs/benchmark/what_was_tried.md.
 """
 import argparse
 import json

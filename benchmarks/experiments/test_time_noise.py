@@ -8,7 +8,7 @@ on val_normal (as the contract does). std 0 is the shipped method. No test data 
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/test_time_noise.py dae ae
 NOISE_SEEDS=0,1,2,3 repeats each setting with other noise draws (the run's seed; session 9 found
 the spread over draws as large as the gain of session 8's single draw).
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import os
 import sys

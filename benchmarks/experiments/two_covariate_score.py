@@ -7,7 +7,7 @@ more, ignoring specks under 1% of the brain), and a fill reference is fitted wit
 (5 bins each, so each bin keeps about as many slices as the contract's 10 bins). No lesion label
 is used to fit it; val_lesion only judges it. Run from the repository root after `make data`:
     PYTHONPATH=. .venv/bin/python benchmarks/experiments/two_covariate_score.py ddad dae ae feature vae consensus
-Results and the decision: README, "What these numbers say".
+Results and the decision: docs/benchmark/what_was_tried.md.
 """
 import sys
 from pathlib import Path
