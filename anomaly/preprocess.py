@@ -154,7 +154,10 @@ def extractor_id() -> str:
 
 
 def informative_slices(masks: np.ndarray) -> np.ndarray:
-    """(N,) bool: slices whose brain area is at least MIN_BRAIN_FRACTION of the largest."""
+    """(N,) bool: slices whose brain area is at least MIN_BRAIN_FRACTION of the largest.
+
+    ``masks`` in the scan's own pixels (one plane: the same pixel size on every slice), not the
+    model frame, where every slice is cropped to its own brain box and a small section fills it."""
     areas = masks.reshape(len(masks), -1).sum(1)
     if len(areas) == 0:
         return np.zeros(0, bool)
@@ -261,7 +264,11 @@ def preprocess_slices(
         images[i] = _resize(crop, size)
         small[i] = _resize(mcrop, size, "bilinear") > 0.5
     images *= small
-    return PreparedSlices(images, small, boxes, a.shape[1:], masks, informative_slices(small) if n > 1 else small.reshape(n, -1).sum(1) >= MIN_BRAIN_PIXELS)
+    # scored slices: enough brain in the scan's own pixels (a skull-base section is small there, though
+    # it fills its own brain box in the model frame), and enough of the model frame to score
+    enough = small.reshape(n, -1).sum(1) >= MIN_BRAIN_PIXELS
+    valid = informative_slices(masks) & enough if n > 1 else enough
+    return PreparedSlices(images, small, boxes, a.shape[1:], masks, valid)
 
 
 def preprocess_scan(scan, plane: str = "axial", indices=None, size: int = MODEL_SIZE) -> PreparedSlices:
