@@ -43,6 +43,25 @@ def test_postprocess_masks_and_median_filters():
     assert out[0, 10, 10] == 0 and out[0, 23, 23] == 2.0 and out[0, :, :4].max() == 0
 
 
+def test_scored_slices_need_a_quarter_of_the_largest_brain_section_in_the_scans_own_pixels():
+    """A small skull-base section fills its own brain box in the model frame, but is not scored;
+    nor is a slice without brain. The sections are compared in the scan's pixels."""
+    rng = np.random.default_rng(0)
+    n, h = 6, 96
+    yy, xx = np.mgrid[:h, :h]
+    vol = rng.normal(0.05, 0.01, (n, h, h)).astype(np.float32)
+    masks = np.zeros((n, h, h), bool)
+    for i, r in enumerate([6, 30, 40, 40, 38, 0]):  # radii: a skull-base section, brain, nothing
+        if r:
+            masks[i] = (yy - h / 2) ** 2 + (xx - h / 2) ** 2 <= r * r
+    vol[masks] += 1.0 + rng.normal(0, 0.05, masks.sum()).astype(np.float32)
+    prep = preprocess_slices(vol, masks=masks)
+    assert prep.masks[0].sum() > 0.5 * prep.masks[2].sum()  # in the model frame slice 0 looks as large
+    assert prep.valid.tolist() == [False, True, True, True, True, False]
+    # one image alone is scored if it holds enough brain
+    assert preprocess_slices(vol[:1], masks=masks[:1]).valid.tolist() == [True]
+
+
 def test_image_score_is_mean_of_top_percent():
     maps = np.zeros((1, 10, 10), np.float32)
     maps[0, 0, 0] = 7.0
