@@ -17,7 +17,7 @@ from anomaly.calibration import IMAGE_DECISION_PERCENTILE, percentile_text
 from anomaly.errors import AnomalyError
 from anomaly.keys import study_key
 from anomaly.methods.base import get_method, method_class
-from anomaly.ood import OODVerdict, verdict
+from anomaly.ood import MIN_SCORED_SLICES, REFERENCE_METHODS, OODVerdict, verdict
 from anomaly.preprocess import PreparedSlices, background_level, intensity_scale, preprocess_scan
 from anomaly.render import GridRow, RenderConfig, compose_grid
 from anomaly.scan import Scan
@@ -204,7 +204,7 @@ class Analysis:
     def with_methods(self, methods: list[str], seed: int = 0, checkpoint_root=None, progress=None) -> Analysis:
         """This analysis with those of ``methods`` it lacks scored as well, on the same prepared
         slices (a method ticked after loading); the others' results are kept, not run again, and
-        the out-of-distribution verdict is redrawn from all of them. Itself when none is missing."""
+        the out-of-distribution verdict (the scan's, not the methods') is kept. Itself when none is missing."""
         missing = [m for m in methods if m not in self.results]
         if not missing:
             return self
@@ -213,8 +213,8 @@ class Analysis:
         t0 = time.perf_counter()
         results = {**self.results, **score_prepared(self.prepared, missing, seed, checkpoint_root, progress,
                                                      known=self.results)}
-        v = verdict(self.scan, {n: r.percentiles for n, r in results.items() if r.calibration}, self.prepared.valid)
-        return replace(self, results=results, ood=v, seconds=self.seconds + time.perf_counter() - t0,
+        # the verdict is the scan's, whichever methods are shown: kept as it is
+        return replace(self, results=results, seconds=self.seconds + time.perf_counter() - t0,
                        _full_maps=dict(self._full_maps), _display=self._display)
 
     def window(self, preset: str = "auto") -> tuple[float, float]:
@@ -380,5 +380,30 @@ def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0,
         prepared = prepared_all
     key = scan_study_key(scan)
     scored_valid = prepared.valid if idx is None else np.isin(np.arange(n_all), idx) & prepared.valid
-    v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, scored_valid)
+    v = scan_verdict(scan, plane, prepared, results, scored_valid, seed, checkpoint_root)
     return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0, scored=idx)
+
+
+def scan_verdict(scan: Scan, plane: str, prepared: PreparedSlices, results: dict[str, MethodResult],
+                 valid: np.ndarray, seed: int = 0, checkpoint_root=None, run_missing: bool = True) -> OODVerdict:
+    """The out-of-distribution verdict of a scan: one per scan, whichever methods are shown. Its score
+    check reads the ``REFERENCE_METHODS``' percentiles (axial planes only, where the models were
+    calibrated): from ``results`` where they are there, else run here on the scored slices and kept
+    out of the results (``run_missing``; a reference model without a checkpoint is left out)."""
+    if plane != "axial" or int(np.sum(valid)) < MIN_SCORED_SLICES:
+        return verdict(scan, None, None, prepared)
+    pct = {n: results[n].percentiles for n in REFERENCE_METHODS if n in results and results[n].calibration}
+    missing = [n for n in REFERENCE_METHODS if n not in results]
+    if missing and run_missing:
+        v = np.asarray(valid, bool)
+        sub = prepared.subset(np.flatnonzero(v))
+        for n in missing:
+            try:
+                r = score_prepared(sub, [n], seed, checkpoint_root)[n]
+            except AnomalyError:  # no checkpoint for it here (a user's own training): left out
+                continue
+            if r.calibration:
+                full = np.full(len(prepared), np.nan)
+                full[v] = r.percentiles
+                pct[n] = full
+    return verdict(scan, pct, valid, prepared)

@@ -24,7 +24,7 @@ MIN_BRAIN_FRACTION = 0.25  # slices with less brain than this x the largest slic
 MIN_BRAIN_PIXELS = 64
 NORM_CLIP = 1.5
 NORM_REF = 0.85  # the brain's 75th percentile maps here
-PREPROCESS_VERSION = 2  # bump when preprocessing changes (invalidates caches)
+PREPROCESS_VERSION = 3  # bump when preprocessing changes (invalidates caches); 3: scored slices by brain area in the scan's pixels
 
 
 @dataclass

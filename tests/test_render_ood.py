@@ -69,12 +69,52 @@ def test_ood_from_metadata():
     assert metadata_reasons(chest)
 
 
-def test_ood_from_the_image_itself():
+def test_ood_from_the_scores_reads_a_majority_of_the_reference_models_only():
     valid = np.ones(5, bool)
-    assert image_reasons({"ae": np.full(5, 100.0), "zscore": np.full(5, 99.9)}, valid)
-    assert not image_reasons({"ae": np.array([10, 50, 99.5, 30, 20.0])}, valid)
-    v = verdict(Scan(np.zeros((2, 8, 8))), {"ae": np.full(2, 100.0)}, np.ones(2, bool))
-    assert not v.in_distribution and "not trained" in v.banner
+    off, low = np.full(5, 100.0), np.array([10, 50, 99.5, 30, 20.0])
+    assert image_reasons({"ae": off, "dae": off, "vae": low}, valid)
+    assert image_reasons({"ae": off, "dae": off}, valid)
+    # one of three is no majority; other methods neither add nor take away evidence
+    assert not image_reasons({"ae": off, "dae": low, "vae": low, "ddad": off, "feature": off}, valid)
+    assert image_reasons({"ae": off, "dae": off, "vae": low, "zscore": low}, valid)
+    assert not image_reasons({"ae": off}, valid)  # one reference model alone: no check
+    assert not image_reasons({"ae": off[:4], "dae": off[:4]}, np.ones(4, bool))  # too few slices
+    v = verdict(Scan(np.zeros((5, 8, 8))), {"ae": off, "vae": off}, valid)
+    assert not v.in_distribution and "not trained" in v.banner and "reference models (ae, vae" in v.banner
+
+
+def test_one_verdict_per_scan_whichever_methods_are_ticked():
+    """A healthy brain of another scanner (the bundled ITK subject) is out of distribution with the
+    z-score baseline alone as with the reference models; a bundled example is in it either way."""
+    from anomaly.analysis import analyse
+    from anomaly.io import load_scan
+
+    root = Path(__file__).resolve().parents[1]
+    itk = load_scan([str(root / "assets/templates/itk_subject_t1_2x2x3mm.nii.gz")])
+    alone, with_ref = analyse(itk, ["zscore"]), analyse(itk, ["zscore", "ae", "vae", "dae"])
+    assert list(alone.results) == ["zscore"]  # the reference models are not added to the results
+    assert not alone.ood.in_distribution and alone.ood.reasons == with_ref.ood.reasons
+    assert "reference models" in alone.ood.reasons[0]
+    healthy = analyse(load_scan([str(root / "assets/examples/healthy_t1.nii.gz")]), ["zscore"])
+    assert healthy.ood.in_distribution
+    # ticking a method afterwards keeps the scan's verdict
+    assert alone.with_methods(["zscore", "ae"]).ood.reasons == alone.ood.reasons
+
+
+def test_a_mask_text_or_flat_drawing_is_not_a_brain():
+    from anomaly.io import load_scan
+    from anomaly.ood import content_reasons
+    from anomaly.preprocess import preprocess_scan
+
+    root = Path(__file__).resolve().parents[1]
+    mask = load_scan([str(root / "assets/examples/synthetic_tumour_t1_axial_mask.png")])
+    r = content_reasons(mask, preprocess_scan(mask, "axial"))
+    assert r and "few grey levels" in r[0]
+    yy, xx = np.mgrid[:200, :200]
+    ellipse = Scan(np.where(((yy - 100) / 80.0) ** 2 + ((xx - 100) / 60.0) ** 2 <= 1, 140.0, 0.0)[None])
+    assert "few grey levels" in verdict(ellipse, prepared=preprocess_scan(ellipse, "axial")).banner
+    brain = load_scan([str(root / "assets/examples/synthetic_tumour_t1_axial.png")])
+    assert content_reasons(brain, preprocess_scan(brain, "axial")) == []
 
 
 def test_ood_from_the_pixels_a_head_has_dark_background_noise_has_not():

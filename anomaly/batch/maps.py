@@ -55,7 +55,7 @@ def save_maps(a, path: Path | str) -> int:
     masks = np.asarray(a.prepared.masks, bool)
     arrays: dict[str, np.ndarray] = {"valid": np.asarray(a.prepared.valid, bool)}
     meta = {"format": FORMAT, "step": STEP, "plane": a.plane, "n_slices": a.n_slices, "study_key": a.study_key,
-            "content_hash": a.scan.content_hash, "methods": {}}
+            "content_hash": a.scan.content_hash, "methods": {}, "ood_reasons": list(a.ood.reasons)}
     for name, r in a.results.items():
         cal = r.calibrated_map
         amap = np.asarray(r.anomaly_map, np.float32)
@@ -92,10 +92,10 @@ def stored_analysis(scan, path: Path | str, content_hash: str | None = None, che
     Raises ``StaleResultsError`` when the maps are missing or unreadable, the scan's content
     differs from ``content_hash`` (or from the one scored), or a method's checkpoint or
     calibration changed since the batch run."""
-    from anomaly.analysis import Analysis, scan_study_key
+    from anomaly.analysis import Analysis, scan_study_key, scan_verdict
     from anomaly.errors import AnomalyError
     from anomaly.methods.base import get_method
-    from anomaly.ood import verdict
+    from anomaly.ood import OODVerdict
     from anomaly.preprocess import preprocess_scan
     from anomaly.scoring import MethodResult
 
@@ -141,6 +141,9 @@ def stored_analysis(scan, path: Path | str, content_hash: str | None = None, che
     if len(prepared) != meta["n_slices"] or not np.array_equal(np.asarray(prepared.valid, bool), valid):
         raise StaleResultsError("preprocessing differs from the batch run's (another version of the project)")
     key = scan_study_key(scan)
-    v = verdict(scan, {n: r.percentiles for n, r in results.items() if r.calibration}, prepared.valid)
+    if isinstance(meta.get("ood_reasons"), list):  # the verdict of the batch run (its reference models)
+        v = OODVerdict(not meta["ood_reasons"], [str(x) for x in meta["ood_reasons"]])
+    else:  # an older file: from the stored methods alone
+        v = scan_verdict(scan, meta["plane"], prepared, results, prepared.valid, run_missing=False)
     return Analysis(scan, meta["plane"], prepared, results, key, v, time.perf_counter() - t0,
                     origin="stored batch results (not rescored)")

@@ -80,7 +80,10 @@ HOW_TO_READ = """
   the best, ddad, reaches 0.71: README); weigh their rows accordingly.
 * The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation),
   as **axial** slices. Other images still get maps, under a banner that says the scores are not calibrated
-  for them (then no decision is made); coronal and sagittal planes are scored by the same axial models:
+  for them (then no decision is made). The banner is the scan's, whichever methods are ticked: it reads the
+  file's metadata (modality, sequence), the pixels (a head on a dark background; many grey levels inside it,
+  not a mask, drawing or text) and, on a volume, three reference models (ae, vae, dae) run on every scan:
+  when most of them find most slices beyond every healthy one, as on a healthy brain from another scanner; coronal and sagittal planes are scored by the same axial models:
   their maps are shown, but no decision is made (on healthy coronal slices most would read *anomalous*).
 """
 
@@ -315,7 +318,7 @@ def on_methods(key, index, preset, opacity, threshold, mode, methods, extra_rows
                zoom_centre=None, progress=gr.Progress()):
     """The Methods checkboxes changed: a method ticked after loading is scored on the loaded slices
     (with a progress bar; its key is new, so the annotation panel offers it); the view, the findings
-    list and the out-of-distribution banner then follow the ticked methods. Nothing to do before a
+    list follow the ticked methods; the out-of-distribution banner stays the scan's. Nothing to do before a
     scan is loaded."""
     if not key:
         return tuple(gr.update() for _ in range(7))
