@@ -914,3 +914,18 @@ def test_controls_touched_before_a_scan_is_loaded_do_nothing():
 
     assert on_view(None, 0, "auto", 0.5, 1.0, "both", []) == tuple({"__type__": "update"} for _ in range(4))
     assert on_threshold(None, 0, "auto", 0.5, 1.0, "both", []) == tuple({"__type__": "update"} for _ in range(5))
+
+
+def test_methods_show_in_validation_order_whatever_order_they_were_ticked_in(methods_root):
+    """Ticking zscore first used to put it first in the grid, the table and the compare slider, and
+    a re-click of a cached example with other tick order scored it again."""
+    png = str(ROOT / "assets/examples/synthetic_tumour_t1_axial.png")
+    ticked = ["zscore", "ae", "consensus"]
+    order = cb.in_method_order(ticked)
+    assert sorted(order) == sorted(ticked) and order == sorted(ticked, key=cb.validation_rank)
+    key, a = cb.load_and_analyse(png, ticked[::-1])
+    assert list(a.results) == order and cb.shown_methods(a, ticked) == order
+    _, table, _ = cb.render_view(key, 0, methods=ticked)
+    assert [r["method"] for r in table] == order
+    assert cb.load_and_analyse(png, ticked)[0] == key  # the same analysis, not scored again
+    assert cb.in_method_order(["ae", "ae", "zscore"]).count("ae") == 1

@@ -138,8 +138,14 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_app_has_a_worklist_tab_with_named_events():
     from anomaly.ui.app import build_app
 
-    names = {d.get("api_name") for d in build_app().config["dependencies"]}
+    demo = build_app()
+    deps = demo.config["dependencies"]
+    names = {d.get("api_name") for d in deps}
     assert {"worklist_open_folder", "worklist_open_study", "worklist", "analyse_view"} <= names
+    # opening a study also sets the review view's Methods boxes
+    methods_id = next(c["id"] for c in demo.config["components"] if c.get("props", {}).get("label", "").startswith("Methods"))
+    opened = next(d for d in deps if d.get("api_name") == "worklist_open_study")
+    assert methods_id in opened["outputs"]
 
 
 def test_opening_a_study_shows_its_stored_top_slice_first(results):
@@ -185,9 +191,12 @@ def test_opening_a_study_uses_its_stored_maps_without_rescoring(results, monkeyp
         for m in METHODS:
             np.testing.assert_array_equal(a.results[m].scores, row[f"{m}__curve"])
         grid, table, _ = cb.render_view(outs[0][0], int(row["top_slice"]))
-        assert grid.size[0] > 0 and [t["method"] for t in table] == METHODS
+        assert grid.size[0] > 0 and [t["method"] for t in table] == cb.in_method_order(METHODS)
         # pressing Analyse with the same methods reuses it
         assert cb.cached_analysis(a.scan, METHODS)[0] == outs[0][0]
+        # the Methods boxes are set to the stored methods (all 8 stayed ticked over 3 shown)
+        assert sorted(wl.methods_ticks(outs[0][0])["value"]) == sorted(METHODS)
+        assert wl.methods_ticks("no-such-key") == wl.gr.update()
     gone = (results / "elsewhere", row["content_hash"])
     with cb._LOCK:
         cb._CACHE.clear()

@@ -540,7 +540,8 @@ def build_app() -> gr.Blocks:
                 gr.api(analyze_api, api_name="analyze")
                 annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
             with gr.Tab("Worklist", id="worklist"):
-                build_worklist(on_upload, up_inputs[2:], upload_outputs, tabs=tabs, review_tab_id="review")
+                build_worklist(on_upload, up_inputs[2:], upload_outputs, tabs=tabs, review_tab_id="review",
+                               methods_box=methods)
     return demo
 
 

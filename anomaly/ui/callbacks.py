@@ -116,7 +116,13 @@ def preview_slice(scan, plane: str = "axial") -> int:
 
 def _memo(scan, methods: list[str] | None, plane: str, seed: int, series_uid: str | None) -> tuple:
     """What makes two full analyses the same: scan content, methods, plane, seed, series."""
-    return (scan.content_hash, tuple(methods or default_methods()), plane, seed, series_uid or "")
+    return (scan.content_hash, tuple(sorted(set(methods or default_methods()))), plane, seed, series_uid or "")
+
+
+def in_method_order(methods) -> list[str]:
+    """``methods`` once each, in the app's order (best validation pixel AP first, ``validation_rank``),
+    whatever order they were ticked in."""
+    return sorted(dict.fromkeys(methods), key=validation_rank)
 
 
 def cached_analysis(scan, methods: list[str] | None, plane: str = "axial", series_uid: str | None = None,
@@ -139,7 +145,7 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
     slices (a preview, not cached for reuse)."""
     scan, paths = loaded if loaded is not None else load_upload(files, series_uid)
     plane = plane_of(scan, plane)
-    methods = [m for m in (methods or default_methods())]
+    methods = in_method_order(methods or default_methods())
     if not methods:
         raise AnomalyError("no trained method available: train one with `python -m anomaly.train ae --data DIR`")
     if only is not None:
@@ -279,7 +285,7 @@ AUTO_COMPARE = "first shown"  # the compare slider's default: the first shown me
 def shown_methods(a: Analysis, methods: list[str] | None) -> list[str]:
     """The ticked methods that the analysis has (all of its methods for None; none for an empty list:
     the reader unticked every one)."""
-    return list(a.results) if methods is None else [m for m in methods if m in a.results]
+    return in_method_order(a.results if methods is None else [m for m in methods if m in a.results])
 
 
 def ensure_methods(key: str, methods: list[str] | None, progress=None) -> tuple[str, Analysis]:
@@ -291,7 +297,7 @@ def ensure_methods(key: str, methods: list[str] | None, progress=None) -> tuple[
     missing = [m for m in (methods or []) if m not in a.results]
     if not missing or a.partial:
         return key, a
-    wanted = [*a.results, *missing]
+    wanted = in_method_order([*a.results, *missing])
     series = _series_of(a)
     hit = cached_analysis(a.scan, wanted, a.plane, series)
     if hit is not None:
@@ -387,7 +393,7 @@ def findings_rows(key: str, threshold: float = 1.0, methods: list[str] | None = 
     pixel AP first: ``FINDINGS_ORDER``), with the other methods that flag part of each
     (``Analysis.findings_across``)."""
     a = get_analysis(key)
-    return a.findings_across(sorted(shown_methods(a, methods), key=validation_rank), float(threshold))
+    return a.findings_across(shown_methods(a, methods), float(threshold))
 
 
 def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -> dict:

@@ -307,11 +307,25 @@ def open_study(folder, study_key: str) -> list[str]:
     return study_files(load_results(folder), study_key)
 
 
-def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=None, review_tab_id: str = "review"):
+def methods_ticks(key):
+    """The review view's Methods ticks for the opened study: the methods its analysis holds (a batch
+    run's stored ones), so that the boxes say what the grid shows; no change without an analysis."""
+    from anomaly.ui import callbacks as cb
+
+    try:
+        return gr.update(value=cb.in_method_order(cb.get_analysis(key).results))
+    except (AnomalyError, TypeError):
+        return gr.update()
+
+
+def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=None, review_tab_id: str = "review",
+                   methods_box=None):
     """Lay out the Worklist tab in the current Blocks context and wire its events.
 
     ``open_view(files, series, *review_inputs)`` is the review view's upload callback (it returns
-    ``review_outputs``); ``tabs`` (a ``gr.Tabs``) is switched to ``review_tab_id`` after opening."""
+    ``review_outputs``, the analysis key first); ``tabs`` (a ``gr.Tabs``) is switched to
+    ``review_tab_id`` after opening; ``methods_box`` (the review view's Methods checkboxes) is set to
+    the methods the opened study shows (a batch run's stored ones)."""
     from anomaly.annotations.store import STATUSES
 
     gr.Markdown("Studies scored by `python -m anomaly.batch`, ranked by volume score. Thumbnails are the "
@@ -355,7 +369,7 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
                                                  [table, thumbs, info],
                                                  api_visibility="private", trigger_mode="always_last")
 
-    outs = [*review_outputs, *([tabs] if tabs is not None else [])]
+    outs = [*review_outputs, *([tabs] if tabs is not None else []), *([methods_box] if methods_box is not None else [])]
 
     def _open(folder_v, key, *review_values, progress=gr.Progress()):
         """Open a study; passes on every update of the review view's callback (a generator or not)."""
@@ -372,7 +386,12 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             raise gr.Error(str(e)) from None
         res = open_view(files, None, *review_values, progress=progress, first_slice=top, stored=stored)
         for step in (res if inspect.isgenerator(res) else [res]):
-            yield (*step, gr.update(selected=review_tab_id)) if tabs is not None else step
+            step = tuple(step)
+            if tabs is not None:
+                step += (gr.update(selected=review_tab_id),)
+            if methods_box is not None:
+                step += (methods_ticks(step[0] if step else None),)
+            yield step
 
     sel = table.select(on_select, [folder, table, method], [selected, thumb], api_visibility="private")
     sel.then(_open, [folder, selected, *review_inputs], outs, api_visibility="private")
