@@ -35,7 +35,7 @@ HOW_TO_READ = """
   percentile of its maps on healthy validation slices), on one shared scale for all methods. They are *not*
   rescaled per image: per-image min-max makes every normal scan look anomalous.
 * The **percentile** in the score table says how a slice's score ranks among healthy validation slices
-  (99 = higher than 99% of healthy slices); *anomalous* means at or above the 95th percentile; *not scored*: the slice has too little brain to score.
+  (99 = higher than 99% of healthy slices); *anomalous* means at or above the 95th percentile; *not scored*: the slice has too little brain to score (a section under a quarter of the scan's largest).
 * The **decision** comes from the slice score (the mean of the top 1% of the map, compared with healthy
   slices that fill as much of their brain box), not from the area above threshold: a map can outline a
   small region while the slice stays *normal*, and a diffuse rise can make a slice *anomalous*. Read both.
@@ -43,9 +43,10 @@ HOW_TO_READ = """
   (0 = their median, 1 = their 90th percentile, a scale only: the decision is the **percentile**, 95th and
   above); **raw score** = the mean of the top 1% of the map, in the method's own units (not comparable across
   methods); **area above threshold** = the map's area at or above the threshold on this slice; **scored** =
-  false where the slice has too little brain to score. No whole-scan score is shown: the highest slice score
-  of a scan (the API's volume score) comes from the skull base on healthy and lesion scans alike here, and
-  tells them apart hardly better than chance (README, "Whole volumes").
+  false where the slice has too little brain to score (a section under a quarter of the scan's largest). No
+  whole-scan score is shown: the highest slice score of a scan (the API's volume score) comes from healthy
+  slices as often as from lesions here, and tells healthy and lesion scans apart hardly better than chance
+  (README, "Whole volumes").
 * **Window**: a preset, or type a level and width (e.g. `L40 W80`, in the scan's own units). The input panel's
   title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
 * **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
