@@ -76,7 +76,11 @@ def overlay_rgb(img_u8: np.ndarray, cal_map: np.ndarray, cfg: RenderConfig) -> n
     out = np.clip(base, 0, 255).astype(np.uint8)
     if cfg.mode in ("contour", "both") and region.any():
         edge = region & ~ndimage.binary_erosion(region, iterations=1)
-        edge = ndimage.binary_dilation(edge, iterations=max(1, round(min(region.shape) / 200)))
+        # about one panel pixel wide: thickened only on large slices, which the panel shrinks (a
+        # 90-pixel slice's 1-pixel edge is already 3 panel pixels; thickened, it hid a 20 mm lesion)
+        grow = round(min(region.shape) / (2 * PANEL))
+        if grow:
+            edge = ndimage.binary_dilation(edge, iterations=grow)
         out[edge] = cfg.contour_rgb
     return out
 

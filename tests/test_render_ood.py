@@ -30,6 +30,13 @@ def test_overlay_only_above_threshold_and_contour():
     assert (out[0, 0] == 100).all() and not (out[15, 15] == 100).all()
     cont = overlay_rgb(img, m, RenderConfig(threshold=1.0, mode="contour"))
     assert tuple(cont[10, 15]) == RenderConfig().contour_rgb and (cont[15, 15] == 100).all()
+    # a small slice's contour is one pixel wide: a 10-pixel region keeps its inside visible
+    green = (cont == RenderConfig().contour_rgb).all(axis=-1)
+    assert green[10:20, 10:20].sum() == 36 and not green[11:19, 11:19].any() and not green[9].any()
+    big = np.zeros((600, 600), np.float32)
+    big[200:300, 200:300] = 2.0
+    thick = (overlay_rgb(np.full((600, 600), 100, np.uint8), big, RenderConfig(mode="contour")) == RenderConfig().contour_rgb).all(-1)
+    assert thick[250, 199:202].all()  # a large slice, shrunk on the panel: a thicker line
 
 
 def test_uncalibrated_rows_blend_without_a_threshold():
