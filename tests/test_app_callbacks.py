@@ -748,6 +748,14 @@ def test_reader_safeguards_ct_windows_method_order_and_non_axial_decisions(metho
     drawn, msg = cb.usable_window("brain", key)
     assert drawn == "auto" and "Hounsfield" in msg and "auto window" in msg
     assert cb.usable_window("L40 W80", key) == ("L40 W80", None) and cb.usable_window("brain") == ("brain", None)
+    # 'file' on a NIfTI (no stored window) says it draws 'auto'; on a DICOM series with one it is used
+    drawn, msg = cb.usable_window("file", key)
+    assert drawn == "auto" and "stores no display window" in msg
+    a.scan.window = (40.0, 80.0)  # as a DICOM file with WindowCenter/Width has
+    try:
+        assert cb.usable_window("file", key) == ("file", None)
+    finally:
+        a.scan.window = None
     # order: by each card's val_lesion pixel AP, best first; a card without one goes last
     root = tmp_path / "ckpt"
     shutil.copytree(methods_root, root)

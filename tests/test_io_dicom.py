@@ -62,6 +62,7 @@ def test_series_folder_is_a_sorted_volume(series_scan):
     assert s.shape == (20, 256, 256) and s.voxels.dtype == np.float32
     assert s.source == "dicom" and s.modality == "MR" and s.is_volume and s.known_frame
     assert "axial" in s.orientation and "oblique" in s.orientation
+    assert any("reformats of the tilted stack" in n for n in s.notes)
     # in-plane 0.86 mm; slice spacing from positions along the normal (5 mm + 2 mm gap)
     assert s.spacing[1] == pytest.approx(0.859375) and s.spacing[2] == pytest.approx(0.859375)
     assert s.spacing[0] == pytest.approx(6.97, abs=0.05)
@@ -387,3 +388,8 @@ def test_errors_are_typed(tmp_path):
 def test_content_hash_of_single_file():
     path = dicom_data("MR_small.dcm")
     assert load_scan(path).content_hash == content_hash(path)
+
+
+def test_one_slice_of_an_oblique_series_says_nothing_of_reformats():
+    one = load_scan([str(next(iter(sorted((ROOT / "assets/dicom/brain_pd_series").glob("*.dcm")))))])
+    assert any("acquired oblique" in n for n in one.notes) and not any("reformat" in n for n in one.notes)

@@ -655,8 +655,8 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
         notes.append("no pixel spacing in the file: 1 mm assumed")
     vol, disp = _to_display(vol, iop, by_pos)
     if disp.oblique_deg >= 1.0:
-        notes.append(f"acquired oblique (tilted {disp.oblique_deg:.0f} deg), shown as stored without resampling: "
-                     "coronal and sagittal views are reformats of the tilted stack")
+        notes.append(f"acquired oblique (tilted {disp.oblique_deg:.0f} deg), shown as stored without resampling"
+                     + (": coronal and sagittal views are reformats of the tilted stack" if len(vol) > 1 else ""))
     if disp.transposed:
         dh, dw = dw, dh
     if disp.flip_slices:

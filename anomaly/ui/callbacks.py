@@ -527,4 +527,11 @@ def usable_window(preset: str, key: str | None = None) -> tuple[str, str | None]
             what = "of unknown modality" if str(a.scan.modality).lower() == "unknown" else a.scan.modality
             return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is {what}: "
                             "showing the auto window.")
+    if key and str(preset).strip().lower() == "file":
+        try:
+            a = get_analysis(key)
+        except AnomalyError:
+            return preset, None
+        if not getattr(a.scan, "window", None):
+            return "auto", "this file stores no display window (a DICOM WindowCenter/Width): showing the auto window."
     return preset, None
