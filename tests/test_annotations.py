@@ -782,3 +782,85 @@ def test_preview_is_titled_with_its_slice_and_carries_orientation_letters(loaded
     # no scan: no image, the plain title
     empty = on_preview("no-such-key", 0, "ae", 1.0, None, "", "", "", "", "", "")
     assert empty["value"] is None and empty["label"] == PREVIEW_LABEL
+
+
+def test_undo_never_reverts_another_annotators_newer_change_unseen(loaded):
+    from anomaly.annotations import service as svc
+
+    a, key = loaded.a, loaded.key
+    alice, bob = _token(), _token("bob", "hunter2")
+    f = svc.add_flag(key, 4, "ae", "false_positive", "noise", "alice's", "box", box=[10, 10, 20, 25], token=alice)
+    svc.edit_flag(f.id, 1, None, None, "alice again", alice)  # version 2, alice's last change
+    svc.edit_flag(f.id, 2, None, None, "bob's note", bob)  # version 3: alice has not seen it
+    with pytest.raises(StaleEditError, match="version 3"):
+        svc.undo(f.id, None, alice, version=2)  # the selected flag, at the version alice sees
+    with pytest.raises(StaleEditError, match="bob changed after you"):
+        svc.undo(None, a.study_key, alice)  # "my last change here": that flag, changed by bob since
+    assert svc.get_flag(f.id).note == "bob's note" and svc.get_flag(f.id).version == 3
+    assert svc.undo(f.id, None, bob, version=3).note == "alice again"  # bob undoes his own
+    assert svc.undo(None, a.study_key, alice).note == "alice's"  # now alice's is the latest again
+
+
+def test_notes_are_bounded(loaded):
+    from anomaly.annotations import service as svc
+    from anomaly.annotations.store import MAX_NOTE_CHARS, InvalidFlagError
+
+    key, tok = loaded.key, _token()
+    with pytest.raises(InvalidFlagError, match=f"at most {MAX_NOTE_CHARS}"):
+        svc.add_flag(key, 5, "ae", "false_positive", "noise", "x" * (MAX_NOTE_CHARS + 1), "whole slice", token=tok)
+    f = svc.add_flag(key, 5, "ae", "false_positive", "noise", "x" * MAX_NOTE_CHARS, "whole slice", token=tok)
+    with pytest.raises(InvalidFlagError, match="at most"):
+        svc.edit_flag(f.id, 1, None, None, "y" * 5_000_000, tok)
+
+
+def test_panel_forgets_the_selection_on_a_new_scan_and_jumps_only_to_a_matching_series(loaded):
+    """Save / Remove / Undo act on the selected flag: after another scan is loaded the selection is
+    gone; a flag of the same study drawn on another series (other slice count) is not jumped to."""
+    import gradio as gr
+    import pandas as pd
+
+    from anomaly.annotations import service as svc
+    from anomaly.ui import refusal_as_message
+    from anomaly.ui.annotate import NO_SELECTION, on_edit, on_scan, on_select_flag
+
+    a, key = loaded.a, loaded.key
+    out = on_scan(key, "", ["ae"], 1.0)
+    assert len(out) == 11 and out[-5:] == NO_SELECTION
+    assert on_scan("no-such-key", "", ["ae"], 1.0)[-5:] == NO_SELECTION
+    h, w = a.scan.slice(3).shape
+    m = np.zeros((h, w), bool)
+    m[5:9, 5:9] = True
+    other = svc.get_store().add_flag(study_key=a.study_key, plane="axial", slice_index=a.n_slices + 1, shape=(h, w),
+                                     n_slices=a.n_slices + 3, method="ae", label="confirmed_finding", reviewer="alice",
+                                     mask=m)
+    rows = pd.DataFrame([{"id": other.id}])
+    infos = []
+    orig = gr.Info
+    gr.Info = lambda msg, *x, **k: infos.append(msg)
+    try:
+        sel = on_select_flag(rows, key, gr.SelectData(None, {"index": [0, 0], "value": None}))
+    finally:
+        gr.Info = orig
+    assert sel[0] == other.id and sel[-1] == gr.update()  # selected, but no jump to a slice this scan lacks
+    assert infos and "load the same series" in infos[0]
+    # on the page, Save with no flag selected is a message, not an error on every box
+    warned = []
+    gr.Warning, orig_w = (lambda msg, *x, **k: warned.append(msg)), gr.Warning
+    try:
+        res = refusal_as_message(on_edit, 10, 4, "Not saved")("", "", None, None, "", _token(), a.study_key)
+    finally:
+        gr.Warning = orig_w
+    assert res[4].startswith("**Not saved:**") and "select a flag" in res[4]
+    assert all(r == gr.update() for i, r in enumerate(res) if i != 4) and "`" not in warned[0]
+
+
+def test_the_page_keeps_a_login_across_restarts(env, monkeypatch):
+    """The browser-stored token is encrypted with a key derived from the kept session secret, the same
+    at every launch (Gradio's default is a new random key per launch)."""
+    from anomaly.annotations import auth
+
+    monkeypatch.delenv(auth.SECRET_ENV, raising=False)
+    first = auth.browser_state_secret()
+    assert first and first == auth.browser_state_secret() and first.encode() != auth.session_secret()
+    monkeypatch.setenv(auth.SECRET_ENV, "another")
+    assert auth.browser_state_secret() != first

@@ -178,6 +178,16 @@ def session_secret() -> bytes:
     return s.encode()
 
 
+def browser_state_secret() -> str | None:
+    """The key the page's stored session token is encrypted with (``gr.BrowserState(secret=...)``):
+    derived from ``session_secret``, so that a login survives an app restart as long as its token
+    does (without it Gradio draws a new key at every launch); None where no secret can be kept."""
+    try:
+        return hmac.new(session_secret(), b"browser-state", hashlib.sha256).hexdigest()
+    except OSError:
+        return None
+
+
 def _b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).decode().rstrip("=")
 

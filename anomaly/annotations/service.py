@@ -28,6 +28,7 @@ from anomaly.annotations.store import (
     InvalidRegionError,
     NothingToUndoError,
     ReadOnlyError,
+    StaleEditError,
     Store,
     series_label,
     validate_region,
@@ -268,17 +269,28 @@ def remove_flag(flag_id: str, version=None, token=None) -> Flag:
     return get_store().delete_flag(flag_id, None if version in (None, "") else int(version), reviewer=user)
 
 
-def undo(flag_id: str | None = None, study_key: str | None = None, token=None) -> Flag:
-    """Undoes the latest action on ``flag_id``, else this annotator's latest action in ``study_key``."""
+def undo(flag_id: str | None = None, study_key: str | None = None, token=None, version=None) -> Flag:
+    """Undoes the latest action on ``flag_id`` (at ``version``, the one the annotator sees: a flag
+    changed since is refused with ``StaleEditError``, as an edit is), else this annotator's latest
+    action in ``study_key``, refused when someone changed that flag after it (undo never reverts
+    another annotator's newer change unseen)."""
     user = require_user(token)
     store = get_store()
+    expected = None if version in (None, "") else int(version)
     if not flag_id:
         if not study_key:
             raise NothingToUndoError("nothing to undo: select a flag or load a case")
         flag_id = store.last_undoable(study_key, user)
         if flag_id is None:
             raise NothingToUndoError("nothing of yours to undo in this case")
-    return store.undo(flag_id, reviewer=user)
+        latest = [h for h in store.history(flag_id) if h["action"] != "undo" and not h["undone"]]
+        cur = store.get_flag(flag_id)
+        if latest and latest[-1]["reviewer"] != user:
+            raise StaleEditError(f"your last change here is on flag {flag_id[:8]}, which {latest[-1]['reviewer']} "
+                                 f"changed after you (now version {cur.version}): nothing was undone; select the flag "
+                                 "to see it", flag_id, None, cur)
+        expected = cur.version
+    return store.undo(flag_id, reviewer=user, expected_version=expected)
 
 
 def flag_table(study_key: str | None, include_deleted: bool = False) -> list[dict]:

@@ -204,6 +204,16 @@ def _check_choice(name: str, value, allowed, optional: bool = False):
     return value
 
 
+MAX_NOTE_CHARS = 2000  # a note is a remark on a region, not a report (a 5-MB note filled every list)
+
+
+def _check_note(note) -> str:
+    note = str(note or "")
+    if len(note) > MAX_NOTE_CHARS:
+        raise InvalidFlagError(f"a note holds at most {MAX_NOTE_CHARS} characters (this one has {len(note)})")
+    return note
+
+
 def _check_reason(label: str, reason):
     reason = _check_choice("reason", reason, REASONS, optional=True)
     if label == "false_positive" and reason is None:
@@ -523,6 +533,7 @@ class Store:
         """Validates and stores one flag (version 1); returns it once it is durably committed."""
         label = _check_choice("label", label, LABELS)
         reason = _check_reason(label, reason)
+        note = _check_note(note)
         plane = _check_choice("plane", plane, PLANES)
         if not study_key or not str(study_key).strip():
             raise InvalidFlagError("a flag needs a study key")
@@ -612,7 +623,7 @@ class Store:
                                      "before editing it", str(flag_id), int(expected_version), _flag_from_row(row))
             label = _check_choice("label", changes.get("label", row["label"]), LABELS)
             reason = _check_reason(label, changes.get("reason", row["reason"]))
-            note = str(changes.get("note", row["note"]) or "")
+            note = _check_note(changes.get("note", row["note"]))
             box, mask_png = row["box"], row["mask_png"]
             if "box" in changes or "mask" in changes:
                 b, m = validate_region((row["height"], row["width"]), row["n_slices"], row["slice_index"],

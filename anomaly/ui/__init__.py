@@ -14,7 +14,7 @@ def refusal_as_message(fn, n_out: int, message_at: int, prefix: str, cleared: di
         try:
             return fn(*args)
         except gr.Error as e:
-            gr.Warning(f"{prefix}: {e.message}")
+            gr.Warning(f"{prefix}: {e.message}".replace("`", ""))  # a toast shows no markdown
             out = [gr.update()] * n_out
             for i, v in (cleared or {}).items():
                 out[i] = v

@@ -101,6 +101,11 @@ def on_logout(n_buttons: int):
     return [None] + _access_outputs(None, n_buttons)
 
 
+# the flag selection emptied (a new scan: the flag selected before may be another case's, and Save,
+# Remove or Undo would change it unseen)
+NO_SELECTION = ["", "", None, None, ""]
+
+
 def _case_outputs(study_key):
     info = svc.case_info(study_key)
     return [study_key or "", _df(svc.flag_table(study_key), FLAG_COLUMNS), info["text"],
@@ -108,7 +113,8 @@ def _case_outputs(study_key):
 
 
 def on_scan(key, case_key, methods, threshold):
-    """A scan was loaded (or re-analysed in another plane): its case, method choices, flags, preview.
+    """A scan was loaded (or re-analysed in another plane): its case, method choices, flags, preview,
+    and no flag selected.
 
     The preview shows the slice the viewer opens on. The slider is not an input here: when a scan
     with fewer slices replaces one with more, this event can see the old slider value against the
@@ -118,7 +124,7 @@ def on_scan(key, case_key, methods, threshold):
         a = svc._analysis(key)
     except AnomalyError:
         return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [gr.update(value=None,
-                                                                                              label=PREVIEW_LABEL)]
+                                                                                              label=PREVIEW_LABEL)] + NO_SELECTION
     names = list(a.results)
     chosen = next((m for m in (methods or []) if m in names), names[0] if names else None)
     idx = a.most_anomalous_slice()
@@ -126,7 +132,7 @@ def on_scan(key, case_key, methods, threshold):
         prev = _preview_update(key, idx, svc.preview(key, idx, chosen, threshold))
     except AnomalyError:
         prev = gr.update(value=None, label=PREVIEW_LABEL)
-    return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev]
+    return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev] + NO_SELECTION
 
 
 PREVIEW_LABEL = "This slice (click: point / box corners)"
@@ -224,10 +230,13 @@ def on_select_flag(rows, key, evt: gr.SelectData):
     jump = gr.update()
     try:
         a = svc._analysis(key)
-        if a.study_key == f.study_key and a.plane == f.plane:
+        if a.study_key == f.study_key and a.plane == f.plane and a.n_slices == f.n_slices:
             jump = gr.update(value=f.slice_index)
-        elif a.study_key == f.study_key:
+        elif a.study_key == f.study_key and a.plane != f.plane:
             gr.Info(f"this flag is on the {f.plane} plane: switch the plane to see it")
+        elif a.study_key == f.study_key:  # the same study loaded as one file or another series of it
+            gr.Info(f"this flag was drawn on {f.n_slices} slices of this study; the loaded scan has {a.n_slices}: "
+                    "load the same series to see it")
     except AnomalyError:
         pass
     return [f.id, f.version, f.label, f.reason or svc.NO_REASON, f.note, jump]
@@ -264,9 +273,16 @@ def on_remove(flag_id, version, token, case_key):
     return _case_outputs(f.study_key) + [f"Removed flag `{f.id[:8]}`: *Undo* restores it."] + _selected(f)
 
 
-def on_undo(flag_id, token, case_key):
+def on_undo(flag_id, token, case_key, version=None):
+    """API ``undo_flag``: the selected flag at the version shown (a flag changed since is refused, as
+    an edit is), else my last change in the case (refused if someone changed that flag after me)."""
     try:
-        f = svc.undo(flag_id or None, case_key or None, token)
+        f = svc.undo(flag_id or None, case_key or None, token, version)
+    except StaleEditError as e:
+        gr.Warning(str(e))
+        cur = e.current
+        return _case_outputs(case_key or (cur.study_key if cur else None)) + [f"**Not undone.** {e}"] + \
+            (_selected(cur) if cur is not None and flag_id else [gr.update()] * 5)
     except AnomalyError as e:
         _err(e)
     state = "removed" if f.deleted else f"in the list as {f.label.replace('_', ' ')}"
@@ -330,7 +346,10 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     from gradio.context import Context
 
     root = Context.root_block
-    token = gr.BrowserState(None, storage_key="anomaly-annotator-session")
+    from anomaly.annotations.auth import browser_state_secret
+
+    # a stable key: the stored login survives an app restart (a random one logged everyone out)
+    token = gr.BrowserState(None, storage_key="anomaly-annotator-session", secret=browser_state_secret())
     corner = gr.State(0)
     with gr.Accordion("Annotate: flag false positives, missed lesions and findings", open=False, elem_id=PANEL_ID):
         access_md = gr.Markdown(svc.access_state(None)["message"])
@@ -430,7 +449,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     logout_btn.click(lambda: on_logout(nb), None, [token, *access_out], api_visibility="private")
 
     key_state.change(on_scan, [key_state, case_key, methods, threshold],
-                     [method_dd, *case_out, preview_img], api_visibility="private").then(
+                     [method_dd, *case_out, preview_img, *selected_out], api_visibility="private").then(
         lambda k, m: gr.update(choices=["(any)", *svc.queue_methods(k)], value=m), [key_state, qmethod], [qmethod],
         api_visibility="private")
 
@@ -455,20 +474,31 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     add_ev.then(on_summary, [scope, case_key], summary_out, api_visibility="private")
     # the API endpoint raises its errors (a typed failure for gradio_client callers)
     api_add.click(on_add, add_in, add_out, api_name="add_flag")
-    reviewed_btn.click(on_reviewed, [key_state, slider, token], [*case_out, msg_md], api_name="mark_slice_reviewed")
+    # the page's buttons: a refusal is a message in the panel (a raised error put "Error" badges on the
+    # flag table and the edit boxes until the next reload); the hidden API buttons keep raising
+    reviewed_out = [*case_out, msg_md]
+    reviewed_btn.click(refusal_as_message(on_reviewed, len(reviewed_out), len(case_out), "Not kept"),
+                       [key_state, slider, token], reviewed_out, api_visibility="private")
+    gr.Button("mark slice reviewed (API)", visible=False).click(on_reviewed, [key_state, slider, token], reviewed_out,
+                                                                api_name="mark_slice_reviewed")
     list_btn.click(on_list, [case_key, key_state], [flags_df], api_name="list_flags")
 
     sel = flags_df.select(on_select_flag, [flags_df, key_state], [*selected_out, slider], api_visibility="private")
     if view is not None:
         fn, v_in, v_out = view
         sel.then(_view_if_loaded(fn, len(v_out)), v_in, v_out, api_visibility="private")
-    for btn, fn, ins, api in ((save_btn, on_edit, [sel_id, sel_version, edit_label, edit_reason, edit_note, token,
-                                                    case_key], "edit_flag"),
-                              (remove_btn, on_remove, [sel_id, sel_version, token, case_key], "remove_flag"),
-                              (undo_btn, on_undo, [sel_id, token, case_key], "undo_flag")):
-        btn.click(fn, ins, [*case_out, msg_md, *selected_out], api_name=api).then(
-            on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden").then(
-            on_summary, [scope, case_key], summary_out, api_visibility="private")
+    edit_out = [*case_out, msg_md, *selected_out]
+    for btn, fn, ins, api, prefix in (
+            (save_btn, on_edit, [sel_id, sel_version, edit_label, edit_reason, edit_note, token, case_key], "edit_flag",
+             "Not saved"),
+            (remove_btn, on_remove, [sel_id, sel_version, token, case_key], "remove_flag", "Not removed"),
+            (undo_btn, on_undo, [sel_id, token, case_key, sel_version], "undo_flag", "Not undone")):
+        page = btn.click(refusal_as_message(fn, len(edit_out), len(case_out), prefix), ins, edit_out,
+                         api_visibility="private")
+        api_ev = gr.Button(f"{api} (API)", visible=False).click(fn, ins, edit_out, api_name=api)
+        for ev in (page, api_ev):
+            ev.then(on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden").then(
+                on_summary, [scope, case_key], summary_out, api_visibility="private")
 
     status_btn.click(on_status, [case_key, status_rb, token], [case_md, status_rb], api_name="set_case_status")
     for c in (qmethod, qstatus):
@@ -479,7 +509,10 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     next_btn.click(lambda k, m, s: on_step(k, m, s, 1), [case_key, qmethod, qstatus], [*case_out, queue_df],
                    api_name="next_case")
     summary_btn.click(on_summary, [scope, case_key], summary_out, api_name="fp_summary")
-    seg_btn.click(on_export_seg, [key_state], [seg_file], api_name="export_seg")
+    seg_msg = gr.Markdown()  # below the SEG button: why no file came
+    seg_btn.click(refusal_as_message(lambda k: [on_export_seg(k), ""], 2, 1, "No DICOM SEG"), [key_state],
+                  [seg_file, seg_msg], api_visibility="private")
+    gr.Button("export SEG (API)", visible=False).click(on_export_seg, [key_state], [seg_file], api_name="export_seg")
     scope.change(on_summary, [scope, case_key], summary_out, api_visibility="private")
 
 
