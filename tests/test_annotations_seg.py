@@ -117,6 +117,16 @@ def test_app_callback_exports_seg_of_the_loaded_dicom_scan(tmp_path, monkeypatch
     out = on_export_seg(k)
     ds = pydicom.dcmread(out)
     assert ds.Modality == "SEG" and str(ds.PatientName) == a.study_key
+    # the download's folder is removed an hour later, at a later export
+    import os
+    import time
+
+    folder = Path(out).parent
+    assert folder.parent.name == "anomaly-seg"
+    old = time.time() - svc.SEG_KEEP_S - 60
+    os.utime(folder, (old, old))
+    on_export_seg(k)
+    assert not folder.exists()
 
 
 def test_seg_carries_no_institution_or_identifier_anywhere(tmp_path, series):

@@ -937,3 +937,18 @@ def test_methods_show_in_validation_order_whatever_order_they_were_ticked_in(met
     assert [r["method"] for r in table] == order
     assert cb.load_and_analyse(png, ticked)[0] == key  # the same analysis, not scored again
     assert cb.in_method_order(["ae", "ae", "zscore"]).count("ae") == 1
+
+
+def test_the_analysis_cache_is_bounded_by_memory_and_keeps_the_newest(methods_root, monkeypatch):
+    png = str(ROOT / "assets/examples/synthetic_tumour_t1_axial.png")
+    k1, a1 = cb.load_and_analyse(png, ["zscore"])
+    size = cb.analysis_bytes(a1)
+    assert size > a1.scan.voxels.nbytes  # the maps count too
+    monkeypatch.setattr(cb, "MAX_CACHED_BYTES", int(size * 1.5))
+    k2, _ = cb.load_and_analyse(png, ["ae"])
+    assert cb.get_analysis(k2) is not None
+    with pytest.raises(AnomalyError):
+        cb.get_analysis(k1)  # the oldest went first
+    monkeypatch.setattr(cb, "MAX_CACHED_BYTES", 1)
+    k3, _ = cb.load_and_analyse(png, ["zscore", "ae"])
+    assert cb.get_analysis(k3) is not None  # the newest stays, whatever its size

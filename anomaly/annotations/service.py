@@ -386,8 +386,37 @@ def export_seg(key, out_dir=None) -> Path:
     paths = getattr(a, "source_paths", None)
     if a.scan.source != "dicom" or not paths:
         raise AnnotationError("DICOM SEG export needs a scan loaded from DICOM files (otherwise export a NIfTI label map: `python -m anomaly.annotations export-nifti STUDY_KEY --out FILE.nii.gz`)")
-    out = Path(out_dir or tempfile.mkdtemp(prefix="anomaly-seg-")) / f"{a.study_key}_seg.dcm"
-    return export_dicom_seg(get_store(), a.study_key, paths, out)
+    if out_dir is None:  # the page's download: one folder per export, removed after SEG_KEEP_S
+        root = Path(tempfile.gettempdir()) / "anomaly-seg"
+        root.mkdir(parents=True, exist_ok=True)
+        prune_old_exports(root)
+        out_dir = tempfile.mkdtemp(dir=root)
+    out = Path(out_dir) / f"{a.study_key}_seg.dcm"
+    try:
+        return export_dicom_seg(get_store(), a.study_key, paths, out)
+    except Exception:
+        if not out.exists() and not any(Path(out_dir).iterdir()):
+            Path(out_dir).rmdir()  # a refused export leaves no empty folder
+        raise
+
+
+SEG_KEEP_S = 3600  # a downloaded SEG (it carries the StudyInstanceUID) stays on the server an hour, as uploads do
+
+
+def prune_old_exports(root: Path, keep_s: float = SEG_KEEP_S) -> int:
+    """Removes the export folders under ``root`` older than ``keep_s`` seconds; returns how many."""
+    import shutil
+    import time
+
+    n, now_s = 0, time.time()
+    for d in Path(root).iterdir():
+        try:
+            if d.is_dir() and now_s - d.stat().st_mtime > keep_s:
+                shutil.rmtree(d)
+                n += 1
+        except OSError:
+            continue
+    return n
 
 
 def fp_summary(study_key: str | None = None) -> list[dict]:

@@ -6,6 +6,7 @@ changing slice, window or overlay settings re-renders without re-running the mod
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 from collections import OrderedDict
@@ -27,11 +28,31 @@ _CACHE: "OrderedDict[str, Analysis]" = OrderedDict()
 _LOCK = threading.Lock()
 
 
+# and at most this much memory (scans, maps, drawn maps): a few 1024 x 1024 x 120 uploads each held
+# several GB, so six of them could exhaust the server
+MAX_CACHED_BYTES = int(float(os.environ.get("ANOMALY_CACHE_GB", "4")) * 2**30)
+
+
+def analysis_bytes(a: Analysis) -> int:
+    """Memory an analysis holds in arrays (scan, prepared slices, every method's maps, drawn maps)."""
+    def nb(x) -> int:
+        return int(getattr(x, "nbytes", 0) or 0)
+
+    p = a.prepared
+    total = nb(a.scan.voxels) + nb(p.images) + nb(p.masks) + nb(p.original_masks)
+    for r in a.results.values():
+        total += nb(r.anomaly_map) + nb(r.pseudo_healthy) + sum(nb(m) for m in (r.extra_maps or {}).values())
+    return total + sum(nb(m) for m in a._full_maps.values())
+
+
 def _put(a: Analysis) -> str:
     key = secrets.token_hex(8)
     with _LOCK:
         _CACHE[key] = a
         while len(_CACHE) > MAX_CACHED:
+            _CACHE.popitem(last=False)
+        # the oldest go first; the newest (the one in view) always stays
+        while len(_CACHE) > 1 and sum(analysis_bytes(x) for x in _CACHE.values()) > MAX_CACHED_BYTES:
             _CACHE.popitem(last=False)
     return key
 
