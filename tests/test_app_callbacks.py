@@ -549,7 +549,10 @@ def test_findings_of_all_methods_in_one_list_say_which_others_agree(methods_root
     key_of = [(r["brain section"] != "large", order.index(r["method"]), -r["peak (x threshold)"]) for r in rows]
     assert key_of == sorted(key_of) and any(not k[0] for k in key_of)
     assert cb.findings_rows(key, 1.0, list(reversed(order))) == rows  # the ticked order does not matter
-    regions = {m: a._regions(m, 1.0) for m in order}  # "also flagged by" lists them in that order
+    from anomaly.analysis import _without_small
+
+    # "also flagged by" lists them in that order, each where it has a finding (10 voxels or more) itself
+    regions = {m: _without_small(a._regions(m, 1.0), 10) for m in order}
     ml = a.pixel_area_mm2() * a.scan.spacing[0] / 1000.0
     for method in ("zscore", "ae"):  # each finding's agreement, recomputed from the regions
         lab, n = ndimage.label(regions[method])
@@ -952,3 +955,18 @@ def test_the_analysis_cache_is_bounded_by_memory_and_keeps_the_newest(methods_ro
     monkeypatch.setattr(cb, "MAX_CACHED_BYTES", 1)
     k3, _ = cb.load_and_analyse(png, ["zscore", "ae"])
     assert cb.get_analysis(k3) is not None  # the newest stays, whatever its size
+
+
+def test_also_flagged_by_names_only_methods_with_a_finding_there(methods_root, lesion_volume):
+    from anomaly.analysis import _without_small
+
+    r = np.zeros((3, 10, 10), bool)
+    r[1, 2:4, 2:4] = True  # 4 voxels: no finding
+    r[0:3, 5:9, 5:9] = True  # 48 voxels
+    kept = _without_small(r, 10)
+    assert not kept[1, 2:4, 2:4].any() and kept[0:3, 5:9, 5:9].all()
+    key, a = cb.load_and_analyse([str(lesion_volume)], ["zscore", "ae"], "axial")
+    for f in a.findings_across(["zscore", "ae"], 1.0):
+        for other in [o for o in f["also flagged by"].split(", ") if o != "none"]:
+            own = a.findings(other, 1.0)
+            assert own, f"{other} is named but has no finding at all"

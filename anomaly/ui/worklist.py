@@ -92,11 +92,13 @@ def load_results(folder: str | Path) -> pd.DataFrame:
 
 
 def methods_of(df: pd.DataFrame) -> list[str]:
-    """Methods with scores in the results; ``consensus`` first when present."""
+    """Methods with scores in the results; ``consensus`` first when present, then the app's order (best
+    validation pixel AP first)."""
     from anomaly.batch.results import result_methods
+    from anomaly.ui.callbacks import validation_rank
 
     ms = result_methods(df)
-    return sorted(ms, key=lambda m: (m != "consensus", m))
+    return sorted(ms, key=lambda m: (m != "consensus", validation_rank(m)))
 
 
 def review_info() -> dict[str, dict]:
