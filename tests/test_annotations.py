@@ -626,6 +626,14 @@ def test_cli_export_import_and_check(env, capsys):
     assert info["integrity"] == "ok" and info["flags"] == 4 and info["schema_version"] == SCHEMA_VERSION
     assert main(["import-json", str(env.tmp / "missing.json"), "--db", str(other)]) == 2
     assert "error:" in capsys.readouterr().err
+    # a flag's history, by its short id as the app shows it: who changed what, and what it read before
+    f = s.list_flags()[0]
+    s.update_flag(f.id, 1, reviewer="bob", note="bob's reading")
+    assert main(["history", f.id[:8], "--db", str(env.db)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert [r["action"] for r in rows] == ["create", "update"] and rows[1]["by"] == "bob"
+    assert rows[1]["before"]["note"] == f.note and rows[1]["version"] == 2 and "mask_png_b64" not in rows[1]["before"]
+    assert main(["history", "nosuchid", "--db", str(env.db)]) == 2
 
 
 # ----------------------------------------------------------------------------- access

@@ -9,6 +9,7 @@
     export-seg STUDY_KEY --dicom DIR --out FILE.dcm   confirmed findings as DICOM SEG on the source series
     fp-rates --out FILE                        per-method false positives per reviewed scan
     add-user NAME [--users-file F]             reads the password from stdin (prompted on a terminal)
+    history FLAG_ID                            every version of a flag: who, when, what it read (JSON lines)
     check                                      schema version, integrity check and counts
     selftest [--writers 8] [--flags 200] [--kill]   write through a real app, SIGKILL it, count what survived
 
@@ -71,7 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default $ANOMALY_USERS_FILE or $ANOMALY_DATA_DIR/users.txt")
     s.add_argument("--iterations", type=int, default=None)
     sub.add_parser("check", parents=[common], help="schema version, integrity check, counts")
+    s = sub.add_parser("history", parents=[common], help="every version of a flag (JSON lines, no masks)")
+    s.add_argument("flag_id", help="the flag's id, or its first 8 characters as the app shows them")
     return p
+
+
+def history_rows(store, flag_id: str) -> list[dict]:
+    """A flag's history, oldest first: action, version, who, when, undone, and what it read before
+    (label, reason, note, region box, removed); no masks. ``flag_id`` may be the 8-character prefix."""
+    from anomaly.annotations.store import FlagNotFoundError
+
+    fid = str(flag_id).strip()
+    if len(fid) < 36:  # the app's short form: unique prefix
+        hits = [f.id for f in store.list_flags(include_deleted=True) if f.id.startswith(fid)] if fid else []
+        if len(hits) != 1:
+            raise FlagNotFoundError(f"no flag {fid!r}" if not hits else f"{len(hits)} flags start with {fid!r}: give more")
+        fid = hits[0]
+    store.get_flag(fid)
+    out = []
+    for h in store.history(fid):
+        prev = h.get("previous") or None
+        out.append({"flag_id": fid, "action": h["action"], "version": h["version"], "by": h["reviewer"], "at": h["at"],
+                    "undone": h["undone"],
+                    "before": None if prev is None else {k: prev.get(k) for k in ("label", "reason", "note", "box",
+                                                                                   "deleted", "version")}})
+    return out
 
 
 def _read_password(name: str) -> str:
@@ -128,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             print(ex.export_dicom_seg(store, args.study, src, args.out, labels))
         elif args.cmd == "fp-rates":
             print(ex.export_fp_rates(store, args.out))
+        elif args.cmd == "history":
+            for row in history_rows(store, args.flag_id):
+                print(json.dumps(row))
         elif args.cmd == "check":
             print(json.dumps({"db": str(store.path), "schema_version": store.schema_version(),
                               "integrity": store.integrity_check(), "flags": store.count_flags(),
