@@ -185,7 +185,7 @@ def test_pseudo_healthy_and_extra_maps_go_back_through_their_own_slices_crop(met
     assert cons.extra_maps
     rows = []
     monkeypatch.setattr("anomaly.analysis.compose_grid", lambda r, *args, **kw: rows.extend(r) or Image.new("RGB", (8, 8)))
-    _, _, (img, ph) = cb.render_view(key, idx, "auto", 0.5, 1.0, "both", None)
+    _, _, (img, ph) = cb.render_view(key, idx, "auto", 0.5, 1.0, "both", None, compare_with="ae")
     # the grid draws it in the scan's intensities and window (the slice's normalisation undone) ...
     from anomaly.preprocess import background_level, intensity_scale
     from anomaly.windowing import apply_window

@@ -196,7 +196,8 @@ def _view_outputs(key, a, idx, preset, opacity, threshold, mode, methods, extra_
     banner_text = "" if a.ood.in_distribution else a.ood.banner
     banner = gr.update(value=banner_text, visible=bool(banner_text))
     summary = cb.scan_summary(a)
-    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial),
+    return (key, gr.update(maximum=max(a.n_slices - 1, 1), value=idx, interactive=a.n_slices > 1 and not a.partial,
+                           label="Slice" if a.n_slices > 1 else "Slice (a 2D image: this one only)"),
             banner, f"{note.strip()}\n\n{summary}" if note.strip() else summary, cb.score_curve_figure(a, idx, methods), grid, _df(table),
             _df(cb.findings_rows(key, threshold, methods), EMPTY_FINDINGS), _compare(a, pair, methods, compare_with), gr.update(),
             gr.update(value=a.plane),  # the plane radio says the plane shown (a 2D image: axial)
@@ -279,7 +280,7 @@ def on_clear():
     """The upload box was cleared (x): the viewer empties, as before any scan (stale maps of a scan
     no longer listed would mislead); saved flags stay in the store and the annotation panel keeps
     its case."""
-    return (None, gr.update(minimum=0, maximum=1, value=0, interactive=False), gr.update(value="", visible=False),
+    return (None, gr.update(minimum=0, maximum=1, value=0, interactive=False, label="Slice"), gr.update(value="", visible=False),
             "", None, None, _df([]), _df([], EMPTY_FINDINGS), gr.update(value=None, label="Compare: input vs pseudo-healthy"),
             gr.update(choices=[], value=None, visible=False), gr.update(), None)
 

@@ -38,11 +38,13 @@ def analysis_bytes(a: Analysis) -> int:
     def nb(x) -> int:
         return int(getattr(x, "nbytes", 0) or 0)
 
-    p = a.prepared
-    total = nb(a.scan.voxels) + nb(p.images) + nb(p.masks) + nb(p.original_masks)
-    for r in a.results.values():
-        total += nb(r.anomaly_map) + nb(r.pseudo_healthy) + sum(nb(m) for m in (r.extra_maps or {}).values())
-    return total + sum(nb(m) for m in a._full_maps.values())
+    p = getattr(a, "prepared", None)
+    total = nb(getattr(getattr(a, "scan", None), "voxels", None))
+    total += sum(nb(getattr(p, k, None)) for k in ("images", "masks", "original_masks"))
+    for r in (getattr(a, "results", None) or {}).values():
+        total += nb(getattr(r, "anomaly_map", None)) + nb(getattr(r, "pseudo_healthy", None))
+        total += sum(nb(m) for m in (getattr(r, "extra_maps", None) or {}).values())
+    return total + sum(nb(m) for m in (getattr(a, "_full_maps", None) or {}).values())
 
 
 def _put(a: Analysis) -> str:
@@ -353,7 +355,7 @@ def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: s
     if asked and compare_with != source:
         why = (f" ({compare_with} is not shown)" if compare_with not in shown_methods(a, methods)
                else f" ({compare_with} has no reconstruction)")
-    return f"Compare: input (left) vs {source}'s pseudo-healthy (right){why}"
+    return f"Compare: input as the model sees it, brain only (left) vs {source}'s pseudo-healthy (right){why}"
 
 
 def square_pixels(u8: np.ndarray, aspect: float) -> np.ndarray:
