@@ -104,8 +104,13 @@ def test_one_verdict_per_scan_whichever_methods_are_ticked():
     assert "reference models" in alone.ood.reasons[0]
     healthy = analyse(load_scan([str(root / "assets/examples/healthy_t1.nii.gz")]), ["zscore"])
     assert healthy.ood.in_distribution
-    # ticking a method afterwards keeps the scan's verdict
+    # ticking a method afterwards keeps the scan's verdict, and so does another plane in the app
     assert alone.with_methods(["zscore", "ae"]).ood.reasons == alone.ood.reasons
+    from anomaly.ui import callbacks as cb
+
+    key, a = cb.load_and_analyse([str(root / "assets/templates/itk_subject_t1_2x2x3mm.nii.gz")], ["zscore"])
+    _, cor = cb.reanalyse_plane(key, "coronal")
+    assert cor.plane == "coronal" and cor.ood.reasons == a.ood.reasons and not cor.ood.in_distribution
 
 
 def test_a_mask_text_or_flat_drawing_is_not_a_brain():
