@@ -7,7 +7,9 @@ score table, without re-running the models.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -17,7 +19,7 @@ from anomaly.calibration import IMAGE_DECISION_PERCENTILE, percentile_text
 from anomaly.errors import AnomalyError
 from anomaly.keys import study_key
 from anomaly.methods.base import get_method, method_class
-from anomaly.ood import MIN_SCORED_SLICES, REFERENCE_METHODS, OODVerdict, verdict
+from anomaly.ood import MIN_SCORED_SLICES, REFERENCE_METHODS, OODVerdict, image_reasons, verdict
 from anomaly.preprocess import PreparedSlices, background_level, intensity_scale, preprocess_scan
 from anomaly.render import GridRow, RenderConfig, compose_grid
 from anomaly.scan import Scan
@@ -402,18 +404,42 @@ def analyse(scan: Scan, methods: list[str], plane: str = "axial", seed: int = 0,
     return Analysis(scan, plane, prepared, results, key, v, time.perf_counter() - t0, scored=idx)
 
 
+_AXIAL_SCORE_REASONS: "OrderedDict[tuple, list[str]]" = OrderedDict()  # scan content -> its score check
+_AXIAL_SCORE_LOCK = threading.Lock()
+
+
 def scan_verdict(scan: Scan, plane: str, prepared: PreparedSlices, results: dict[str, MethodResult],
                  valid: np.ndarray, seed: int = 0, checkpoint_root=None, run_missing: bool = True) -> OODVerdict:
-    """The out-of-distribution verdict of a scan: one per scan, whichever methods are shown. Its score
-    check reads the ``REFERENCE_METHODS``' percentiles (axial planes only, where the models were
-    calibrated): from ``results`` where they are there, else run here on the scored slices and kept
-    out of the results (``run_missing``; a reference model without a checkpoint is left out)."""
-    if plane != "axial" or int(np.sum(valid)) < MIN_SCORED_SLICES:
-        return verdict(scan, None, None, prepared)
+    """The out-of-distribution verdict of a scan: one per scan, whichever methods are shown and
+    whichever plane is in view. Metadata and pixels (``prepared``, this plane's slices) as
+    ``anomaly.ood.verdict``; its score check reads the ``REFERENCE_METHODS``' percentiles on the
+    axial plane, where the models were calibrated: from ``results`` where they are there, else run
+    here and kept out of the results (``run_missing``; a reference model without a checkpoint is
+    left out), and remembered per scan content, so that another plane of the scan says the same."""
+    base = verdict(scan, None, None, prepared)
+    reasons = base.reasons + _score_reasons(scan, plane, prepared, results, valid, seed, checkpoint_root, run_missing)
+    return OODVerdict(not reasons, reasons)
+
+
+def _score_reasons(scan, plane, prepared, results, valid, seed, checkpoint_root, run_missing) -> list[str]:
+    memo = (scan.content_hash, str(checkpoint_root or ""), seed) if scan.content_hash else None
+    with _AXIAL_SCORE_LOCK:
+        known = None if memo is None else _AXIAL_SCORE_REASONS.get(memo)
+    if known is not None:
+        return list(known)
+    if plane != "axial":
+        # not for a plane's first preview slice (it would wait for the axial check); its full analysis runs it
+        if not (run_missing and scan.is_volume) or int(np.sum(valid)) < MIN_SCORED_SLICES:
+            return []
+        plane, results = "axial", {}
+        prepared = preprocess_scan(scan, "axial")
+        valid = prepared.valid
+    if int(np.sum(valid)) < MIN_SCORED_SLICES:  # one image, or a volume's first preview slice
+        return []
     pct = {n: results[n].percentiles for n in REFERENCE_METHODS if n in results and results[n].calibration}
     missing = [n for n in REFERENCE_METHODS if n not in results]
+    v = np.asarray(valid, bool)
     if missing and run_missing:
-        v = np.asarray(valid, bool)
         sub = prepared.subset(np.flatnonzero(v))
         for n in missing:
             try:
@@ -424,4 +450,10 @@ def scan_verdict(scan: Scan, plane: str, prepared: PreparedSlices, results: dict
                 full = np.full(len(prepared), np.nan)
                 full[v] = r.percentiles
                 pct[n] = full
-    return verdict(scan, pct, valid, prepared)
+    reasons = image_reasons(pct, v)
+    if memo is not None and (run_missing or not missing):
+        with _AXIAL_SCORE_LOCK:
+            _AXIAL_SCORE_REASONS[memo] = list(reasons)
+            while len(_AXIAL_SCORE_REASONS) > 64:
+                _AXIAL_SCORE_REASONS.popitem(last=False)
+    return reasons

@@ -833,8 +833,8 @@ def test_panel_forgets_the_selection_on_a_new_scan_and_jumps_only_to_a_matching_
 
     a, key = loaded.a, loaded.key
     out = on_scan(key, "", ["ae"], 1.0)
-    assert len(out) == 11 and out[-5:] == NO_SELECTION
-    assert on_scan("no-such-key", "", ["ae"], 1.0)[-5:] == NO_SELECTION
+    assert len(out) == 13 and out[-7:-2] == NO_SELECTION and out[-2:] == ["", ""]  # and no message left over
+    assert on_scan("no-such-key", "", ["ae"], 1.0)[-7:] == NO_SELECTION + ["", ""]
     h, w = a.scan.slice(3).shape
     m = np.zeros((h, w), bool)
     m[5:9, 5:9] = True

@@ -87,7 +87,7 @@ def test_ood_from_the_scores_reads_a_majority_of_the_reference_models_only():
     assert not image_reasons({"ae": off}, valid)  # one reference model alone: no check
     assert not image_reasons({"ae": off[:4], "dae": off[:4]}, np.ones(4, bool))  # too few slices
     v = verdict(Scan(np.zeros((5, 8, 8))), {"ae": off, "vae": off}, valid)
-    assert not v.in_distribution and "not trained" in v.banner and "reference models (ae, vae" in v.banner
+    assert not v.in_distribution and "not trained" in v.banner and "2 of the 2 reference models (ae and vae)" in v.banner
 
 
 def test_one_verdict_per_scan_whichever_methods_are_ticked():
@@ -111,6 +111,14 @@ def test_one_verdict_per_scan_whichever_methods_are_ticked():
     key, a = cb.load_and_analyse([str(root / "assets/templates/itk_subject_t1_2x2x3mm.nii.gz")], ["zscore"])
     _, cor = cb.reanalyse_plane(key, "coronal")
     assert cor.plane == "coronal" and cor.ood.reasons == a.ood.reasons and not cor.ood.in_distribution
+    _, sag = cb.reanalyse_plane(cb.reanalyse_plane(key, "coronal")[0], "sagittal")  # by way of coronal
+    assert sag.ood.reasons == a.ood.reasons
+    # a coronal analysis first (as the API's plane='coronal'): the score check runs on the axial plane
+    import anomaly.analysis as an
+
+    an._AXIAL_SCORE_REASONS.clear()
+    first = analyse(itk, ["zscore"], plane="coronal")
+    assert first.ood.reasons == a.ood.reasons
 
 
 def test_a_mask_text_or_flat_drawing_is_not_a_brain():
@@ -127,6 +135,32 @@ def test_a_mask_text_or_flat_drawing_is_not_a_brain():
     assert "few grey levels" in verdict(ellipse, prepared=preprocess_scan(ellipse, "axial")).banner
     brain = load_scan([str(root / "assets/examples/synthetic_tumour_t1_axial.png")])
     assert content_reasons(brain, preprocess_scan(brain, "axial")) == []
+    # anti-aliased white text on black: many grey levels at the letters' edges, but mostly background
+    from PIL import Image, ImageDraw, ImageFont
+
+    big = Image.new("L", (1024, 1024), 0)
+    d = ImageDraw.Draw(big)
+    for i, line in enumerate(["HELLO", "WORLD 42", "QUICK FOX"]):
+        d.text((80, 150 + 250 * i), line, fill=255, font=ImageFont.load_default(size=150))
+    text = np.asarray(big.resize((256, 256), Image.LANCZOS), np.float32)
+    scan = Scan(text[None])
+    prep = preprocess_scan(scan, "axial")
+    from anomaly.ood import MIN_BRAIN_ENTROPY_BITS, brain_entropy_bits
+
+    assert content_reasons(scan, prep)  # few grey levels, or background between the letters
+    # many grey levels (as anti-aliased text at 20-36 px had: 3.8-4.1 bits) but a fifth of the head
+    # as dark as the background: the entropy check passes it, the dark check does not
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    imgs = rng.uniform(0.3, 1.2, (1, 64, 64)).astype(np.float32)
+    imgs[0, :, :13] = 0.0
+    fake = SimpleNamespace(images=imgs, masks=np.ones((1, 64, 64), bool), valid=np.array([True]))
+    assert brain_entropy_bits(fake) >= MIN_BRAIN_ENTROPY_BITS
+    r = content_reasons(Scan(np.ones((1, 64, 64), np.float32) * np.pad(np.ones((60, 60)), 2)[None]), fake)
+    assert r and "as dark as the background" in r[0] and "20%" in r[0]
+    imgs[0, :, :13] = 0.5  # a brain-like head: none of it at background level
+    assert content_reasons(Scan(np.pad(np.ones((60, 60), np.float32), 2)[None]), fake) == []
 
 
 def test_ood_from_the_pixels_a_head_has_dark_background_noise_has_not():

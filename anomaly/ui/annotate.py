@@ -114,7 +114,7 @@ def _case_outputs(study_key):
 
 def on_scan(key, case_key, methods, threshold):
     """A scan was loaded (or re-analysed in another plane): its case, method choices, flags, preview,
-    and no flag selected.
+    and no flag selected, no message left from the previous scan.
 
     The preview shows the slice the viewer opens on. The slider is not an input here: when a scan
     with fewer slices replaces one with more, this event can see the old slider value against the
@@ -124,7 +124,7 @@ def on_scan(key, case_key, methods, threshold):
         a = svc._analysis(key)
     except AnomalyError:
         return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [gr.update(value=None,
-                                                                                              label=PREVIEW_LABEL)] + NO_SELECTION
+                                                                                              label=PREVIEW_LABEL)] + NO_SELECTION + ["", ""]
     names = list(a.results)
     chosen = next((m for m in (methods or []) if m in names), names[0] if names else None)
     idx = a.most_anomalous_slice()
@@ -132,7 +132,7 @@ def on_scan(key, case_key, methods, threshold):
         prev = _preview_update(key, idx, svc.preview(key, idx, chosen, threshold))
     except AnomalyError:
         prev = gr.update(value=None, label=PREVIEW_LABEL)
-    return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev] + NO_SELECTION
+    return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev] + NO_SELECTION + ["", ""]
 
 
 PREVIEW_LABEL = "This slice (click: point / box corners)"
@@ -425,6 +425,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                         "`python -m anomaly.annotations --help`.")
             seg_btn = gr.Button("DICOM SEG of confirmed findings")
             seg_file = gr.File(label="DICOM SEG", interactive=False)
+            seg_msg = gr.Markdown()  # why no file came
 
     buttons = [add_btn, reviewed_btn, save_btn, remove_btn, undo_btn, status_btn]
     nb = len(buttons)
@@ -449,7 +450,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     logout_btn.click(lambda: on_logout(nb), None, [token, *access_out], api_visibility="private")
 
     key_state.change(on_scan, [key_state, case_key, methods, threshold],
-                     [method_dd, *case_out, preview_img, *selected_out], api_visibility="private").then(
+                     [method_dd, *case_out, preview_img, *selected_out, msg_md, seg_msg], api_visibility="private").then(
         lambda k, m: gr.update(choices=["(any)", *svc.queue_methods(k)], value=m), [key_state, qmethod], [qmethod],
         api_visibility="private")
 
@@ -471,7 +472,8 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     # the button: a refusal is a message beside it (the note typed so far is kept)
     add_ev = add_btn.click(refusal_as_message(on_add, len(add_out), add_out.index(msg_md), "Not added"), add_in,
                            add_out, api_visibility="private")
-    add_ev.then(on_summary, [scope, case_key], summary_out, api_visibility="private")
+    add_ev.then(on_summary, [scope, case_key], summary_out, api_visibility="private").then(
+        on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")  # the queue's counts follow
     # the API endpoint raises its errors (a typed failure for gradio_client callers)
     api_add.click(on_add, add_in, add_out, api_name="add_flag")
     # the page's buttons: a refusal is a message in the panel (a raised error put "Error" badges on the
@@ -498,7 +500,8 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
         api_ev = gr.Button(f"{api} (API)", visible=False).click(fn, ins, edit_out, api_name=api)
         for ev in (page, api_ev):
             ev.then(on_preview, preview_in, [preview_img], api_visibility="private", show_progress="hidden").then(
-                on_summary, [scope, case_key], summary_out, api_visibility="private")
+                on_summary, [scope, case_key], summary_out, api_visibility="private").then(
+                on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
 
     status_btn.click(on_status, [case_key, status_rb, token], [case_md, status_rb], api_name="set_case_status")
     for c in (qmethod, qstatus):
@@ -509,7 +512,6 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     next_btn.click(lambda k, m, s: on_step(k, m, s, 1), [case_key, qmethod, qstatus], [*case_out, queue_df],
                    api_name="next_case")
     summary_btn.click(on_summary, [scope, case_key], summary_out, api_name="fp_summary")
-    seg_msg = gr.Markdown()  # below the SEG button: why no file came
     seg_btn.click(refusal_as_message(lambda k: [on_export_seg(k), ""], 2, 1, "No DICOM SEG"), [key_state],
                   [seg_file, seg_msg], api_visibility="private")
     gr.Button("export SEG (API)", visible=False).click(on_export_seg, [key_state], [seg_file], api_name="export_seg")

@@ -210,12 +210,8 @@ def reanalyse_plane(key: str, plane: str, progress=None, only=None) -> tuple[str
     plane = plane_of(a.scan, plane)
     if a.plane == plane and only is None:
         return key, a
-    new_key, b = load_and_analyse(None, list(a.results), plane, _series_of(a), progress=progress,
-                                  loaded=(a.scan, getattr(a, "source_paths", None)), only=only)
-    # the scan's verdict: its score check runs on the axial plane (where the models were calibrated)
-    if a.plane == "axial" and not a.partial and b.plane != "axial":
-        b.ood = a.ood
-    return new_key, b
+    return load_and_analyse(None, list(a.results), plane, _series_of(a), progress=progress,
+                            loaded=(a.scan, getattr(a, "source_paths", None)), only=only)
 
 
 def _series_of(a: Analysis) -> str | None:
