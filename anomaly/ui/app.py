@@ -82,9 +82,10 @@ HOW_TO_READ = """
 * The models learned healthy adult **T1-weighted brain MR** (from real templates with synthetic variation),
   as **axial** slices. Other images still get maps, under a banner that says the scores are not calibrated
   for them (then no decision is made). The banner is the scan's, whichever methods are ticked: it reads the
-  file's metadata (modality, sequence), the pixels (a head on a dark background; many grey levels inside it,
-  not a mask, drawing or text) and, on a volume, three reference models (ae, vae, dae) run on every scan:
-  when most of them find most slices beyond every healthy one, as on a healthy brain from another scanner; coronal and sagittal planes are scored by the same axial models:
+  file's metadata (modality, sequence), the pixels (a head on a dark background; many grey levels inside it
+  and little of it as dark as the background, not a mask, drawing or text) and, on a volume, three reference
+  models (ae, vae, dae) run on every scan's axial slices, whichever plane is shown: when most of them find
+  most slices beyond every healthy one, as on a healthy brain from another scanner; coronal and sagittal planes are scored by the same axial models:
   their maps are shown, but no decision is made (on healthy coronal slices most would read *anomalous*).
 """
 
