@@ -422,7 +422,10 @@ def scan_verdict(scan: Scan, plane: str, prepared: PreparedSlices, results: dict
 
 
 def _score_reasons(scan, plane, prepared, results, valid, seed, checkpoint_root, run_missing) -> list[str]:
-    memo = (scan.content_hash, str(checkpoint_root or ""), seed) if scan.content_hash else None
+    from anomaly.methods import base  # the checkpoints in use (tests and users swap the folder)
+
+    root = str(checkpoint_root or base.CHECKPOINT_ROOT)
+    memo = (scan.content_hash, root, seed) if scan.content_hash else None
     with _AXIAL_SCORE_LOCK:
         known = None if memo is None else _AXIAL_SCORE_REASONS.get(memo)
     if known is not None:
