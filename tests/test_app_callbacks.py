@@ -970,3 +970,13 @@ def test_also_flagged_by_names_only_methods_with_a_finding_there(methods_root, l
         for other in [o for o in f["also flagged by"].split(", ") if o != "none"]:
             own = a.findings(other, 1.0)
             assert own, f"{other} is named but has no finding at all"
+
+
+def test_the_compare_slider_offers_the_shown_methods_with_a_pseudo_healthy_image(methods_root):
+    png = str(ROOT / "assets/examples/synthetic_tumour_t1_axial.png")
+    key, a = cb.load_and_analyse(png, ["zscore", "ae", "consensus"])
+    upd = cb.compare_choices(key, ["ae", "consensus"], "consensus")
+    assert upd["choices"] == [cb.AUTO_COMPARE, "ae"] and upd["value"] == cb.AUTO_COMPARE  # consensus has none
+    assert cb.compare_choices(key, ["zscore", "ae"], "ae")["value"] == "ae"  # a choice still offered stays
+    assert set(cb.compare_choices(key, None)["choices"]) == {cb.AUTO_COMPARE, "zscore", "ae"}
+    assert cb.compare_choices(None, None)["choices"][0] == cb.AUTO_COMPARE  # before a scan: every method

@@ -521,6 +521,9 @@ def build_app() -> gr.Blocks:
                 # the findings list and its "also flagged by" follow the shown methods
                 methods.change(on_methods, view_inputs, [key, grid, table, compare, curve, findings, banner],
                                api_visibility="private")
+                # the compare slider offers the shown methods that have a pseudo-healthy image
+                for ev in (methods.change, key.change):
+                    ev(cb.compare_choices, [key, methods, compare_with], [compare_with], api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
                 # a user's choice only (.input): the events that set the radio back (a 2D image) must not fire it

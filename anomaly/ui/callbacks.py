@@ -343,6 +343,25 @@ def compare_source(a: Analysis, methods: list[str] | None = None, compare_with: 
     return with_recon[0] if with_recon else None
 
 
+def compare_choices(key: str | None, methods: list[str] | None, current: str | None = None):
+    """The compare slider's method choices: the shown methods that have a pseudo-healthy image (after
+    ``AUTO_COMPARE``); the choice stays unless its method is no longer offered. Every method before a
+    scan is loaded."""
+    try:
+        a = get_analysis(key)
+    except AnomalyError:
+        return gr_update(choices=[AUTO_COMPARE, *default_methods()])
+    offered = [m for m in shown_methods(a, methods) if a.results[m].pseudo_healthy is not None]
+    value = current if current in offered else AUTO_COMPARE
+    return gr_update(choices=[AUTO_COMPARE, *offered], value=value)
+
+
+def gr_update(**kw):
+    import gradio as gr
+
+    return gr.update(**kw)
+
+
 def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str:
     """The compare slider's caption: which method's pseudo-healthy it shows (and why, if not the one asked)."""
     source = compare_source(a, methods, compare_with)
