@@ -35,6 +35,7 @@ from anomaly.windowing import apply_window, window_for, window_text
 # earlier rule (mean percentile over all methods, every slice), 1 with that mean over the large
 # sections, 6 with the consensus over them (a random candidate slice: 21%).
 OPENING_MIN_SECTION = 0.5
+FINDING_MIN_VOXELS = 10  # a finding is a connected region of at least this many voxels
 OPENING_RULE = (f"highest healthy percentile of the consensus (else the mean over the methods), ties by score, among "
                 f"slices with at least {OPENING_MIN_SECTION:.0%} of the largest brain section")
 
@@ -146,7 +147,7 @@ class Analysis:
         region[~np.asarray(self.prepared.valid, bool)] = False
         return region
 
-    def findings(self, method: str, threshold: float = 1.0, min_voxels: int = 10,  # FINDING_MIN_VOXELS
+    def findings(self, method: str, threshold: float = 1.0, min_voxels: int = FINDING_MIN_VOXELS,
                  others: dict[str, np.ndarray] | None = None) -> list[dict]:
         """Connected regions above threshold in 3D: volume (mL), extent along the slice, row and
         column axes (mm, bounding box), slice range, peak, centre. With ``others`` (method -> its
@@ -293,7 +294,6 @@ class Analysis:
 
 
 SMALL_SECTION = "small (skull base, vertex or edge)"
-FINDING_MIN_VOXELS = 10  # a finding is a connected region of at least this many voxels
 
 
 def _without_small(region: np.ndarray, min_voxels: int) -> np.ndarray:

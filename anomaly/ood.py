@@ -99,25 +99,25 @@ def image_reasons(percentiles: dict[str, np.ndarray], valid: np.ndarray) -> list
     return []
 
 
-def dark_inside_fraction(prepared) -> float | None:
-    """Share of the scored slices' brain-mask pixels as dark as the background (model frame)."""
+def _inside_values(prepared) -> np.ndarray | None:
+    """The model-frame intensities inside the brain masks of the scored slices; None with fewer than 64."""
     v = np.asarray(prepared.valid, bool)
-    if not v.any():
-        return None
     vals = np.asarray(prepared.images)[v][np.asarray(prepared.masks, bool)[v]]
     vals = vals[np.isfinite(vals)]
-    return float((vals < DARK_LEVEL).mean()) if vals.size >= 64 else None
+    return vals if vals.size >= 64 else None
+
+
+def dark_inside_fraction(prepared) -> float | None:
+    """Share of the scored slices' brain-mask pixels as dark as the background (model frame)."""
+    vals = _inside_values(prepared)
+    return None if vals is None else float((vals < DARK_LEVEL).mean())
 
 
 def brain_entropy_bits(prepared) -> float | None:
     """Entropy (bits, 64 bins) of the model-frame intensities inside the brain masks of the scored
     slices; None without enough of them."""
-    v = np.asarray(prepared.valid, bool)
-    if not v.any():
-        return None
-    vals = np.asarray(prepared.images)[v][np.asarray(prepared.masks, bool)[v]]
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 64:
+    vals = _inside_values(prepared)
+    if vals is None:
         return None
     h = np.histogram(vals, bins=64)[0].astype(np.float64)
     h = h[h > 0] / h.sum()

@@ -975,8 +975,13 @@ def test_also_flagged_by_names_only_methods_with_a_finding_there(methods_root, l
 def test_the_compare_slider_offers_the_shown_methods_with_a_pseudo_healthy_image(methods_root):
     png = str(ROOT / "assets/examples/synthetic_tumour_t1_axial.png")
     key, a = cb.load_and_analyse(png, ["zscore", "ae", "consensus"])
-    upd = cb.compare_choices(key, ["ae", "consensus"], "consensus")
-    assert upd["choices"] == [cb.AUTO_COMPARE, "ae"] and upd["value"] == cb.AUTO_COMPARE  # consensus has none
-    assert cb.compare_choices(key, ["zscore", "ae"], "ae")["value"] == "ae"  # a choice still offered stays
-    assert set(cb.compare_choices(key, None)["choices"]) == {cb.AUTO_COMPARE, "zscore", "ae"}
-    assert cb.compare_choices(None, None)["choices"][0] == cb.AUTO_COMPARE  # before a scan: every method
+    choices, value = cb.compare_choices(key, ["ae", "consensus"], "consensus")
+    assert choices == [cb.AUTO_COMPARE, "ae"] and value == cb.AUTO_COMPARE  # consensus has none
+    assert cb.compare_choices(key, ["zscore", "ae"], "ae")[1] == "ae"  # a choice still offered stays
+    assert set(cb.compare_choices(key, None)[0]) == {cb.AUTO_COMPARE, "zscore", "ae"}
+    assert cb.compare_choices(None, None)[0][0] == cb.AUTO_COMPARE  # before a scan: every method
+    # the page's event wraps it; before a scan it leaves the chosen value alone
+    from anomaly.ui.app import on_compare_choices
+
+    assert on_compare_choices(key, ["ae", "consensus"], "consensus")["value"] == cb.AUTO_COMPARE
+    assert "value" not in on_compare_choices(None, None, "ae")

@@ -123,19 +123,23 @@ def on_scan(key, case_key, methods, threshold):
     try:
         a = svc._analysis(key)
     except AnomalyError:
-        return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [gr.update(value=None,
-                                                                                              label=PREVIEW_LABEL)] + NO_SELECTION + ["", ""]
+        return [gr.update(), gr.update()] + _case_outputs(case_key or None)[1:] + [_no_preview()] + NO_SELECTION + ["", ""]
     names = list(a.results)
     chosen = next((m for m in (methods or []) if m in names), names[0] if names else None)
     idx = a.most_anomalous_slice()
     try:
         prev = _preview_update(key, idx, svc.preview(key, idx, chosen, threshold))
     except AnomalyError:
-        prev = gr.update(value=None, label=PREVIEW_LABEL)
+        prev = _no_preview()
     return [gr.update(choices=names, value=chosen)] + _case_outputs(a.study_key) + [prev] + NO_SELECTION + ["", ""]
 
 
 PREVIEW_LABEL = "This slice (click: point / box corners)"
+
+
+def _no_preview():
+    """The preview emptied, with its plain title (no scan, or nothing to show)."""
+    return gr.update(value=None, label=PREVIEW_LABEL)
 
 
 def _preview_update(key, index, img):
@@ -155,7 +159,7 @@ def on_preview(key, index, method, threshold, mode, r0, c0, r1, c1, pr, pc):
         return _preview_update(key, index, svc.preview(key, index, method, threshold, mode, [r0, c0, r1, c1],
                                                        [pr, pc]))
     except AnomalyError:
-        return gr.update(value=None, label=PREVIEW_LABEL)
+        return _no_preview()
     except Exception:  # noqa: BLE001
         log.exception("annotation preview failed")
         return gr.update()

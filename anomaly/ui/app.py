@@ -317,6 +317,12 @@ def on_threshold(key, index, preset, opacity, threshold, mode, methods, extra_ro
     return (*out, _df(cb.findings_rows(key, threshold, methods), EMPTY_FINDINGS))
 
 
+def on_compare_choices(key, methods, current):
+    """The compare slider's method box follows the shown methods (``callbacks.compare_choices``)."""
+    choices, value = cb.compare_choices(key, methods, current)
+    return gr.update(choices=choices) if value is None else gr.update(choices=choices, value=value)
+
+
 def on_methods(key, index, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
                zoom_centre=None, progress=gr.Progress()):
     """The Methods checkboxes changed: a method ticked after loading is scored on the loaded slices
@@ -523,7 +529,7 @@ def build_app() -> gr.Blocks:
                                api_visibility="private")
                 # the compare slider offers the shown methods that have a pseudo-healthy image
                 for ev in (methods.change, key.change):
-                    ev(cb.compare_choices, [key, methods, compare_with], [compare_with], api_visibility="private")
+                    ev(on_compare_choices, [key, methods, compare_with], [compare_with], api_visibility="private")
                 threshold.input(on_threshold, view_inputs, [grid, table, compare, curve, findings], api_visibility="private",
                                 trigger_mode="always_last")
                 # a user's choice only (.input): the events that set the radio back (a 2D image) must not fire it

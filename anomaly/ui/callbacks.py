@@ -336,30 +336,28 @@ def ensure_methods(key: str, methods: list[str] | None, progress=None) -> tuple[
 def compare_source(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str | None:
     """Whose pseudo-healthy the compare slider shows: ``compare_with`` when it is shown and has a
     reconstruction, else the first shown method with one; None when none has."""
-    shown = shown_methods(a, methods)
-    with_recon = [m for m in shown if a.results[m].pseudo_healthy is not None]
+    with_recon = compare_candidates(a, methods)
     if compare_with in with_recon:  # AUTO_COMPARE is no method's name
         return compare_with
     return with_recon[0] if with_recon else None
 
 
-def compare_choices(key: str | None, methods: list[str] | None, current: str | None = None):
-    """The compare slider's method choices: the shown methods that have a pseudo-healthy image (after
-    ``AUTO_COMPARE``); the choice stays unless its method is no longer offered. Every method before a
-    scan is loaded."""
+def compare_candidates(a: Analysis, methods: list[str] | None) -> list[str]:
+    """The shown methods that have a pseudo-healthy image, in the grid's order."""
+    return [m for m in shown_methods(a, methods) if a.results[m].pseudo_healthy is not None]
+
+
+def compare_choices(key: str | None, methods: list[str] | None, current: str | None = None
+                    ) -> tuple[list[str], str | None]:
+    """(choices, value) of the compare slider's method box: ``AUTO_COMPARE`` and the
+    ``compare_candidates``; the choice stays unless its method is no longer offered. Every method
+    and no change of value (None) before a scan is loaded."""
     try:
         a = get_analysis(key)
     except AnomalyError:
-        return gr_update(choices=[AUTO_COMPARE, *default_methods()])
-    offered = [m for m in shown_methods(a, methods) if a.results[m].pseudo_healthy is not None]
-    value = current if current in offered else AUTO_COMPARE
-    return gr_update(choices=[AUTO_COMPARE, *offered], value=value)
-
-
-def gr_update(**kw):
-    import gradio as gr
-
-    return gr.update(**kw)
+        return [AUTO_COMPARE, *default_methods()], None
+    offered = compare_candidates(a, methods)
+    return [AUTO_COMPARE, *offered], (current if current in offered else AUTO_COMPARE)
 
 
 def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: str | None = None) -> str:
@@ -465,7 +463,7 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
             "title": method_class(name).title,
         }
     out["score_table"] = a.score_table(idx, threshold)
-    out["findings"] = a.findings_across(sorted(a.results, key=validation_rank), threshold)
+    out["findings"] = a.findings_across(shown_methods(a, None), threshold)
     return out
 
 
@@ -560,20 +558,17 @@ def usable_window(preset: str, key: str | None = None) -> tuple[str, str | None]
         check_window(preset)
     except AnomalyError as e:
         return "auto", f"{e}. Showing the auto window."
-    if key and str(preset).strip().lower() in PRESETS:
-        try:
-            a = get_analysis(key)
-        except AnomalyError:  # no scan loaded: nothing to say about its modality
-            return preset, None
-        if not is_ct(a.scan):
-            what = "of unknown modality" if str(a.scan.modality).lower() == "unknown" else a.scan.modality
-            return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is {what}: "
-                            "showing the auto window.")
-    if key and str(preset).strip().lower() == "file":
-        try:
-            a = get_analysis(key)
-        except AnomalyError:
-            return preset, None
-        if not getattr(a.scan, "window", None):
-            return "auto", "this file stores no display window (a DICOM WindowCenter/Width): showing the auto window."
+    name = str(preset).strip().lower()
+    if not key or (name not in PRESETS and name != "file"):
+        return preset, None
+    try:
+        a = get_analysis(key)
+    except AnomalyError:  # no scan loaded: nothing to say about its modality or stored window
+        return preset, None
+    if name in PRESETS and not is_ct(a.scan):
+        what = "of unknown modality" if str(a.scan.modality).lower() == "unknown" else a.scan.modality
+        return "auto", (f"'{preset}' is a CT window in Hounsfield units; this scan is {what}: "
+                        "showing the auto window.")
+    if name == "file" and not getattr(a.scan, "window", None):
+        return "auto", "this file stores no display window (a DICOM WindowCenter/Width): showing the auto window."
     return preset, None
