@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -157,19 +158,36 @@ def volume_score(slice_scores: np.ndarray, valid: np.ndarray) -> float:
 
 def volume_percentile(slice_percentile: float, n_slices: int, n_healthy: int = 0) -> float:
     """How a volume's score (its highest slice score, at ``slice_percentile`` of healthy slices)
-    ranks among the highest scores of ``n_slices`` healthy slices: 100 * (p / 100) ** n, treating
-    the slices as independent draws (neighbouring slices are alike, so this errs low). Comparing
-    the maximum of n slices with single healthy slices would put nearly every volume, healthy or
-    not, near the 100th percentile. With ``n_healthy`` (the calibration's number of healthy slices,
-    m), a slice above all of them is placed at their m / (m + 1) quantile, the most m slices can
-    tell (the 100th percentile of m slices is not a certainty)."""
+    ranks among the highest scores of ``n_slices`` healthy slices, treating the slices as
+    independent draws (neighbouring slices are alike, so this errs low). Comparing the maximum of n
+    slices with single healthy slices would put nearly every volume, healthy or not, near the 100th
+    percentile.
+
+    Without ``n_healthy`` it is 100 * (p / 100) ** n. With it (the calibration's number of healthy
+    slices, m) the share F of healthy slices below the score is known only as well as m slices
+    tell: F ~ Beta(k + 1, m - k + 1) with k = p * m / 100 of them below, and the figure is
+    100 * E[F ** n]. A score above all m healthy slices then reads 100 * (m + 1) / (m + n + 1), the
+    most m slices can say of a volume of n (``volume_percentile_ceiling``): about 70 for 158
+    healthy slices and 66 scored ones, 17 for a small calibration set of 12."""
     p, n = float(slice_percentile), int(n_slices)
     if not np.isfinite(p) or n < 1:
         return float("nan")
     p = min(max(p, 0.0), 100.0)
-    if n_healthy > 0:
-        p = min(p, 100.0 * n_healthy / (n_healthy + 1))
-    return float(100.0 * (p / 100.0) ** n)
+    m = int(n_healthy)
+    if m <= 0:
+        return float(100.0 * (p / 100.0) ** n)
+    k = p / 100.0 * m  # E[F^n] for F ~ Beta(a, b) = prod_{i<n} (a + i) / (a + b + i), via log-gamma
+    a, b = k + 1.0, m - k + 1.0
+    log_e = math.lgamma(a + n) - math.lgamma(a) + math.lgamma(a + b) - math.lgamma(a + b + n)
+    return float(100.0 * math.exp(log_e))
+
+
+def volume_percentile_ceiling(n_slices: int, n_healthy: int) -> float:
+    """The highest ``volume_percentile`` a volume of ``n_slices`` scored slices can read against a
+    calibration of ``n_healthy`` healthy slices (its top slice above all of them); NaN without them."""
+    if n_slices < 1 or n_healthy < 1:
+        return float("nan")
+    return volume_percentile(100.0, n_slices, n_healthy)
 
 
 def percentile_text(p: float) -> str:

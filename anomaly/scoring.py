@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from anomaly.calibration import Calibration, brain_fill, volume_percentile, volume_score
+from anomaly.calibration import Calibration, brain_fill, volume_percentile, volume_percentile_ceiling, volume_score
 from anomaly.methods.base import AnomalyMethod
 from anomaly.preprocess import PreparedSlices
 
@@ -106,6 +106,15 @@ class MethodResult:
             return float("nan")
         return volume_percentile(float(self.calibration.percentile(np.array([self.volume_score]))[0]), n,
                                  int(self.calibration.n_slices or 0))
+
+    @property
+    def volume_percentile_ceiling(self) -> float:
+        """The highest ``volume_percentile`` this scan can read (its top slice above every healthy
+        calibration slice): what the calibration's number of healthy slices can tell of this many
+        scored slices; NaN when uncalibrated or the calibration's size is unknown."""
+        n = int(np.sum(self.valid))
+        m = int(getattr(self.calibration, "n_slices", 0) or 0)
+        return volume_percentile_ceiling(n, m)
 
     @property
     def most_anomalous_slice(self) -> int:

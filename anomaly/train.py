@@ -244,7 +244,24 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     card["total_wall_time_s"] = round(time.time() - t0, 1)  # this command (wall_time_s: training over all runs)
     write_card(out, card)
     clear_cache()
+    _recalibrate_consensus(cls.name, out.parent, data, cfg, train_split, val_split)
     return load_card(out)
+
+
+def _recalibrate_consensus(trained: str, root: Path, data: Path, cfg: TrainConfig, train_split: str,
+                           val_split: str) -> None:
+    """A consensus beside a retrained member was calibrated on the member's old maps: re-calibrate
+    it on the same data (it has no weights to train), else it would refuse to load."""
+    from anomaly.methods.consensus import stale_members
+
+    if trained == "consensus" or not (root / "consensus" / "card.json").is_file():
+        return
+    if not stale_members(load_card(root / "consensus"), root):
+        return
+    print(f"{trained} is a member of the consensus in {root}: re-calibrating the consensus on {data}", file=sys.stderr)
+    train("consensus", data, root / "consensus", TrainConfig(seed=cfg.seed, device="cpu"),
+          command=f"python -m anomaly.train consensus --data {data} --out {root / 'consensus'}"
+                  f" (run after {trained} was retrained)", train_split=train_split, val_split=val_split)
 
 
 def _training_data_text(data: Path, train_split: str, val_split: str, val_set: PreparedSet) -> str:
@@ -300,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an --out that cannot be written (read-only, /proc, a full disk, ...)
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     v = card.get("validation", {})
     print(f"trained {card['method']}: checkpoint {card['checkpoint_hash']}, validation {v}")

@@ -200,13 +200,22 @@ class TrainLoop:
         budget = cfg.minutes * 60 - self.elapsed_before
         last_save = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.desc, dynamic_ncols=True, mininterval=2)
+        first = self.step
         with _stop_requests() as stop:
             while self.step < cfg.max_steps and self._run_time() < budget:
                 yield self.step
                 self.step += 1
                 bar.update(1)
-                if self.history and self.step % 10 == 0:
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in self.history[-1].items() if k != "step"})
+                if self.step % 10 == 0:
+                    # a run ends at --steps or at the --minutes budget, whichever comes first: the bar's
+                    # total is the steps this run will reach at its current pace (a 1-minute run does not
+                    # read "0% of 100000")
+                    t = self._run_time()
+                    if t > 0:
+                        reach = self.step + (self.step - first) / t * max(budget - t, 0.0)
+                        bar.total = int(min(cfg.max_steps, max(reach, self.step + 1)))
+                    if self.history:
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in self.history[-1].items() if k != "step"})
                 if stop:
                     bar.close()
                     self.save()
@@ -217,6 +226,8 @@ class TrainLoop:
                 if time.perf_counter() - last_save > cfg.save_every_s:
                     self.save()
                     last_save = time.perf_counter()
+        bar.total = self.step  # done: the bar ends full whichever limit ended it
+        bar.refresh()
         bar.close()
         self.save()
 

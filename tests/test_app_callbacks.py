@@ -69,6 +69,9 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
     js = cb.api_summary(a)
     json.dumps(js)
     assert js["study_key"].startswith("sk-") and js["methods"]["zscore"]["slice_percentiles"]
+    zj = js["methods"]["zscore"]  # the scan-level figure with the most its calibration can tell
+    assert zj["volume_percentile_ceiling"] is not None and 0 < zj["volume_percentile_ceiling"] <= 100
+    assert zj["volume_percentile"] <= zj["volume_percentile_ceiling"] + 1e-9
 
 
 def test_planes_and_cached_rerender(methods_root, lesion_volume):

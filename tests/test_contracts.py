@@ -288,3 +288,39 @@ def test_channels_last_layout_keeps_the_bundled_methods_results(name, tiny_datas
     plain = m.predict(prep.images, prep.masks, seed=0).residual
     assert np.abs(plain).max() > 0
     np.testing.assert_allclose(fast, plain, atol=1e-4 * float(np.abs(plain).max()))
+
+
+def test_consensus_follows_its_members_checkpoints(tiny_checkpoints, tiny_dataset, tmp_path):
+    """A consensus calibrated on a member's old maps refuses to load (typed error naming the member);
+    retraining a member with ``anomaly.train`` re-calibrates the consensus beside it."""
+    import json
+    import shutil
+
+    from anomaly.errors import CheckpointError
+    from anomaly.methods.base import clear_cache
+    from anomaly.methods.consensus import stale_members
+    from anomaly.train import train
+    from anomaly.training import TrainConfig
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoints, root)
+    card = json.loads((root / "consensus" / "card.json").read_text())
+    assert stale_members(card, root) == []
+    old_ae = card["member_hashes"]["ae"]
+    # a member changed by hand (copied in from elsewhere): refused, not scored on a stale calibration
+    ae_card = json.loads((root / "ae" / "card.json").read_text())
+    (root / "ae" / "card.json").write_text(json.dumps({**ae_card, "checkpoint_hash": "0" * 16}))
+    clear_cache()
+    with pytest.raises(CheckpointError, match="ae"):
+        get_method("consensus", root / "consensus")
+    (root / "ae" / "card.json").write_text(json.dumps(ae_card))
+    clear_cache()
+    # retrained through the CLI's path: the consensus is re-calibrated with the new member
+    new = train("ae", tiny_dataset, root / "ae", TrainConfig(seed=1, max_steps=5, batch_size=8))
+    assert new["checkpoint_hash"] != old_ae
+    cons = json.loads((root / "consensus" / "card.json").read_text())
+    assert cons["member_hashes"]["ae"] == new["checkpoint_hash"] and stale_members(cons, root) == []
+    assert "after ae was retrained" in cons["command"]
+    clear_cache()
+    assert get_method("consensus", root / "consensus").members
+    clear_cache()

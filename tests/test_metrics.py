@@ -253,7 +253,7 @@ def test_bootstrap_fast_path_equals_scikit_learn():
 def test_volume_percentile_compares_a_maximum_with_healthy_maxima():
     """The highest of n slice scores ranks against the highest of n healthy slices: a healthy volume
     whose top slice sits at the 99th percentile of single slices is unremarkable over 80 slices."""
-    from anomaly.calibration import volume_percentile
+    from anomaly.calibration import volume_percentile, volume_percentile_ceiling
 
     assert volume_percentile(100.0, 80) == 100.0 and volume_percentile(0.0, 5) == 0.0
     assert volume_percentile(50.0, 1) == pytest.approx(50.0)
@@ -266,6 +266,22 @@ def test_volume_percentile_compares_a_maximum_with_healthy_maxima():
         pcts.append(volume_percentile(100.0 * (healthy < top).mean(), 80))
     assert abs(np.mean(pcts) - 50) < 5 and abs(np.mean(np.asarray(pcts) >= 95) - 0.05) < 0.04
     assert np.isnan(volume_percentile(float("nan"), 10)) and np.isnan(volume_percentile(50.0, 0))
-    # above all of 158 healthy slices: their 158/159 quantile, not a certain 100th percentile
-    assert volume_percentile(100.0, 90, 158) == pytest.approx(100 * (158 / 159) ** 90) and volume_percentile(100.0, 90, 158) < 60
+    # above all of m healthy slices: the most m slices can tell of n, (m + 1) / (m + n + 1), not a
+    # certain 100th percentile; a small calibration set does not collapse it to "very normal"
+    assert volume_percentile(100.0, 90, 158) == pytest.approx(100 * 159 / 249) and volume_percentile(100.0, 90, 158) < 70
+    assert volume_percentile(100.0, 66, 12) == pytest.approx(100 * 13 / 79)  # was (12/13)^66: 0.5
+    assert volume_percentile_ceiling(66, 12) == pytest.approx(100 * 13 / 79)
+    assert np.isnan(volume_percentile_ceiling(66, 0))
     assert volume_percentile(50.0, 1, 158) == pytest.approx(50.0)
+    # with many healthy slices it approaches the independent-draws figure; lower ranks read lower
+    assert volume_percentile(99.0, 80, 100_000) == pytest.approx(100 * 0.99 ** 80, rel=0.01)
+    vals = [volume_percentile(p, 66, 158) for p in (0, 50, 90, 99, 100)]
+    assert vals == sorted(vals) and vals[0] < 1e-6
+    # simulated with a small calibration set: a volume's figure is at most its rank among healthy
+    # volume maxima on average (it errs low, not high)
+    cal = rng.normal(size=(300, 12))
+    pcts = []
+    for c in cal:
+        top = rng.normal(size=66).max()
+        pcts.append(volume_percentile(100.0 * (c < top).mean(), 66, 12))
+    assert 0 < np.mean(pcts) <= 55

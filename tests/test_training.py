@@ -64,6 +64,22 @@ def test_train_loop_moves_modules_saves_and_resumes(tmp_path):
     assert sum(1 for _ in loop2) == 2
 
 
+def test_a_time_limited_loop_shows_the_steps_it_will_reach(tmp_path, capsys):
+    """The progress bar of a run that ends at its --minutes budget counts towards the steps it will
+    reach at its pace, not towards the 100000-step default it never gets near."""
+    import time
+
+    cfg = TrainConfig(seed=0, minutes=0.8 / 60, device="cpu")  # 0.8 s; max_steps stays 100000
+    net = torch.nn.Linear(2, 1)
+    loop = TrainLoop(cfg, tmp_path, {"net": net}, {"opt": torch.optim.SGD(net.parameters(), lr=0.1)})
+    for _ in loop:
+        time.sleep(0.01)
+    assert 20 < loop.step < 100
+    err = capsys.readouterr().err
+    assert "/100000" not in err.rsplit("\r", 1)[-1]  # the final bar
+    assert f"{loop.step}/{loop.step}" in err.rsplit("\r", 1)[-1]
+
+
 def test_a_named_split_that_does_not_exist_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     """--train-split / --val-split typos are refused instead of silently falling back to a 10% split."""
     import pytest
@@ -78,6 +94,12 @@ def test_a_named_split_that_does_not_exist_is_a_clear_error(tiny_dataset, tmp_pa
     assert main(["zscore", "--data", str(tiny_dataset), "--out", str(tmp_path / "z"), "--val-split", "val_nromal"]) == 2
     assert "no split folder 'val_nromal'" in capsys.readouterr().err
     assert not (tmp_path / "z" / "card.json").exists()
+    # an --out that cannot be written: one line, no traceback
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["zscore", "--data", str(tiny_dataset), "--out", str(blocker / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "error: cannot write" in err and "a_file" in err and "Traceback" not in err
     # the defaults still fall back: a folder with train/ only holds out 10% of it for validation
     only = tmp_path / "only_train"
     only.mkdir()

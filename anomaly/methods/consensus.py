@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,11 +30,17 @@ class Consensus(AnomalyMethod):
     citation = "Zimmerer D, et al. MOOD 2020: A public benchmark for out-of-distribution detection and localization on medical images. IEEE TMI 41(10), 2022."
 
     def load(self) -> None:
+        from anomaly.errors import CheckpointError
+
         self.members = list(self.card.get("members", []))
         if not self.members:
-            from anomaly.errors import CheckpointError
-
             raise CheckpointError("consensus card lists no member methods: run python -m anomaly.train consensus")
+        stale = stale_members(self.card, self.checkpoint_dir.parent)
+        if stale:  # its calibration (threshold, score quantiles) was fitted on the members' old maps
+            raise CheckpointError(
+                f"the consensus was calibrated with other {', '.join(stale)} checkpoint(s) than those in "
+                f"{self.checkpoint_dir.parent}: re-calibrate it with python -m anomaly.train consensus --data DIR "
+                f"--out {self.checkpoint_dir}, or untick it")
 
     def predict(self, images: np.ndarray, masks: np.ndarray, seed: int = 0) -> MethodOutput:
         cal_sum = np.zeros(images.shape, np.float32)
@@ -68,6 +76,23 @@ class Consensus(AnomalyMethod):
         hashes = {n: get_method(n, root / n).checkpoint_hash for n in members}
         return {"member_count": torch.tensor([len(members)])}, {"members": members, "member_hashes": hashes,
                                                                "train_steps": 0}
+
+
+def stale_members(card: dict, root) -> list[str]:
+    """The members of a consensus ``card`` whose checkpoint under ``root`` is not the one it was
+    calibrated with (missing, or another hash); cards without ``member_hashes`` are not checked."""
+    from anomaly.checkpoints import load_card
+    from anomaly.errors import AnomalyError
+
+    out = []
+    for name, h in (card.get("member_hashes") or {}).items():
+        try:
+            now = load_card(Path(root) / name).get("checkpoint_hash")
+        except AnomalyError:
+            now = None
+        if now != h:
+            out.append(name)
+    return out
 
 
 def from_member_results(method: Consensus, prepared, results: dict):

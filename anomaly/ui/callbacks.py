@@ -453,9 +453,11 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
     for name, r in a.results.items():
         vp = r.volume_percentile  # the highest of n slices against the highest of n healthy ones
         vp = vp if np.isfinite(vp) else None
+        ceiling = r.volume_percentile_ceiling
         out["methods"][name] = {
             "volume_score": r.volume_score,
             "volume_percentile": vp,
+            "volume_percentile_ceiling": ceiling if np.isfinite(ceiling) else None,  # what m healthy slices can tell
             "slice_scores": [float(x) for x in r.scores],
             "slice_percentiles": [None if not np.isfinite(x) else float(x) for x in r.percentiles],
             "checkpoint_hash": r.checkpoint_hash,
