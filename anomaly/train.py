@@ -10,6 +10,7 @@ side), is held back for calibration. Files labelled 1 and lesion slices are neve
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -217,6 +218,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             "input_size": [MODEL_SIZE, MODEL_SIZE],
             "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
             "training_data": _training_data_text(data, train_split, val_split, val_set),
+            "data_fingerprint": data_fingerprint(train_set, val_set),
             "n_train_slices": len(train_set),
             "n_val_normal_slices": len(val_set),
             "command": command or f"python -m anomaly.train {cls.name} --data {data}",
@@ -264,6 +266,16 @@ def _recalibrate_consensus(trained: str, root: Path, data: Path, cfg: TrainConfi
                   f" (run after {trained} was retrained)", train_split=train_split, val_split=val_split)
 
 
+def data_fingerprint(*sets: PreparedSet) -> str:
+    """A short hash of the training and validation slices as the model saw them (model frame,
+    names and pixels): whether two cards were fitted on the same data, wherever the folder moved."""
+    h = hashlib.sha256()
+    for ps in sets:
+        h.update("\n".join(ps.names).encode())
+        h.update(np.ascontiguousarray(ps.images, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _training_data_text(data: Path, train_split: str, val_split: str, val_set: PreparedSet) -> str:
     """The card's ``training_data``: the split folders, or for a plain folder the files held out."""
     data = Path(data)
@@ -296,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, type=Path, help="data-set folder (see README)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint folder (default checkpoints/METHOD)")
     p.add_argument("--minutes", type=_positive(float), default=20.0, help="wall-time budget")
-    p.add_argument("--steps", type=_positive(int), default=100_000, help="maximum optimiser steps")
+    p.add_argument("--steps", type=_positive(int), default=100_000, help="maximum optimiser steps (f-AnoGAN splits them between its GAN and its encoder; DDAD's ASR "
+                        "head runs 30%% more after its ensembles; the card's train_steps say how many ran)")
     p.add_argument("--batch-size", type=_positive(int), default=32)
     p.add_argument("--lr", type=_positive(float), default=1e-3)
     p.add_argument("--seed", type=int, default=0)

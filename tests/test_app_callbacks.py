@@ -68,6 +68,8 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
     assert len(fig.axes[0].lines) >= 2
     js = cb.api_summary(a)
     json.dumps(js)
+    n_scored = int(np.sum(a.prepared.valid))  # the summary says how many slices are scored, and why not all
+    assert 0 < n_scored < a.n_slices and f"{n_scored} of {a.n_slices} slices scored" in cb.scan_summary(a)
     assert js["study_key"].startswith("sk-") and js["methods"]["zscore"]["slice_percentiles"]
     zj = js["methods"]["zscore"]  # the scan-level figure with the most its calibration can tell
     assert zj["volume_percentile_ceiling"] is not None and 0 < zj["volume_percentile_ceiling"] <= 100

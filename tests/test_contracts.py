@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +325,28 @@ def test_consensus_follows_its_members_checkpoints(tiny_checkpoints, tiny_datase
     clear_cache()
     assert get_method("consensus", root / "consensus").members
     clear_cache()
+
+
+def test_every_shipped_checkpoint_has_a_complete_card_and_fits_the_budget():
+    """Each bundled model (main and held-out) carries the card fields the methods issue names, its
+    weights match the card's hash, and all checkpoints together stay under 60 MB."""
+    import json
+
+    from anomaly.checkpoints import load_weights
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    required = ("method", "input_size", "normalisation", "training_data", "command", "seed", "wall_time_s",
+                "trained_on", "calibration", "validation", "checkpoint_hash")
+    cards = sorted(p for p in [*root.glob("*/card.json"), *root.glob("loo/*/card.json")] if p.parent.name != "brainmask")
+    assert {p.parent.name for p in cards} >= {"ae", "vae", "dae", "fanogan", "ddad", "anoddpm", "feature", "zscore", "consensus"}
+    for p in cards:
+        card = json.loads(p.read_text())
+        missing = [k for k in required if k not in card]
+        assert not missing, f"{p}: {missing}"
+        assert card["method"] == p.parent.name and card["input_size"] == [128, 128]
+        assert card["calibration"]["pixel_threshold"] > 0 and len(card["calibration"]["score_quantiles"]) > 10
+        assert card["weights"].endswith(".safetensors") and (p.parent / card["weights"]).is_file()
+        assert load_weights(p.parent)  # the hash recorded in the card is checked on load
+    total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+    assert total < 60e6
+    assert not [f for f in root.rglob("*") if f.suffix in (".pt", ".pth", ".pkl", ".ckpt")]

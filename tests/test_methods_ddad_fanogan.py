@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,8 @@ def test_ddad_output_contract_and_card(trained, val_lesion):
     assert out.residual.max() <= 1 and not np.allclose(out.residual, out.extra_maps["inter_discrepancy"])  # ASR map
     card = _card(trained / "ddad")
     assert card["train_steps"] == DDAD_STEPS and card["wall_time_s"] > 0
+    # the card's wall time is the whole training, ensembles and ASR head (each stage's beside it)
+    assert card["wall_time_s"] == pytest.approx(card["ensembles_wall_time_s"] + card["asr_wall_time_s"])
     assert card["n_unlabeled_slices"] > 0 and card["unlabeled_data"].endswith("unlabeled")
     assert card["architecture"]["k"] == 3 and card["asr"]["steps"] == card["asr_steps"] >= 1
     assert card["config"]["data_dir"].endswith("ds")
@@ -397,3 +400,14 @@ def test_asr_batch_stream_is_reproducible_with_workers_and_a_wider_refiner_loads
         with pytest.raises(SystemExit) as e:
             asr.main(["--checkpoint", str(trained / "ddad"), "--data", str(ddad_data), "--steps", "1", "--workers", bad])
         assert e.value.code == 2
+
+
+def test_the_asr_command_runs_without_a_second_module_copy():
+    """``python -m anomaly.methods.ddad.asr`` (the documented ASR command): the package does not
+    import the module first, so runpy gives no "found in sys.modules" warning."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "anomaly.methods.ddad.asr", "--help"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 0 and "--checkpoint" in r.stdout and "RuntimeWarning" not in r.stderr

@@ -233,6 +233,14 @@ def test_the_card_says_whether_a_saved_state_was_resumed(tiny_dataset, tmp_path)
     assert load_card(out)["resumed_from_saved_state"] is True
     c2 = train("ae", tiny_dataset, tmp_path / "fresh", TrainConfig(seed=0, max_steps=2, batch_size=4))
     assert c2["resumed_from_saved_state"] is False
+    # the card names its data by content too, whatever path it was given
+    import re
+
+    assert re.fullmatch(r"[0-9a-f]{16}", c0["data_fingerprint"]) and c2["data_fingerprint"] == c0["data_fingerprint"]
+    from anomaly.train import data_fingerprint, load_training_data
+
+    tr, va, _ = load_training_data(tiny_dataset)
+    assert data_fingerprint(tr, va) == c0["data_fingerprint"] != data_fingerprint(tr.subset(np.arange(len(tr) - 1)), va)
 
 
 def test_calibration_uses_the_extractor_masks_like_evaluate(tiny_dataset, tmp_path):
@@ -385,3 +393,18 @@ def test_wrong_size_masks_in_a_training_folder_are_named_errors(tiny_dataset, tm
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "masks" / first.name)
     with pytest.raises(DatasetError, match=rf"mask .*{first.name}.* must match"):
         load_prepared(data)
+
+
+def test_a_truncated_nifti_in_a_training_folder_is_a_one_line_error(tmp_path):
+    """nibabel's multi-line message for a cut-off file becomes one line naming the file."""
+    from anomaly.data.folder import read_image
+
+    src = ROOT / "assets" / "examples" / "healthy_t1.nii.gz"
+    import gzip
+
+    raw = gzip.decompress(src.read_bytes())
+    bad = tmp_path / "t.nii"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DatasetError) as e:
+        read_image(bad)
+    assert "t.nii" in str(e.value) and "\n" not in str(e.value)

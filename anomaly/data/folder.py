@@ -61,7 +61,7 @@ def read_image(path: Path) -> np.ndarray:
     except DatasetError:
         raise
     except Exception as e:
-        raise DatasetError(f"cannot read {path}: {e}") from e
+        raise DatasetError(f"cannot read {path}: {' '.join(str(e).split())}") from e  # one line
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim == 4 and a.shape[3] == 1:

@@ -19,6 +19,7 @@ from anomaly.analysis import Analysis, analyse, extra_map_rows
 from anomaly.calibration import percentile_text
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
+from anomaly.preprocess import MIN_BRAIN_FRACTION
 from anomaly.render import RenderConfig, panel_pixel, zoom_window
 from anomaly.scan import check_plane, plane_point_to_voxel, plane_size, voxel_to_plane_point
 from anomaly.windowing import PRESETS, check_window, is_ct
@@ -421,6 +422,10 @@ def scan_summary(a: Analysis) -> str:
     s = a.scan
     lines = [f"**Scan**: {s.description or repr(s)}", f"study key `{a.study_key}`; plane {a.plane}, {a.n_slices} slice{'s' if a.n_slices != 1 else ''}; "
              + (f"loaded from {a.origin} in {a.seconds:.2f} s" if a.origin else f"scored in {a.seconds:.2f} s")]
+    n_scored = int(np.sum(a.prepared.valid))
+    if a.n_slices > 1 and n_scored < a.n_slices and not a.partial:  # which slices the scores leave out
+        lines.append(f"{n_scored} of {a.n_slices} slices scored: the others hold too little brain (under "
+                     f"{MIN_BRAIN_FRACTION:.0%} of the largest section's) or none; they get no score or decision")
     if s.notes:
         lines.append("Notes: " + "; ".join(s.notes))
     if not s.known_frame:

@@ -20,9 +20,15 @@ import numpy as np
 import torch
 
 from anomaly.methods.base import AnomalyMethod, MethodOutput, flip_averaged, register
-from anomaly.methods.ddad.asr import (ASR_PREFIX, build_refiner, checkpoint_tensors, fit_refiner, refiner_input_names,
-                                      refiner_inputs)
 from anomaly.methods.ddad.model import DEFAULT_ARCH, DualEnsemble
+
+
+def _asr():
+    """The ASR module, imported when used: the package does not import it, so that
+    ``python -m anomaly.methods.ddad.asr`` runs it without a second copy (runpy's warning)."""
+    from anomaly.methods.ddad import asr
+
+    return asr
 
 # How the residual map is formed: "inter" = |mu_NDM - mu_UDM| (the paper's A_inter, default);
 # "inter_norm" = A_inter / (A_intra + eps): the inter-discrepancy normalised by the NDM's own
@@ -79,14 +85,15 @@ class DDAD(AnomalyMethod):
 
         weights = load_weights(self.checkpoint_dir)
         self.net = DualEnsemble(self.card.get("architecture", DEFAULT_ARCH))
-        self.net.load_state_dict({k: v for k, v in weights.items() if not k.startswith(ASR_PREFIX)})
+        pre = _asr().ASR_PREFIX
+        self.net.load_state_dict({k: v for k, v in weights.items() if not k.startswith(pre)})
         self.net.eval()
         self.refiner = None
-        asr = {k[len(ASR_PREFIX):]: v for k, v in weights.items() if k.startswith(ASR_PREFIX)}
+        asr = {k[len(pre):]: v for k, v in weights.items() if k.startswith(pre)}
         if asr:
             arch = self.card.get("asr", {}).get("architecture")
-            self.refiner = build_refiner(arch)
-            self.refiner_inputs = refiner_input_names(arch)
+            self.refiner = _asr().build_refiner(arch)
+            self.refiner_inputs = _asr().refiner_input_names(arch)
             self.refiner.load_state_dict(asr)
             self.refiner.eval()
         self.score = {**DEFAULT_SCORE, **self.card.get("score", {})}
@@ -109,7 +116,7 @@ class DDAD(AnomalyMethod):
         extra = {"intra_discrepancy": intra, "inter_discrepancy": inter, "reconstruction_residual": rec}
         refined = None
         if self.refiner is not None:
-            refined = (torch.sigmoid(self.refiner(refiner_inputs(x, out, self.refiner_inputs)))[:, 0].numpy() * m).astype(np.float32)
+            refined = (torch.sigmoid(self.refiner(_asr().refiner_inputs(x, out, self.refiner_inputs)))[:, 0].numpy() * m).astype(np.float32)
         if self.score["map"] == "asr" and refined is not None:
             residual = refined  # the refined map is the residual (not repeated as an extra map)
         elif self.score["map"] == "inter_norm":
@@ -182,8 +189,8 @@ class DDAD(AnomalyMethod):
         if share:
             asr_cfg = replace(cfg, minutes=cfg.minutes * share, max_steps=max(1, round(cfg.max_steps * step_share)),
                               batch_size=min(cfg.batch_size, 16), lr=ASR_LR)
-            refiner, asr_info = fit_refiner(net, train, asr_cfg, Path(out_dir) / "work_asr")
-            tensors = checkpoint_tensors(net, refiner)
+            refiner, asr_info = _asr().fit_refiner(net, train, asr_cfg, Path(out_dir) / "work_asr")
+            tensors = _asr().checkpoint_tensors(net, refiner)
         last = loop.history[-1] if loop.history else {}
         card = {
             "architecture": arch,
@@ -212,7 +219,9 @@ class DDAD(AnomalyMethod):
             "final_loss": last.get("loss"),
             "final_loss_ndm": last.get("ndm"),
             "final_loss_udm": last.get("udm"),
-            "wall_time_s": loop.wall_time_s,
+            # the whole training, both stages (as every card's wall_time_s); each stage's own beside it
+            "wall_time_s": loop.wall_time_s + float(asr_info.get("asr_wall_time_s") or 0.0),
+            "ensembles_wall_time_s": loop.wall_time_s,
         }
         if share:
             card["score"] = {**card["score"], "map": "asr"}
