@@ -325,6 +325,11 @@ def test_consensus_follows_its_members_checkpoints(tiny_checkpoints, tiny_datase
     clear_cache()
     assert get_method("consensus", root / "consensus").members
     clear_cache()
+    # a member re-calibrated (same weights, another threshold) makes it stale as well
+    ae_card = json.loads((root / "ae" / "card.json").read_text())
+    ae_card["calibration"]["pixel_threshold"] *= 1.5
+    (root / "ae" / "card.json").write_text(json.dumps(ae_card))
+    assert stale_members(cons, root) == ["ae"]
 
 
 def test_every_shipped_checkpoint_has_a_complete_card_and_fits_the_budget():

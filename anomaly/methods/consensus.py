@@ -74,23 +74,29 @@ class Consensus(AnomalyMethod):
 
             raise CheckpointError(f"consensus needs at least two calibrated methods in {root}, found {members}")
         hashes = {n: get_method(n, root / n).checkpoint_hash for n in members}
+        thresholds = {n: float(get_method(n, root / n).calibration.pixel_threshold) for n in members}
         return {"member_count": torch.tensor([len(members)])}, {"members": members, "member_hashes": hashes,
-                                                               "train_steps": 0}
+                                                               "member_thresholds": thresholds, "train_steps": 0}
 
 
 def stale_members(card: dict, root) -> list[str]:
     """The members of a consensus ``card`` whose checkpoint under ``root`` is not the one it was
-    calibrated with (missing, or another hash); cards without ``member_hashes`` are not checked."""
+    calibrated with: missing, another hash, or (cards that record them) another pixel threshold, i.e.
+    re-calibrated since, which changes the calibrated maps the consensus averages. Cards without
+    ``member_hashes`` are not checked."""
     from anomaly.checkpoints import load_card
     from anomaly.errors import AnomalyError
 
+    thresholds = card.get("member_thresholds") or {}
     out = []
     for name, h in (card.get("member_hashes") or {}).items():
         try:
-            now = load_card(Path(root) / name).get("checkpoint_hash")
+            member = load_card(Path(root) / name)
         except AnomalyError:
-            now = None
-        if now != h:
+            member = {}
+        thr = (member.get("calibration") or {}).get("pixel_threshold")
+        if member.get("checkpoint_hash") != h or (
+                name in thresholds and (thr is None or not np.isclose(float(thr), float(thresholds[name]), rtol=1e-9))):
             out.append(name)
     return out
 
