@@ -257,11 +257,12 @@ class Analysis:
 
     def render(self, index: int, cfg: RenderConfig, preset: str = "auto", methods: list[str] | None = None,
                extra_rows: bool = True):
-        """The grid image for slice ``index``; ``extra_rows=False`` leaves out the methods' extra maps
-        (uncertainty, discrepancies, votes), one row per method."""
+        """The grid image for slice ``index``: one row per method, then (``extra_rows``) the methods'
+        extra maps (uncertainty, discrepancies, votes) below them all, so that the methods compare in
+        the first rows rather than behind one method's extra maps."""
         index = int(np.clip(index, 0, self.n_slices - 1))
         img_u8 = self.display_u8(index, preset)
-        rows = []
+        rows, extras = [], []
         names = list(self.results) if methods is None else [m for m in methods if m in self.results]
         if not names:  # every method unticked: the input alone, saying so (not a blank image)
             rows.append(GridRow("no method ticked", img_u8, None, np.zeros(img_u8.shape[:2], np.float32),
@@ -279,8 +280,9 @@ class Analysis:
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
                                 empty_note=method_class(name).no_reconstruction_note))
             if extra_rows:
-                rows += extra_map_rows(name, img_u8, r.extra_maps, self.prepared.masks,
-                                       lambda m: self.prepared.slice_to_original(m[index], index), "scan")
+                extras += extra_map_rows(name, img_u8, r.extra_maps, self.prepared.masks,
+                                         lambda m: self.prepared.slice_to_original(m[index], index), "scan")
+        rows += extras
         note = "calibrated" if all(r.calibration for r in self.results.values()) else "per-image max"
         return self.grid(rows, cfg, index, preset, scale_note=note)
 

@@ -990,3 +990,43 @@ def test_the_compare_slider_offers_the_shown_methods_with_a_pseudo_healthy_image
 
     assert on_compare_choices(key, ["ae", "consensus"], "consensus")["value"] == cb.AUTO_COMPARE
     assert "value" not in on_compare_choices(None, None, "ae")
+
+
+def test_every_way_of_loading_a_scan_ends_on_the_latest_one(methods_root):
+    """Wiring: the button, an upload and an example click load in one queue, and one asked for while
+    another is scoring runs after it (always_last), so the page ends on the scan last chosen
+    (a second example clicked during the first's scoring used to be dropped)."""
+    from anomaly.ui.app import LOAD_QUEUE, build_app
+
+    demo = build_app()
+    cfg = demo.get_config_file()
+    loads = [d for d in cfg["dependencies"] if str(d.get("api_name")).startswith(("on_new_scan", "on_upload_page"))]
+    kinds = sorted(e for d in loads for _, e in d["targets"])
+    assert kinds == ["click", "then", "upload"]
+    for d in loads:
+        assert d["trigger_mode"] == "always_last"
+        assert demo.fns[d["id"]].concurrency_id == LOAD_QUEUE
+
+
+def test_the_grid_shows_every_method_before_any_extra_map(methods_root, lesion_volume, monkeypatch):
+    """The methods compare in the first rows: the extra maps (e.g. the consensus's votes) follow all
+    of them, rather than pushing the next method off the first screen."""
+    import anomaly.analysis as an
+    from anomaly.render import RenderConfig
+
+    _, a = cb.load_and_analyse(str(lesion_volume), ["consensus", "zscore", "ae"], "axial")
+    seen = {}
+    real = an.compose_grid
+
+    def spy(rows, *args, **kw):
+        seen["titles"] = [r.name for r in rows]
+        return real(rows, *args, **kw)
+
+    monkeypatch.setattr(an, "compose_grid", spy)
+    a.render(30, RenderConfig(), methods=["consensus", "zscore", "ae"])
+    titles = seen["titles"]
+    extra = [i for i, t in enumerate(titles) if "·" in t]
+    plain = [i for i, t in enumerate(titles) if "·" not in t]
+    assert extra and len(plain) == 3 and max(plain) < min(extra)
+    a.render(30, RenderConfig(), methods=["consensus", "zscore", "ae"], extra_rows=False)
+    assert not [t for t in seen["titles"] if "·" in t]

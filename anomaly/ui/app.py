@@ -18,6 +18,7 @@ from anomaly.windowing import DATA_PRESETS, PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
+LOAD_QUEUE = "load_scan"  # the concurrency group of the events that load a scan
 MAX_FILE_SIZE = "512mb"
 # (label, value): the data windows, then the Hounsfield presets (windowing.PRESETS), which say they are for CT
 WINDOW_CHOICES = [(p, p) for p in DATA_PRESETS] + [(p if "ct" in p else f"{p} (CT)", p) for p in PRESETS]
@@ -503,9 +504,14 @@ def build_app() -> gr.Blocks:
                                   zoom_centre]
                 up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with,
                              zoom]
-                analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private")
+                # every way of loading a scan (button, upload, example) runs in one queue, and a load asked for
+                # while one is scoring runs after it with the latest input (always_last): a second example
+                # clicked during the first's scoring was dropped ("once"), leaving the first scan on screen
+                # under the second's name
+                load_queue = dict(trigger_mode="always_last", concurrency_id=LOAD_QUEUE)
+                analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private", **load_queue)
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
-                files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private")
+                files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private", **load_queue)
                 files.clear(on_clear, None, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
@@ -546,7 +552,8 @@ def build_app() -> gr.Blocks:
                 # another scan or plane: the on-demand result of the previous one goes
                 key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
                 if examples is not None:  # a click on an example analyses it, as an upload does
-                    examples.load_input_event.then(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private")
+                    examples.load_input_event.then(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private",
+                                                   **load_queue)
                     # on a phone the result lands far below the examples: go to it
                     examples.load_input_event.then(None, js=f"() => {{ if (window.innerWidth < 700) ({SCROLL_TO_GRID})(); }}")
                 gr.api(analyze_api, api_name="analyze")
