@@ -95,6 +95,11 @@ class Analysis:
             self._full_maps[method] = self.prepared.to_original(self.results[method].calibrated_map)
         return self._full_maps[method]
 
+    @property
+    def area_unit(self) -> str:
+        """The unit of areas on a slice: mm², or pixels where the file holds no pixel size."""
+        return "mm²" if self.scan.spacing_known else "px"
+
     def pixel_area_mm2(self) -> float:
         r, c = self.scan.slice_spacing(self.plane)
         return r * c
@@ -132,10 +137,11 @@ class Analysis:
                 "method": name,
                 "decision": decision,
                 "percentile vs healthy": round(pct, 1) if np.isfinite(pct) else None,
-                "area above threshold (mm²)": round(area, 1),
-                "score": round(float(r.scores[index]), 5),
-                "raw score (top 1% of map)": round(float(r.raw_scores[index]), 5),
-                "volume score": round(r.volume_score, 5),
+                # a slice that is not scored has no score (its map is not read either)
+                f"area above threshold ({self.area_unit})": round(area, 1) if r.valid[index] else None,
+                "score": _sig(r.scores[index]) if r.valid[index] else None,
+                "raw score (top 1% of map)": _sig(r.raw_scores[index]) if r.valid[index] else None,
+                "volume score": _sig(r.volume_score),
                 "ms per slice": round(r.ms_per_slice, 1),
                 "scored": bool(r.valid[index]),
             })
@@ -161,6 +167,11 @@ class Analysis:
         ds, dh, dw = self.scan.spacing
         plane_sp = {"axial": (ds, dh, dw), "coronal": (dh, ds, dw), "sagittal": (dw, ds, dh)}[self.plane]
         voxel_ml = float(np.prod(plane_sp)) / 1000.0 if self.scan.is_volume else float(np.prod(plane_sp[1:])) / 100.0
+        if self.scan.spacing_known:
+            size_key, extent_key = ("volume (mL)" if self.scan.is_volume else "area (cm²)"), "extent (mm)"
+        else:  # an image file: no pixel size, so counts of pixels (voxels of a page stack)
+            voxel_ml = 1.0
+            size_key, extent_key = ("volume (voxels)" if self.scan.is_volume else "area (px)"), "extent (px)"
         idx = np.arange(1, n + 1)
         sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
         large = self.opening_candidates()
@@ -180,8 +191,8 @@ class Analysis:
             extent = [(int(v.max()) - int(v.min()) + 1) * sp for v, sp in zip((zz, yy, xx), plane_sp)]
             f = {
                 "method": method,
-                "volume (mL)" if self.scan.is_volume else "area (cm²)": round(size * voxel_ml, 3),
-                "extent (mm)": " x ".join(f"{e:.0f}" for e in (extent if self.scan.is_volume else extent[1:])),
+                size_key: round(size * voxel_ml, 3),
+                extent_key: " x ".join(f"{e:.0f}" for e in (extent if self.scan.is_volume else extent[1:])),
                 "slices": f"{zz.min()}-{zz.max()}",
                 "peak (x threshold)": round(float(peak), 2),
                 "centre slice": int(round(zz.mean())),
@@ -296,6 +307,12 @@ class Analysis:
 
 
 SMALL_SECTION = "small (skull base, vertex or edge)"
+
+
+def _sig(x, digits: int = 3) -> float:
+    """``x`` to ``digits`` significant figures, as a reader compares scores (2.27, not 2.26998)."""
+    x = float(x)
+    return float(f"{x:.{digits}g}") if np.isfinite(x) else x
 
 
 def _without_small(region: np.ndarray, min_voxels: int) -> np.ndarray:

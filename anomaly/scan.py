@@ -40,6 +40,7 @@ class Scan:
     series_description: str = ""
     is_volume: bool = True
     known_frame: bool = True  # whether the patient frame is known (False for photos/PNGs)
+    spacing_known: bool = True  # whether ``spacing`` is the file's (False: an image file, 1 mm per pixel assumed)
     notes: list[str] = field(default_factory=list)  # e.g. "4D file: first volume used"
     study_uid: str | None = field(default=None, repr=False)
     content_hash: str | None = field(default=None, repr=False)

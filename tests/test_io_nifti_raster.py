@@ -180,7 +180,7 @@ def test_tiff_single_and_multipage(tmp_path):
     assert s.shape == (3,) + img.shape and s.is_volume and not s.known_frame
     np.testing.assert_array_equal(s.voxels[2], np.roll(img, 2, axis=0).astype(np.float32))
     assert any("multi-page TIFF" in n for n in s.notes)
-    assert any("1 mm per pixel assumed" in n for n in one.notes)  # areas in "mm²" are pixels then
+    assert any("areas and extents are in pixels" in n for n in one.notes) and not one.spacing_known
 
 
 def test_several_separate_images_are_refused(tmp_path):

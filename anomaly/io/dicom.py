@@ -652,7 +652,7 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
             notes.append("MONOCHROME1 image inverted for display")
     dh, dw = pixel_spacing if pixel_spacing else (1.0, 1.0)
     if pixel_spacing is None:
-        notes.append("no pixel spacing in the file: 1 mm assumed")
+        notes.append("no pixel spacing in the file: areas and extents are in pixels")
     vol, disp = _to_display(vol, iop, by_pos)
     if disp.oblique_deg >= 1.0:
         notes.append(f"acquired oblique (tilted {disp.oblique_deg:.0f} deg), shown as stored without resampling"
@@ -701,6 +701,7 @@ def _finish(vol, ds, iop, by_pos, spacing, pixel_spacing, window, load_notes, pe
         series_description=scrub(_text(_get(ds, "SeriesDescription", "")).strip(), ids),
         is_volume=n > 1,
         known_frame=disp.known_frame,
+        spacing_known=pixel_spacing is not None,
         notes=notes,
         study_uid=study,
         window=window,

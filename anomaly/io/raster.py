@@ -97,7 +97,7 @@ def load_raster(path: Path, name: str, kind: str = "png", max_bytes: int = 512 *
     vox = np.stack(pages).astype(np.float32)
     n = vox.shape[0]
     # an image file holds no pixel size: areas (mm², cm²) and extents (mm) are in pixels then
-    notes.append("no pixel size in an image file: 1 mm per pixel assumed (areas and extents are in pixels)")
+    notes.append("no pixel size in an image file: areas and extents are in pixels")
     if n > 1:
         notes.append(f"multi-page TIFF: {n} pages read as slices (orientation unknown)")
         description = f"{fmt} image stack, {n} pages {vox.shape[1]}x{vox.shape[2]} pixels"
@@ -106,6 +106,7 @@ def load_raster(path: Path, name: str, kind: str = "png", max_bytes: int = 512 *
     return Scan(
         voxels=vox,
         spacing=(1.0, 1.0, 1.0),
+        spacing_known=False,
         modality="unknown",
         source=(fmt or label).lower(),
         orientation="as stored (image file: patient frame unknown)",
