@@ -410,6 +410,16 @@ def test_on_demand_method_runs_on_the_slice_in_view(thick_coronal, methods_root,
         assert cb.run_on_demand(key, 10_000, "anoddpm")[1]["slice"] == a.n_slices - 1  # clipped into the scan
         zoomed, row3 = cb.run_on_demand(key, i, "anoddpm", seed=0, zoom=2.0, zoom_centre=[5, 5])  # the viewer's zoom
         assert row3["score"] == row["score"] and zoomed.size == grid.size
+        # the viewer's overlay settings change while a result is shown: it is redrawn with them (same
+        # slice, same map); an empty panel stays empty (nothing runs unasked)
+        from anomaly.ui.app import redraw_on_demand
+
+        g_thr, r_thr = redraw_on_demand(row, key, 0, "anoddpm", "auto", 2.0, 0.5, "fill")
+        assert r_thr["slice"] == i and r_thr["score"] == row["score"]
+        assert np.asarray(g_thr).tobytes() != np.asarray(grid).tobytes()  # drawn at threshold 2, fill
+        assert np.array_equal(np.asarray(g_thr), np.asarray(cb.run_on_demand(key, i, "anoddpm", "auto", 2.0, 0.5, "fill")[0]))
+        untouched = redraw_on_demand(None, key, i, "anoddpm", "auto", 2.0, 0.5, "fill")
+        assert all(u.get("__type__") == "update" and "value" not in u for u in untouched)
         assert np.asarray(zoomed).tobytes() != np.asarray(grid).tobytes()
     finally:
         base.clear_cache()
@@ -429,6 +439,11 @@ def test_a_new_scan_or_slice_clears_the_on_demand_panel(methods_root):
     run = [d for d in cfg["dependencies"] if d.get("api_name") == "run_on_demand"][0]
     for t, _ in targets.values():
         assert t in run["inputs"]  # the same key and slice the button runs on
+    # the button waits for a scan: disabled on the page until the key is set
+    button = comps[run["targets"][0][0]]
+    assert button["props"]["interactive"] is False
+    redraws = [d for d in cfg["dependencies"] if str(d.get("api_name")).startswith("redraw_on_demand")]
+    assert len(redraws) == 5 and all(sorted(d["outputs"]) == sorted(run["outputs"]) for d in redraws)
     for d in deps:
         assert sorted(d["outputs"]) == sorted(run["outputs"])
     assert clear_on_demand() == (None, None)

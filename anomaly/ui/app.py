@@ -413,6 +413,19 @@ def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zo
         _fail(e)
 
 
+def redraw_on_demand(shown, key, index, method, preset, threshold, opacity, mode, zoom=1.0, zoom_centre=None):
+    """The on-demand panel with the viewer's new overlay settings, when it shows a result (run again on
+    the same slice: seeded, so the same map); left as it is when empty."""
+    if not shown or not key or not isinstance(shown, dict):
+        return gr.update(), gr.update()
+    try:
+        return cb.run_on_demand(key, int(shown.get("slice", index)), shown.get("method") or method,
+                                _window(preset, key, warn=False), threshold, opacity, mode, zoom=zoom,
+                                zoom_centre=zoom_centre)
+    except AnomalyError:  # the scan left the cache meanwhile: nothing stale is left on screen
+        return None, None
+
+
 def clear_on_demand():
     """The on-demand panel's outputs, emptied (a new scan or plane was loaded)."""
     return None, None
@@ -483,11 +496,13 @@ def build_app() -> gr.Blocks:
                         findings = gr.Dataframe(_df([], EMPTY_FINDINGS),
                                                 label="Findings: connected regions above threshold (in 3D for a volume) "
                                                 "(click to jump)", interactive=False)
-                        with gr.Accordion("Diffusion (on demand, slice in view)", open=False):
+                        with gr.Accordion("Diffusion model (AnoDDPM): run on the slice in view", open=False):
                             od_choices = cb.on_demand_methods()
                             od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,
-                                                    label="Slow method (runs on this slice only, seeded)")
-                            od_btn = gr.Button("Run on this slice", interactive=bool(od_choices))
+                                                    label="Method run on demand (this slice only, seeded: the same "
+                                                          "slice gives the same map)")
+                            # enabled once a scan is loaded (before, a click could only answer "no scan loaded")
+                            od_btn = gr.Button("Run on this slice", interactive=False)
                             gr.Markdown("**On-demand result** (calibrated against healthy)", elem_classes=["caption"])
                             od_grid = gr.Image(label="on-demand result (calibrated against healthy)", show_label=False,
                                                type="pil", format="png", interactive=False)
@@ -553,6 +568,15 @@ def build_app() -> gr.Blocks:
                              api_name="run_on_demand")
                 # another scan or plane: the on-demand result of the previous one goes
                 key.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
+                key.change(lambda k: gr.update(interactive=bool(k) and bool(od_choices)), [key], [od_btn],
+                           api_visibility="private")
+                # the overlay settings change: a result on screen is redrawn with them (seeded: the same map)
+                od_inputs = [od_json, key, slider, od_method, preset, threshold, opacity, mode, zoom, zoom_centre]
+                for c in (preset, opacity, mode):
+                    c.change(redraw_on_demand, od_inputs, [od_grid, od_json], api_visibility="private")
+                for c in (threshold, zoom):
+                    c.input(redraw_on_demand, od_inputs, [od_grid, od_json], api_visibility="private",
+                            trigger_mode="always_last")
                 if examples is not None:  # a click on an example analyses it, as an upload does
                     examples.load_input_event.then(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private",
                                                    **load_queue)
