@@ -765,6 +765,15 @@ def test_a_plane_switch_keeps_the_point_in_view(methods_root, lesion_volume):
     mid = cb.same_point_in(key, 31, None, "coronal")
     h, w = a.scan.slice(31).shape
     assert mid == (round((h - 1) / 2), [float(a.scan.shape[0] - 1 - 31), (w - 1) / 2])
+    # ... unless a shown method flags something there: its strongest point (the blob) is kept, so the
+    # coronal slice opened after the jump to the lesion passes through it
+    j3, (r3, c3) = cb.same_point_in(key, 31, None, "coronal", ["zscore"])
+    assert 50 <= j3 <= 61 and 40 <= c3 <= 51 and r3 == a.scan.shape[0] - 1 - 31
+    out3 = run(key, "coronal", 31, None)[-1]
+    assert 50 <= out3[1]["value"] <= 61
+    # a slice no shown method flags: the middle again
+    quiet = next(i for i in range(a.n_slices) if cb.strongest_point(a, i, ["zscore"]) is None)
+    assert cb.same_point_in(key, quiet, None, "coronal", ["zscore"])[0] == round((h - 1) / 2)
 
 
 def test_reader_safeguards_ct_windows_method_order_and_non_axial_decisions(methods_root, lesion_volume, tmp_path,

@@ -52,7 +52,8 @@ HOW_TO_READ = """
   title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
 * **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
   point on any panel, or a finding, to centre it there. Switching the plane opens the slice through that
-  point (through the middle of the slice in view when none was chosen).
+  point; when none was chosen, through the strongest point that the first shown method flagging this slice
+  marks (so the lesion in view stays in view), else through the middle of the slice.
 * **Findings** are connected regions above the threshold in 3D (volume, bounding-box extent in mm, slice
   range, peak in multiples of the threshold), all methods in one list: those on slices with a large brain
   section first, then those at the skull base, vertex or brain edge (**brain section** "small", where healthy
@@ -344,7 +345,8 @@ def on_methods(key, index, preset, opacity, threshold, mode, methods, extra_rows
 def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=True, compare_with=None, zoom=1.0,
              index=None, zoom_centre=None, progress=gr.Progress()):
     """Re-analyse the loaded scan in another plane, as an upload is: first the slice of the new plane
-    through the point in view (the zoom centre on slice ``index``, else that slice's middle), then
+    through the point in view (the zoom centre on slice ``index``, else the strongest point a shown
+    method flags on that slice, else its middle), then
     the whole plane (a plane seen before comes from the cache at once); the view stays on that point,
     which becomes the zoom centre. Nothing to do before a scan is loaded; a 2D image keeps its one
     plane and says so."""
@@ -354,7 +356,7 @@ def on_plane(key, plane, preset, opacity, threshold, mode, methods, extra_rows=T
     preview_key, point = None, None
     try:
         if index is not None:
-            point = cb.same_point_in(key, index, zoom_centre, plane)
+            point = cb.same_point_in(key, index, zoom_centre, plane, methods or [])
         preview = cb.preview_plane(key, plane, None if point is None else point[0])
         if preview is not None:
             preview_key, p, mid = preview

@@ -234,17 +234,36 @@ def preview_plane(key: str, plane: str, index: int | None = None) -> tuple[str, 
     return pkey, p, mid
 
 
-def same_point_in(key: str, index: int, zoom_centre, plane: str) -> tuple[int, list[float]] | None:
+def strongest_point(a: Analysis, index: int, methods: list[str] | None = None) -> tuple[float, float] | None:
+    """(row, col) of the strongest point on slice ``index`` of the first shown method (validation
+    order) whose calibrated map reaches its healthy threshold there inside the brain; None when no
+    shown method flags anything on that slice (or it is not scored)."""
+    for m in shown_methods(a, methods):
+        r = a.results[m]
+        if not r.valid[index] or r.calibration is None:
+            continue
+        cal = np.where(a.prepared.original_masks[index], a.full_map(m)[index], 0.0)
+        if cal.max() >= 1.0:
+            row, col = np.unravel_index(int(np.argmax(cal)), cal.shape)
+            return float(row), float(col)
+    return None
+
+
+def same_point_in(key: str, index: int, zoom_centre, plane: str,
+                  methods: list[str] | None = None) -> tuple[int, list[float]] | None:
     """Where the point in view goes in ``plane``: (slice index there, [row, col]) of the zoom centre
-    (the slice's middle when there is none) on slice ``index`` of the loaded scan's plane, so that a
-    plane switch keeps the reader on the same spot; None for a 2D image (it has one plane)."""
+    on slice ``index`` of the loaded scan's plane, so that a plane switch keeps the reader on the same
+    spot. With no zoom centre, the strongest point of the first shown method that flags something on
+    that slice (``strongest_point``; with ``methods``), else the slice's middle. None for a 2D image
+    (it has one plane)."""
     a = get_analysis(key)
     target = plane_of(a.scan, plane)
     if not a.scan.is_volume:
         return None
     i = int(np.clip(int(index), 0, a.n_slices - 1))
     h, w = a.scan.slice(i, a.plane).shape
-    row, col = _centre(zoom_centre) or ((h - 1) / 2, (w - 1) / 2)
+    row, col = (_centre(zoom_centre) or (strongest_point(a, i, methods) if methods is not None else None)
+                or ((h - 1) / 2, (w - 1) / 2))
     vox = plane_point_to_voxel(a.plane, i, row, col, a.scan.shape)
     j, r, c = voxel_to_plane_point(vox, target, a.scan.shape)
     return int(np.clip(j, 0, plane_size(a.scan, target) - 1)), [float(r), float(c)]
