@@ -93,6 +93,14 @@ def test_upload_view_and_move_slider(live_app, browser):
     assert "Error" not in page.inner_text("body").split("Annotate")[0]
     last = int(float(box.input_value()))
     assert last == int(float(page.locator("#slice-slider input[type=range]").first.get_attribute("max")))
+    # so is a typed threshold out of range: the box shows the 3.0 that is drawn, not the 7 typed
+    thr = page.locator("#threshold-slider input[type=number]").first
+    thr.fill("7")
+    thr.press("Enter")
+    page.wait_for_function("() => +document.querySelector('#threshold-slider input[type=number]').value === 3",
+                           timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert "Error" not in page.inner_text("body").split("Annotate")[0]
     # another plane keeps the point: the coronal slice through it opens, zoomed, without errors
     page.get_by_label("coronal").check()
     page.wait_for_selector("text=plane coronal", timeout=180_000)

@@ -472,8 +472,10 @@ def build_app() -> gr.Blocks:
                         plane = gr.Radio(["axial", "coronal", "sagittal"], value="axial", label="Plane")
                         preset = gr.Dropdown(WINDOW_CHOICES, value="auto", allow_custom_value=True,
                                              label="Window: a preset, or type level and width, e.g. L40 W80")
-                        opacity = ClampedSlider(0, 1, value=0.5, step=0.05, label="Overlay opacity")
-                        threshold = ClampedSlider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)")
+                        opacity = ClampedSlider(0, 1, value=0.5, step=0.05, label="Overlay opacity",
+                                                elem_id="opacity-slider")
+                        threshold = ClampedSlider(0.25, 3, value=1.0, step=0.05, label="Threshold (x healthy threshold)",
+                                                  elem_id="threshold-slider")
                         mode = gr.Radio(["fill", "contour", "both"], value="both", label="Overlay")
                         zoom = ClampedSlider(1, 4, value=1, step=0.5, label="Zoom (every panel together; click a panel "
                                          "or a finding to centre it)", elem_id="zoom-slider")
@@ -545,6 +547,9 @@ def build_app() -> gr.Blocks:
                 # the on-demand result is of one slice: another slice (moved, a finding, a new scan) clears it
                 slider.change(clear_on_demand, None, [od_grid, od_json], api_visibility="private")
                 zoom.input(None, [zoom], [zoom], js=clamp_js("zoom-slider"))
+                # the same for the overlay sliders: a typed 7 in Threshold showed 7 while 3 was drawn
+                threshold.input(None, [threshold], [threshold], js=clamp_js("threshold-slider"))
+                opacity.input(None, [opacity], [opacity], js=clamp_js("opacity-slider"))
                 zoom.input(on_view, view_inputs, [grid, table, compare, curve], api_visibility="private",
                            trigger_mode="always_last")
                 grid.select(on_grid_click, [key, zoom, zoom_centre], [zoom_centre], api_visibility="private").then(
