@@ -155,7 +155,9 @@ def colorbar(cfg: RenderConfig, height: int = PANEL, width: int = 70, label: str
     im.paste(Image.fromarray(rgb), (4, 10))
     d = ImageDraw.Draw(im)
     f = _font(11)
-    for v in np.linspace(0, cfg.vmax, 4):
+    # round ticks: 0, 1, 2, 3 on the shared 0-3 scale, 0, 0.5, 1 on an extra map's 0-1 (not 0.3, 0.7)
+    step = 1.0 if cfg.vmax > 1.5 else 0.5 if cfg.vmax > 0.6 else cfg.vmax / 2
+    for v in np.arange(0, cfg.vmax + 1e-9, step):
         y = 10 + int((1 - v / cfg.vmax) * (height - 21))
         d.line([(18, y), (22, y)], fill=(230, 230, 230))
         d.text((24, y - 6), f"{v:.1f}", fill=(230, 230, 230), font=f)
@@ -230,7 +232,11 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
         p_map = panel(heatmap_rgb(row.cal_map, rcfg))
         ov = overlay_rgb(row.image_u8, row.cal_map, cfg) if row.calibrated else blend_rgb(row.image_u8, row.cal_map, rcfg)
         p_ov = panel(ov)
-        titles = (f"input  {slice_label}" if slice_label else "input", ph_label, row.map_title, "overlay" if row.calibrated else "blend (no threshold)")
+        # the map panels name their method too: on a phone the grid scrolls sideways past the row caption
+        tag = row.name.split(" · ")[0]
+        tag = f" · {tag}" if tag and " " not in tag else ""
+        titles = (f"input  {slice_label}" if slice_label else "input", ph_label, f"{row.map_title}{tag}",
+                  ("overlay" if row.calibrated else "blend (no threshold)") + tag)
         for c, (p, t) in enumerate(zip((p_in, p_ph, p_map, p_ov), titles)):
             out.paste(label_panel(p, t), (c * PANEL, y))
         cb = colorbar(rcfg, PANEL, bar_w - 4, threshold_line=row.calibrated)
