@@ -195,3 +195,22 @@ def test_all_four_orientation_letters_are_visible_on_the_input_panel():
     top, bottom = yellow[: h // 4, w // 3: 2 * w // 3], yellow[3 * h // 4:, w // 3: 2 * w // 3]
     left, right = yellow[h // 3: 2 * h // 3, : w // 6], yellow[h // 3: 2 * h // 3, 5 * w // 6:]
     assert top.any() and bottom.any() and left.any() and right.any()
+
+
+def test_map_panels_name_their_method(monkeypatch):
+    """On a phone the grid scrolls sideways past the row caption: the map and overlay panels carry the
+    method's name (an extra map's too), the input and pseudo-healthy panels do not need it."""
+    import anomaly.render as render
+    from anomaly.render import GridRow, RenderConfig, compose_grid
+
+    titles = []
+    real = render.label_panel
+    monkeypatch.setattr(render, "label_panel", lambda p, t: titles.append(t) or real(p, t))
+    img = np.full((40, 30), 128, np.uint8)
+    cal = np.zeros((40, 30), np.float32)
+    compose_grid([GridRow("ae", img, img, cal, "score 1"),
+                  GridRow("ddad · uncertainty", img, None, cal, "x", map_title="uncertainty", calibrated=False)],
+                 RenderConfig())
+    assert titles[2:4] == ["residual map · ae", "overlay · ae"]
+    assert titles[6:8] == ["uncertainty · ddad", "blend (no threshold) · ddad"]
+    assert titles[0] == "input" and "·" not in titles[1]
