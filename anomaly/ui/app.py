@@ -494,9 +494,9 @@ def build_app() -> gr.Blocks:
                                         show_label=False, type="pil", format="png", interactive=False)
                         # headers before a scan is loaded (not Gradio's "1 2 3"); the full columns come with it
                         table = gr.Dataframe(_df([]),
-                                             label="Scores at this slice: the percentile vs healthy decides (95th and "
-                                             "above: anomalous); score and raw score are scales of each method's own "
-                                             "(see 'How to read this')", interactive=False)
+                                             label="Scores at this slice (the percentile vs healthy decides: the 95th and "
+                                             "above flags the slice; score and raw score are scales of each method's "
+                                             "own, see 'How to read this')", interactive=False)
                         findings = gr.Dataframe(_df([], EMPTY_FINDINGS),
                                                 label="Findings: connected regions above threshold (in 3D for a volume) "
                                                 "(click to jump)", interactive=False)
