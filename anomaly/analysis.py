@@ -139,10 +139,10 @@ class Analysis:
                 "percentile vs healthy": round(pct, 1) if np.isfinite(pct) else None,
                 # a slice that is not scored has no score (its map is not read either)
                 f"area above threshold ({self.area_unit})": round(area, 1) if r.valid[index] else None,
-                "score": _sig(r.scores[index]) if r.valid[index] else None,
-                "raw score (top 1% of map)": _sig(r.raw_scores[index]) if r.valid[index] else None,
-                "volume score": _sig(r.volume_score),
-                "ms per slice": round(r.ms_per_slice, 1),
+                "score": sig_figs(r.scores[index]) if r.valid[index] else None,
+                "raw score (top 1% of map)": sig_figs(r.raw_scores[index]) if r.valid[index] else None,
+                "volume score": sig_figs(r.volume_score),
+                "ms per slice": sig_figs(r.ms_per_slice),
                 "scored": bool(r.valid[index]),
             })
         return rows
@@ -285,9 +285,9 @@ class Analysis:
             if not r.valid[index]:
                 cap = "not scored: too little brain in this slice (or not scored yet)"
             elif np.isfinite(pct):
-                cap = f"score {r.scores[index]:.4f}, {percentile_text(pct)} percentile of healthy" + self.calibration_caveat()
+                cap = f"score {sig_figs(r.scores[index]):g}, {percentile_text(pct)} percentile of healthy" + self.calibration_caveat()
             else:
-                cap = f"score {r.scores[index]:.4f} (uncalibrated)"
+                cap = f"score {sig_figs(r.scores[index]):g} (uncalibrated)"
             rows.append(GridRow(name, img_u8, ph, self.full_map(name)[index], cap,
                                 empty_note=method_class(name).no_reconstruction_note))
             if extra_rows:
@@ -309,7 +309,7 @@ class Analysis:
 SMALL_SECTION = "small (skull base, vertex or edge)"
 
 
-def _sig(x, digits: int = 3) -> float:
+def sig_figs(x, digits: int = 3) -> float:
     """``x`` to ``digits`` significant figures, as a reader compares scores (2.27, not 2.26998)."""
     x = float(x)
     return float(f"{x:.{digits}g}") if np.isfinite(x) else x

@@ -83,24 +83,17 @@ def test_upload_view_and_move_slider(live_app, browser):
     assert moved, "a click on the zoomed grid did not recentre it"
     page.screenshot(path=str(ARTIFACTS / "after_zoom_click.png"), full_page=True)
     assert "Error" not in page.inner_text("body").split("Annotate")[0]
-    # a typed slice number out of range is taken as the last slice (it put "Error" badges on every output)
-    box = page.locator("#slice-slider input[type=number]").first
-    box.fill("200")
-    box.press("Enter")
-    page.wait_for_function("() => +document.querySelector('#slice-slider input[type=number]').value < 200",
-                           timeout=30_000)
-    page.wait_for_timeout(1500)
-    assert "Error" not in page.inner_text("body").split("Annotate")[0]
-    last = int(float(box.input_value()))
-    assert last == int(float(page.locator("#slice-slider input[type=range]").first.get_attribute("max")))
-    # so is a typed threshold out of range: the box shows the 3.0 that is drawn, not the 7 typed
-    thr = page.locator("#threshold-slider input[type=number]").first
-    thr.fill("7")
-    thr.press("Enter")
-    page.wait_for_function("() => +document.querySelector('#threshold-slider input[type=number]').value === 3",
-                           timeout=30_000)
-    page.wait_for_timeout(1500)
-    assert "Error" not in page.inner_text("body").split("Annotate")[0]
+    # a typed slice number out of range is taken as the last slice (it put "Error" badges on every output),
+    # and a typed threshold as 3.0, the value drawn (the box kept the 7 typed)
+    last = int(float(page.locator("#slice-slider input[type=range]").first.get_attribute("max")))
+    for elem_id, typed, shown in (("slice-slider", "200", last), ("threshold-slider", "7", 3)):
+        box = page.locator(f"#{elem_id} input[type=number]").first
+        box.fill(typed)
+        box.press("Enter")
+        page.wait_for_function(f"() => +document.querySelector('#{elem_id} input[type=number]').value === {shown}",
+                               timeout=30_000)
+        page.wait_for_timeout(1500)
+        assert "Error" not in page.inner_text("body").split("Annotate")[0]
     # another plane keeps the point: the coronal slice through it opens, zoomed, without errors
     page.get_by_label("coronal").check()
     page.wait_for_selector("text=plane coronal", timeout=180_000)

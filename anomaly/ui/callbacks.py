@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomaly.analysis import Analysis, analyse, extra_map_rows
+from anomaly.analysis import Analysis, analyse, extra_map_rows, sig_figs
 from anomaly.calibration import percentile_text
 from anomaly.errors import AnomalyError, MultipleSeriesError
 from anomaly.methods.base import available_methods, get_method, method_class
@@ -565,15 +565,15 @@ def run_on_demand(key: str, index: int, method: str, preset: str = "auto", thres
     if r.pseudo_healthy is not None:
         ph = a.model_u8(one.to_original(r.pseudo_healthy)[0], i, preset)
     pct = float(r.percentiles[0]) if r.calibration else float("nan")
-    cap = f"slice {i}: score {r.scores[0]:.4f}" + (f", {percentile_text(pct)} percentile of healthy" if np.isfinite(pct) else "")
+    cap = f"slice {i}: score {sig_figs(r.scores[0]):g}" + (f", {percentile_text(pct)} percentile of healthy" if np.isfinite(pct) else "")
     rows = [GridRow(method, img, ph, one.to_original(r.calibrated_map)[0], cap, empty_note=m.no_reconstruction_note)]
     rows += extra_map_rows(method, img, r.extra_maps, one.masks, lambda m: one.to_original(m)[0], "slice")
     cfg = RenderConfig(alpha=float(opacity), threshold=float(threshold), mode=mode, zoom=float(zoom or 1.0),
                        zoom_centre=_centre(zoom_centre))
     grid = a.grid(rows, cfg, i, preset)
-    return grid, {"method": method, "slice": i, "score": float(r.scores[0]),
+    return grid, {"method": method, "slice": i, "score": sig_figs(r.scores[0]),
                   "percentile vs healthy": None if not np.isfinite(pct) else round(pct, 1),
-                  "ms": round(r.ms_per_slice, 1), "seed": seed}
+                  "ms": sig_figs(r.ms_per_slice), "seed": seed}
 
 
 def usable_window(preset: str, key: str | None = None) -> tuple[str, str | None]:
