@@ -845,6 +845,8 @@ def test_a_file_dropped_on_a_full_upload_box_is_the_one_analysed(methods_root, l
     a = cb.get_analysis(outs[-1][0])
     assert a.n_slices == 1 and not a.scan.is_volume  # the PNG, the last one added
     assert infos and "healthy_stripped_t1_axial.png" in infos[0]
+    # the summary says it as well (the toast goes while the box keeps listing both files)
+    assert "shown is the last one added (healthy_stripped_t1_axial.png)" in outs[-1][3]
     with pytest.raises(gr.Error, match="separate images"):
         list(on_upload([str(lesion_volume), str(png)], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
                        progress=lambda *a, **k: None))

@@ -268,8 +268,15 @@ def on_upload_page(*args, **kw):
         if newest is not None:  # a file dropped on the box while another is listed: the box keeps both
             gr.Info(f"Several separate images in the upload box: analysing the last one added ({newest.name}). "
                     "Clear the box (x) to start afresh.")
+            # the summary says so too (the toast goes): the box still lists every file
+            said = (f"*The upload box holds several separate images: shown is the last one added ({newest.name}). "
+                    "Clear the box (x) to start afresh.*")
             try:
-                yield from on_upload([str(newest)], *args[1:], **kw)
+                for out in on_upload([str(newest)], *args[1:], **kw):
+                    out = list(out)
+                    if isinstance(out[3], str):  # upload_outputs[3]: the summary
+                        out[3] = f"{said}\n\n{out[3]}" if out[3] else said
+                    yield tuple(out)
                 return
             except gr.Error as e2:
                 e = e2
