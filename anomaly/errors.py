@@ -66,3 +66,8 @@ class TrainingInterrupted(AnomalyError):
 
 class InvalidRequestError(AnomalyError, ValueError):
     """A request's argument is not one the app accepts (an unknown plane, ...); also a ValueError."""
+
+
+class EngineStartError(AnomalyError):
+    """The scale-out engine (Ray) could not be started or joined (a cluster address that does not
+    answer, a local start that fails): batch scoring cannot run."""

@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(args: list[str], **kw) -> subprocess.Popen:
-    env = dict(os.environ, ANOMALY_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def cli(args: list[str], env_extra: dict | None = None, **kw) -> subprocess.Popen:
+    env = dict(os.environ, ANOMALY_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "anomaly.batch", "--no-progress", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
@@ -98,3 +98,27 @@ def test_killed_run_resumes_each_study_once(tmp_path, tiny_checkpoints):
     assert len(hashes) == len(set(hashes)) == n  # every study exactly once
     assert f"{first} skipped" in log, log[-400:]  # the rerun scored only what the killed run had not
     assert len(read_results(out)) == n
+
+
+def test_the_local_default_starts_its_own_ray_beside_a_stale_cluster_file(tmp_path, tiny_checkpoints):
+    """No --address: Ray starts locally even where a `ray start --head` left its cluster file behind
+    (ray.init without an address joined it and refused num_cpus with a traceback)."""
+    import shutil
+    import tempfile
+
+    # Ray's temp folder of this test only (RAY_TMPDIR), not the machine's /tmp/ray; short, as Ray's
+    # socket paths must stay under 108 bytes
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    try:
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:6399")
+        (ray_tmp / "ray_current_cluster").write_text("127.0.0.1:6399")
+        cohort = make_cohort(tmp_path / "cohort", n_volumes=1, extras=False)
+        out = tmp_path / "results"
+        p = cli(["--input", str(cohort), "--methods", "zscore", "--out", str(out), "--checkpoints",
+                 str(tiny_checkpoints), "--workers", "1"], env_extra={"RAY_TMPDIR": str(ray_tmp)})
+        log, _ = p.communicate(timeout=400)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert p.returncode == 0 and "Traceback" not in log, log[-3000:]
+    assert (read_results(out)["status"] == "ok").all()

@@ -41,12 +41,19 @@ def init_ray(address: str | None = None, workers: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    from anomaly.errors import EngineStartError
+
     address = address or os.environ.get("RAY_ADDRESS") or None
     env = {"env_vars": {k: os.environ[k] for k in ("ANOMALY_THREADS", "OMP_NUM_THREADS") if k in os.environ}}
-    if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
-    else:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, runtime_env=env, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, runtime_env=env, log_to_driver=False)
+        else:  # "local": a Ray of its own, even where `ray start --head` left a cluster (live or stale) behind
+            ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, runtime_env=env,
+                     log_to_driver=False)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError, ...
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise EngineStartError(f"could not start {where}: {' '.join(str(e).split())[:300]}") from None
     return True
 
 
