@@ -381,6 +381,14 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
             f"no method to evaluate: no registered method has a trained checkpoint (card.json) under "
             f"{checkpoint_root or 'checkpoints/'}; train one with python -m anomaly.train METHOD --data DIR"
         )
+    # "all" means the methods with a checkpoint here: say which registered ones that leaves out
+    from anomaly.methods.base import registered_methods
+
+    missing = [m for m in registered_methods() if m not in names] if spec.strip().lower() == "all" else []
+    if missing:
+        print(f"note: --methods all: no checkpoint under {checkpoint_root or 'checkpoints/'} for "
+              f"{', '.join(missing)}: not evaluated", file=sys.stderr)
+    asked_reference = reference
     reference = _reference_for(reference, names)
     if out_dir.exists() and not out_dir.is_dir():
         raise AnomalyError(f"output path {out_dir} exists and is not a folder")
@@ -468,6 +476,10 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     result = _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_invalid,
                         max_slices, val_data, lesion_px, lesion_px_in_brain)
     result["paired"] = _paired_differences(reference, meta, accs, store, bootstrap, seed)
+    result["methods_without_checkpoint"] = missing
+    if result["paired"] is None and asked_reference == "auto":  # why there is no paired table
+        result["paired_note"] = (f"no paired comparison: the reference {DEFAULT_REFERENCE} was not evaluated"
+                                 if DEFAULT_REFERENCE not in names else "no paired comparison: one method only")
     figures = _write_figures(out_dir, meta, accs)
     result["figures"] = figures
     _write_scores_csv(out_dir / SCORES_FILE, meta, accs)
@@ -725,6 +737,19 @@ def markdown_report(res: dict) -> str:
         "Dice @ val thr. | ms/slice |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
+    if res.get("methods_without_checkpoint"):
+        notes.append(f"Not evaluated (`--methods all`, no checkpoint in the checkpoint folder): "
+                     f"{', '.join(res['methods_without_checkpoint'])}.")
+    if not (res["n_normal"] and res["n_anomalous"]):
+        notes.append("Image metrics need normal and anomalous slices alike: n/a here "
+                     f"({res['n_normal']} normal, {res['n_anomalous']} anomalous).")
+    if not res["n_with_pixel_truth"] or not res["n_anomalous"]:
+        notes.append("Pixel metrics need lesion masks: n/a here.")
+    if res.get("paired_note"):
+        notes.append(res["paired_note"].capitalize() + ".")
+    if notes:
+        lines[-2:-2] = [" ".join(notes), ""]  # between the summary and the table
     for name, r in res["methods"].items():
         ci = r["ci"]
         lines.append(

@@ -168,6 +168,17 @@ def test_metrics_json_has_schema_and_all_fields(report):
     assert res["postprocessing"] == "brain mask + median filter 5x5 (anomaly.scoring)"
     assert res["invalid_slices"] in ("included", "excluded")
     assert list(res["methods"]) == [NAME]
+    # "all" with one checkpoint here: the others are named as not evaluated, and why no paired table
+    assert "ae" in res["methods_without_checkpoint"] and NAME not in res["methods_without_checkpoint"]
+    assert res["paired"] is None and "reference ae was not evaluated" in res["paired_note"]
+    md = (out / "metrics.md").read_text()
+    assert "Not evaluated (`--methods all`, no checkpoint" in md and "No paired comparison" in md
+    from anomaly.evaluate import markdown_report  # a split with normal slices only says why it has no figures
+
+    only_normal = {**res, "n_anomalous": 0, "n_with_pixel_truth": 0, "methods_without_checkpoint": [],
+                   "paired_note": None}
+    assert "Image metrics need normal and anomalous slices alike" in markdown_report(only_normal)
+    assert "Pixel metrics need lesion masks" in markdown_report(only_normal)
     r = res["methods"][NAME]
     for k in METHOD_FIELDS:
         assert k in r, k
