@@ -4,6 +4,8 @@ in-process analysis, and resume."""
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -117,6 +119,11 @@ def test_scorer_on_a_plain_batch(plain_rows, items, tiny_checkpoints):
     bad = df[df["source"].str.endswith("broken.nii.gz")].iloc[0]
     assert bad["status"] == "failed" and bad["error_type"] in ("CorruptFileError", "UnsupportedFileError")
     assert bad["study_key"].startswith("sk-")
+    # a listed file that is gone: a failed row with the typed load error, the file's name and no folder
+    src = "/no/such/folder/gone.nii.gz"  # listed (discovered, or a manifest row), then gone
+    gone = score_study({"source": src, "files": json.dumps([src]), "kind": "nifti"}, METHODS, tiny_checkpoints)
+    assert gone["status"] == "failed" and gone["error_type"] == "ScanLoadError"
+    assert gone["error"].startswith("gone.nii.gz:") and "/no/such" not in gone["error"]
     ok = df[df["status"] == "ok"]
     assert len(ok) == 3
     for _, r in ok.iterrows():

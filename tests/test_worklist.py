@@ -90,6 +90,9 @@ def test_filters_and_review_status(results):
     assert 1 <= len(t) < len(table) and (t["percentile"] >= p).all()
     rows = json.loads(wl.worklist_api(str(results), "ae"))
     assert len(rows) == 5 and rows[0]["rank"] == 1
+    ok = [r for r in rows if r["result"] == "ok"]
+    assert ok and all(isinstance(r["opens at slice"], int) and isinstance(r["slices"], int) for r in ok)
+    assert all(r["slices"] is None for r in rows if r["result"] != "ok")  # a failed study: null, not NaN
 
 
 def test_thumbnail_and_open_study_at_top_slice(results):

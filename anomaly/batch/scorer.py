@@ -140,8 +140,8 @@ def score_study(it: dict, methods: list[str], checkpoint_root: Path | None = Non
         row.update(status="ok")
     except AnomalyError as e:
         row.update(error_type=type(e).__name__, error=str(e))
-    except OSError as e:  # unreadable path: no path in the message
-        row.update(error_type=type(e).__name__, error=f"{Path(it['source']).name}: {e.strerror or 'cannot read'}")
+    except OSError as e:  # a missing or unreadable path: the typed load error, no path in the message
+        row.update(error_type="ScanLoadError", error=f"{Path(it['source']).name}: {e.strerror or 'cannot read'}")
     except Exception as e:  # noqa: BLE001 - one bad study never stops the run
         row.update(error_type=type(e).__name__, error=f"internal error while scoring: {type(e).__name__}")
     if "content_hash" not in row:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -283,7 +284,12 @@ def worklist_api(folder: str, method: str = "", min_percentile: float = 0.0, ood
         rows = worklist_rows(load_results(folder), method or None, min_percentile, ood_only, status)
     except AnomalyError as e:
         raise gr.Error(str(e)) from None
-    return rows.to_json(orient="records")
+    # slice numbers as integers (a column with a failed study's None is float in the table), gaps as null
+    ints = {"opens at slice", "method's top slice", "slices", "flags", "false positives"}
+    recs = [{k: (None if v is None or (isinstance(v, float) and not np.isfinite(v))
+                 else int(v) if k in ints else v) for k, v in r.items()}
+            for r in rows.astype(object).to_dict(orient="records")]
+    return json.dumps(recs)
 
 
 def stored_top_slice(df: pd.DataFrame, study_key: str) -> int | None:
