@@ -5,7 +5,6 @@ in-process analysis, and resume."""
 from __future__ import annotations
 
 import json
-
 import shutil
 from pathlib import Path
 
