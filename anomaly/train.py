@@ -331,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except AnomalyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # an --out that cannot be written (read-only, /proc, a full disk, ...)
-        where = f" {e.filename}" if e.filename else ""
-        print(f"error: cannot write{where}: {e.strerror or e}", file=sys.stderr)
+    except OSError as e:  # an --out that cannot be written (read-only, /proc, a full disk, ...), a file gone
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     v = card.get("validation", {})
     print(f"trained {card['method']}: checkpoint {card['checkpoint_hash']}, validation {v}")

@@ -99,7 +99,7 @@ def test_a_named_split_that_does_not_exist_is_a_clear_error(tiny_dataset, tmp_pa
     blocker.write_text("x")
     assert main(["zscore", "--data", str(tiny_dataset), "--out", str(blocker / "z")]) == 2
     err = capsys.readouterr().err
-    assert "error: cannot write" in err and "a_file" in err and "Traceback" not in err
+    assert err.startswith("error: ") and "a_file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     # the defaults still fall back: a folder with train/ only holds out 10% of it for validation
     only = tmp_path / "only_train"
     only.mkdir()
