@@ -67,6 +67,8 @@ def test_volume_round_trip_through_callbacks(methods_root, lesion_volume):
     assert len(dims) == 3 and all(d > 0 and d % 2 == 0 for d in dims) and dims[0] <= 16 and max(dims) <= 40
     fig = cb.score_curve_figure(a, idx)
     assert len(fig.axes[0].lines) >= 2
+    leg = fig.axes[0].get_legend()  # below the axes, at a size a phone's half-width figure keeps legible
+    assert leg is not None and leg.get_texts()[0].get_fontsize() >= 9 and leg.get_bbox_to_anchor().y0 < fig.axes[0].bbox.y0
     js = cb.api_summary(a)
     json.dumps(js)
     n_scored = int(np.sum(a.prepared.valid))  # the summary says how many slices are scored, and why not all

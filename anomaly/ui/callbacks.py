@@ -411,7 +411,7 @@ def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 2.4), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 3.0), dpi=90)
     xs = np.arange(a.n_slices)
     for name in shown_methods(a, methods):
         r = a.results[name]
@@ -430,8 +430,13 @@ def score_curve_figure(a: Analysis, index: int | None = None, methods: list[str]
     ax.set_xlabel(f"{a.plane} slice")
     ax.set_ylabel("percentile vs healthy")
     ax.set_ylim(0, 101)
-    # beside the axes, so that it hides neither the curves nor the band above the 95th percentile
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    # below the axes, in columns: it hides neither the curves nor the band above the 95th percentile,
+    # and keeps a legible size where a phone shrinks the figure to half its width
+    ax.tick_params(labelsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), fontsize=9, frameon=False,
+                  ncol=min(len(handles), 5), columnspacing=1.2, handlelength=1.6)
     fig.tight_layout()
     plt.close(fig)
     return fig
