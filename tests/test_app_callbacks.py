@@ -1043,7 +1043,7 @@ def test_every_way_of_loading_a_scan_ends_on_the_latest_one(methods_root):
     assert kinds == ["click", "then", "upload"]
     for d in loads:
         assert d["trigger_mode"] == "always_last"
-        assert demo.fns[d["id"]].concurrency_id == LOAD_QUEUE
+        assert demo.fns[d["id"]].concurrency_id == LOAD_QUEUE and demo.fns[d["id"]].concurrency_limit == 1
 
 
 def test_the_grid_shows_every_method_before_any_extra_map(methods_root, lesion_volume, monkeypatch):

@@ -532,11 +532,12 @@ def build_app() -> gr.Blocks:
                                   zoom_centre]
                 up_inputs = [files, series, plane, methods, preset, opacity, threshold, mode, extra_rows, compare_with,
                              zoom]
-                # every way of loading a scan (button, upload, example) runs in one queue, and a load asked for
-                # while one is scoring runs after it with the latest input (always_last): a second example
-                # clicked during the first's scoring was dropped ("once"), leaving the first scan on screen
-                # under the second's name
-                load_queue = dict(trigger_mode="always_last", concurrency_id=LOAD_QUEUE)
+                # every way of loading a scan (button, upload, example) runs in one queue, one load at a time in
+                # the order asked (so an upload made while an example scores is shown last, whichever is
+                # faster), and a load asked for while the same one runs follows it with the latest input
+                # (always_last): a second example clicked during the first's scoring was dropped ("once"),
+                # leaving the first scan on screen under the second's name
+                load_queue = dict(trigger_mode="always_last", concurrency_id=LOAD_QUEUE, concurrency_limit=1)
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private", **load_queue)
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private", **load_queue)
