@@ -50,6 +50,8 @@ HOW_TO_READ = """
   (README, "Whole volumes").
 * **Window**: a preset, or type a level and width (e.g. `L40 W80`, in the scan's own units). The input panel's
   title gives the slice's position in the patient frame (e.g. `S 12.0 mm`) and a DICOM slice's instance number.
+* The **compare slider** (below the tables) wipes between the input as the model sees it (brain only, on the
+  model's intensity scale) and the pseudo-healthy image of the method picked above it.
 * **Zoom** magnifies every panel and the compare slider together (one window of the slice for all); click a
   point on any panel, or a finding, to centre it there. Switching the plane opens the slice through that
   point; when none was chosen, through the strongest point that the first shown method flagging this slice
@@ -520,7 +522,8 @@ def build_app() -> gr.Blocks:
                             od_json = gr.JSON(label="score")
                         compare_with = gr.Dropdown([cb.AUTO_COMPARE, *default], value=cb.AUTO_COMPARE,
                                                    label="Compare slider below: pseudo-healthy of")
-                        compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png")
+                        compare = gr.ImageSlider(label="Compare: input vs pseudo-healthy", type="numpy", format="png",
+                                                 buttons=["fullscreen"])  # one button over the image's corner
                         with gr.Accordion("How to read this", open=False):
                             gr.Markdown(HOW_TO_READ)
                         with gr.Accordion("Methods and citations", open=False):

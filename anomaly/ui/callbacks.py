@@ -392,7 +392,8 @@ def compare_label(a: Analysis, methods: list[str] | None = None, compare_with: s
     if asked and compare_with != source:
         why = (f" ({compare_with} is not shown)" if compare_with not in shown_methods(a, methods)
                else f" ({compare_with} has no reconstruction)")
-    return f"Compare: input as the model sees it, brain only (left) vs {source}'s pseudo-healthy (right){why}"
+    # short: the label sits over the image's top edge (what "input" is here: "How to read this")
+    return f"Compare: input (left) vs {source}'s pseudo-healthy (right){why}"
 
 
 def square_pixels(u8: np.ndarray, aspect: float) -> np.ndarray:
