@@ -239,6 +239,8 @@ def compose_grid(rows: list[GridRow], cfg: RenderConfig, plane: str | None = Non
                   ("overlay" if row.calibrated else "blend (no threshold)") + tag)
         for c, (p, t) in enumerate(zip((p_in, p_ph, p_map, p_ov), titles)):
             out.paste(label_panel(p, t), (c * PANEL, y))
+        for c in range(1, cols):  # a rule between panels: each orientation letter reads as its own panel's
+            d.line([(c * PANEL, y), (c * PANEL, y + PANEL - 1)], fill=(90, 90, 90), width=1)
         cb = colorbar(rcfg, PANEL, bar_w - 4, threshold_line=row.calibrated)
         out.paste(cb, (cols * PANEL + 2, y))
     if not all(r.calibrated for r in rows):  # extra rows are on their own scales (their captions say which)
