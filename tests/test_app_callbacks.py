@@ -1034,16 +1034,19 @@ def test_every_way_of_loading_a_scan_ends_on_the_latest_one(methods_root):
     """Wiring: the button, an upload and an example click load in one queue, and one asked for while
     another is scoring runs after it (always_last), so the page ends on the scan last chosen
     (a second example clicked during the first's scoring used to be dropped)."""
-    from anomaly.ui.app import LOAD_QUEUE, build_app
+    from anomaly.ui import LOAD_QUEUE
+    from anomaly.ui.app import build_app
 
     demo = build_app()
     cfg = demo.get_config_file()
-    loads = [d for d in cfg["dependencies"] if str(d.get("api_name")).startswith(("on_new_scan", "on_upload_page"))]
+    loads = [d for d in cfg["dependencies"]
+             if str(d.get("api_name")).startswith(("on_new_scan", "on_upload_page", "_open", "worklist_open_study"))]
     kinds = sorted(e for d in loads for _, e in d["targets"])
-    assert kinds == ["click", "then", "upload"]
+    assert kinds == ["click", "click", "then", "then", "upload"]  # + a Worklist study (row click, button)
     for d in loads:
         assert d["trigger_mode"] == "always_last"
-        assert demo.fns[d["id"]].concurrency_id == LOAD_QUEUE and demo.fns[d["id"]].concurrency_limit == 1
+        assert demo.fns[d["id"]].concurrency_id == LOAD_QUEUE["concurrency_id"]
+        assert demo.fns[d["id"]].concurrency_limit == 1
 
 
 def test_the_grid_shows_every_method_before_any_extra_map(methods_root, lesion_volume, monkeypatch):

@@ -1,5 +1,9 @@
 """The Gradio review app: layout in ``app``, plain-function callbacks in ``callbacks``."""
 
+# Every event that loads a scan into the review view (button, upload, example, a Worklist study) runs
+# in this one queue, one load at a time in the order asked, the latest input of a repeated one last.
+LOAD_QUEUE = dict(trigger_mode="always_last", concurrency_id="load_scan", concurrency_limit=1)
+
 
 def refusal_as_message(fn, n_out: int, message_at: int, prefix: str, cleared: dict | None = None):
     """A page event's version of ``fn`` (a callback that raises ``gr.Error`` to refuse): the refusal

@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from anomaly.errors import AnomalyError, MultipleSeriesError, StaleResultsError
+from anomaly.ui import LOAD_QUEUE
 from anomaly.ui import callbacks as cb
 from anomaly.ui.annotate import annotation_panel
 from anomaly.ui.components import ClampedSlider
@@ -18,7 +19,6 @@ from anomaly.windowing import DATA_PRESETS, PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "assets" / "examples"
-LOAD_QUEUE = "load_scan"  # the concurrency group of the events that load a scan
 MAX_FILE_SIZE = "512mb"
 # (label, value): the data windows, then the Hounsfield presets (windowing.PRESETS), which say they are for CT
 WINDOW_CHOICES = [(p, p) for p in DATA_PRESETS] + [(p if "ct" in p else f"{p} (CT)", p) for p in PRESETS]
@@ -540,7 +540,7 @@ def build_app() -> gr.Blocks:
                 # faster), and a load asked for while the same one runs follows it with the latest input
                 # (always_last): a second example clicked during the first's scoring was dropped ("once"),
                 # leaving the first scan on screen under the second's name
-                load_queue = dict(trigger_mode="always_last", concurrency_id=LOAD_QUEUE, concurrency_limit=1)
+                load_queue = LOAD_QUEUE
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private", **load_queue)
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private", **load_queue)

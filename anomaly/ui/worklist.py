@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly.errors import AnomalyError
-from anomaly.ui import refusal_as_message
+from anomaly.ui import LOAD_QUEUE, refusal_as_message
 
 RESULTS_ENV = "ANOMALY_RESULTS"
 ANY = "(any)"
@@ -402,8 +402,9 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             yield step
 
     sel = table.select(on_select, [folder, table, method], [selected, thumb], api_visibility="private")
-    sel.then(_open, [folder, selected, *review_inputs], outs, api_visibility="private")
-    open_study_btn.click(_open, [folder, selected, *review_inputs], outs, api_name="worklist_open_study")
+    # in the review view's load queue: a study opened while an upload scores is shown after it, not under it
+    sel.then(_open, [folder, selected, *review_inputs], outs, api_visibility="private", **LOAD_QUEUE)
+    open_study_btn.click(_open, [folder, selected, *review_inputs], outs, api_name="worklist_open_study", **LOAD_QUEUE)
     gr.api(worklist_api, api_name="worklist")
     return {"folder": folder, "method": method, "table": table, "selected": selected, "thumb": thumb,
             "gallery": thumbs, "info": info}
