@@ -59,6 +59,17 @@ def test_open_folder_ranks_by_score(results):
     assert "source" not in table and not table.astype(str).apply(lambda c: c.str.contains("/")).any().any()
     assert len(gallery) == 4 and gallery[0][0].shape == (64, 64, 3)  # the ranking method's own
     assert "5 studies" in info and "another study-key salt" not in info
+    import re  # captions say the percentile as a reader does: 71st, 92nd, 100th (not "71th")
+
+    from anomaly.calibration import percentile_text
+
+    for (_, cap), (_, t) in zip(gallery, table.dropna(subset=["percentile"]).iterrows()):
+        assert cap.endswith(f"{percentile_text(round(t['percentile']))} pct") and re.search(r"\d+(st|nd|rd|th) pct$", cap)
+    # a failed study is not opened: the reason, not Error badges over the Review tab
+    failed_key = table.iloc[-1]["study"]
+    df0 = wl.load_results(results)
+    assert "was not scored by the batch run" in wl.not_openable(df0, failed_key)
+    assert wl.not_openable(df0, table.iloc[0]["study"]) is None
     # results keyed with another salt (another machine's data folder): said, not silent
     df = wl.load_results(results)
     assert wl.keyed_with_this_salt(df) is True
@@ -149,6 +160,13 @@ def test_app_has_a_worklist_tab_with_named_events():
     methods_id = next(c["id"] for c in demo.config["components"] if c.get("props", {}).get("label", "").startswith("Methods"))
     opened = next(d for d in deps if d.get("api_name") == "worklist_open_study")
     assert methods_id in opened["outputs"]
+    # ... and empties the upload box (it listed the previous scan, which Analyse would then score)
+    files_id = next(c["id"] for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "scan-files")
+    assert files_id in opened["outputs"]
+    # the Methods boxes set so do not redraw the view (a user's ticks do, .input): the redraw read the
+    # slider before the study's slice reached it and showed slice 0 under "slice 33"
+    ticks = [t for d in deps if d.get("api_name", "").startswith("on_methods") for t in d["targets"]]
+    assert ticks and all(t == (methods_id, "input") for t in map(tuple, ticks))
 
 
 def test_opening_a_study_shows_its_stored_top_slice_first(results):

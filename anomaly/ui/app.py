@@ -566,7 +566,9 @@ def build_app() -> gr.Blocks:
                 grid.select(on_grid_click, [key, zoom, zoom_centre], [zoom_centre], api_visibility="private").then(
                     on_view, view_inputs, [grid, table, compare, curve], api_visibility="private")
                 # the findings list and its "also flagged by" follow the shown methods
-                methods.change(on_methods, view_inputs, [key, grid, table, compare, curve, findings, banner],
+                # a user's ticks (.input): the Worklist sets the boxes to a study's stored methods with the view
+                # it opens, and a redraw then would read the slider before the study's slice reached it
+                methods.input(on_methods, view_inputs, [key, grid, table, compare, curve, findings, banner],
                                api_visibility="private")
                 # the compare slider offers the shown methods that have a pseudo-healthy image
                 for ev in (methods.change, key.change):
@@ -604,7 +606,7 @@ def build_app() -> gr.Blocks:
                 annotation_panel(key, slider, plane, methods, threshold, view=(on_view, view_inputs, [grid, table, compare, curve]))
             with gr.Tab("Worklist", id="worklist"):
                 build_worklist(on_upload, up_inputs[2:], upload_outputs, tabs=tabs, review_tab_id="review",
-                               methods_box=methods)
+                               methods_box=methods, files_box=files)
     return demo
 
 

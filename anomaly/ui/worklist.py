@@ -22,6 +22,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from anomaly.calibration import percentile_text
 from anomaly.errors import AnomalyError
 from anomaly.ui import LOAD_QUEUE, refusal_as_message
 
@@ -189,7 +190,7 @@ def gallery(df: pd.DataFrame, table: pd.DataFrame, method: str | None, n: int = 
     for _, t in table.head(n).iterrows():
         img = thumbnail(df, t["study"], method)
         if img is not None:
-            pct = "" if t["percentile"] is None or pd.isna(t["percentile"]) else f", {t['percentile']:.0f}th pct"
+            pct = "" if t["percentile"] is None or pd.isna(t["percentile"]) else f", {percentile_text(round(t['percentile']))} pct"
             items.append((img, f"{t['rank']}. {t['study']}{pct}"))
     return items
 
@@ -230,7 +231,9 @@ def keyed_with_this_salt(df: pd.DataFrame) -> bool | None:
 def summary(df: pd.DataFrame, table: pd.DataFrame, method: str | None) -> str:
     n_ok = int((df["status"] == "ok").sum())
     text = (f"**{len(df)} studies** in the results ({n_ok} scored, {len(df) - n_ok} failed); "
-            f"{len(table)} shown, ranked by **{method or 'n/a'}** volume score (percentile vs healthy). "
+            f"{len(table)} shown, ranked by **{method or 'n/a'}** volume score (the study's highest slice score; "
+            "the percentile beside it compares that with healthy slices, and a volume's reads lower than an "
+            "image's for the same score: it is the highest of many slices). "
             "Click a row to open the study in the Review tab at its most anomalous slice.")
     if keyed_with_this_salt(df) is False:
         text += ("\n\n**These results were keyed with another study-key salt than this app's** (the batch ran "
@@ -315,6 +318,15 @@ def open_study(folder, study_key: str) -> list[str]:
     return study_files(load_results(folder), study_key)
 
 
+def not_openable(df: pd.DataFrame, study_key: str) -> str | None:
+    """Why a study cannot be opened in the Review tab (the batch run failed on it), else None."""
+    r = _row(df, study_key)
+    if r.get("status") == "ok":
+        return None
+    return (f"Study {study_key} was not scored by the batch run ({r.get('error_type')}: {r.get('error')}); "
+            "there is nothing to open.")
+
+
 def methods_ticks(key):
     """The review view's Methods ticks for the opened study: the methods its analysis holds (a batch
     run's stored ones), so that the boxes say what the grid shows; no change without an analysis."""
@@ -327,13 +339,14 @@ def methods_ticks(key):
 
 
 def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=None, review_tab_id: str = "review",
-                   methods_box=None):
+                   methods_box=None, files_box=None):
     """Lay out the Worklist tab in the current Blocks context and wire its events.
 
     ``open_view(files, series, *review_inputs)`` is the review view's upload callback (it returns
     ``review_outputs``, the analysis key first); ``tabs`` (a ``gr.Tabs``) is switched to
     ``review_tab_id`` after opening; ``methods_box`` (the review view's Methods checkboxes) is set to
-    the methods the opened study shows (a batch run's stored ones)."""
+    the methods the opened study shows (a batch run's stored ones); ``files_box`` (the review view's
+    upload box) is emptied, so that it does not list another scan than the one shown."""
     from anomaly.annotations.store import STATUSES
 
     gr.Markdown("Studies scored by `python -m anomaly.batch`, ranked by volume score. Thumbnails are the "
@@ -377,7 +390,8 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
                                                  [table, thumbs, info],
                                                  api_visibility="private", trigger_mode="always_last")
 
-    outs = [*review_outputs, *([tabs] if tabs is not None else []), *([methods_box] if methods_box is not None else [])]
+    outs = [*review_outputs, *([tabs] if tabs is not None else []), *([methods_box] if methods_box is not None else []),
+            *([files_box] if files_box is not None else [])]
 
     def _open(folder_v, key, *review_values, progress=gr.Progress()):
         """Open a study; passes on every update of the review view's callback (a generator or not)."""
@@ -386,8 +400,13 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             yield tuple(gr.update() for _ in outs)
             return
         try:
-            files = open_study(folder_v, key)
             df = load_results(folder_v)
+            refusal = not_openable(df, key)
+            if refusal:  # nothing to show: say why, leave the Review tab as it is (no Error badges)
+                gr.Warning(refusal)
+                yield tuple(gr.update() for _ in outs)
+                return
+            files = open_study(folder_v, key)
             top = stored_top_slice(df, key)
             stored = stored_maps(folder_v, df, key)
         except AnomalyError as e:
@@ -399,6 +418,8 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
                 step += (gr.update(selected=review_tab_id),)
             if methods_box is not None:
                 step += (methods_ticks(step[0] if step else None),)
+            if files_box is not None:  # the box listed the previous upload: Analyse would have scored that
+                step += (None,)
             yield step
 
     sel = table.select(on_select, [folder, table, method], [selected, thumb], api_visibility="private")
