@@ -165,8 +165,9 @@ def test_app_has_a_worklist_tab_with_named_events():
     assert files_id in opened["outputs"]
     # the Methods boxes set so do not redraw the view (a user's ticks do, .input): the redraw read the
     # slider before the study's slice reached it and showed slice 0 under "slice 33"
-    ticks = [t for d in deps if d.get("api_name", "").startswith("on_methods") for t in d["targets"]]
-    assert ticks and all(t == (methods_id, "input") for t in map(tuple, ticks))
+    ticks = [d for d in deps if d.get("api_name", "").startswith("on_methods")]
+    assert ticks and all(tuple(t) == (methods_id, "input") for d in ticks for t in d["targets"])
+    assert all(d["trigger_mode"] == "always_last" for d in ticks)  # quick ticks end on the last state
 
 
 def test_opening_a_study_shows_its_stored_top_slice_first(results):

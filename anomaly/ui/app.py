@@ -568,8 +568,9 @@ def build_app() -> gr.Blocks:
                 # the findings list and its "also flagged by" follow the shown methods
                 # a user's ticks (.input): the Worklist sets the boxes to a study's stored methods with the view
                 # it opens, and a redraw then would read the slider before the study's slice reached it
+                # always_last: ticks made while one is scored end on the last state of the boxes, none dropped
                 methods.input(on_methods, view_inputs, [key, grid, table, compare, curve, findings, banner],
-                               api_visibility="private")
+                              api_visibility="private", trigger_mode="always_last")
                 # the compare slider offers the shown methods that have a pseudo-healthy image
                 for ev in (methods.change, key.change):
                     ev(on_compare_choices, [key, methods, compare_with], [compare_with], api_visibility="private")
