@@ -406,7 +406,7 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
                 gr.Warning(refusal)
                 yield tuple(gr.update() for _ in outs)
                 return
-            files = open_study(folder_v, key)
+            files = study_files(df, key)  # the results read once, above
             top = stored_top_slice(df, key)
             stored = stored_maps(folder_v, df, key)
         except AnomalyError as e:
