@@ -37,6 +37,10 @@ cp runs/dae16/model.safetensors runs/dae16/card.json checkpoints/dae/
 # pixel AP 0.080 vs 0.066, image AUROC 0.539 vs 0.527): the dae_gpu job of benchmarks/device_loo.sh,
 #   python -m anomaly.train dae --data data/cohort --seed 0 --device cuda --minutes 5.5 --out runs/device/dae_gpu
 # copied into checkpoints/dae and re-calibrated here with --calibrate-only
+# session 17: replaced by a 6.8-minute run of the same DAE on a lent H100 (19.0k steps, beside two other
+# trainings: benchmarks/device_long.sh), chosen on val_lesion with anomaly.evaluate (image AUROC 0.556 vs 0.482,
+# pixel AP 0.026 vs 0.020); copied into checkpoints/dae, re-calibrated here with --calibrate-only (which
+# re-calibrates the consensus beside it)
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 20
 ANOMALY_THREADS=1 $PY -m anomaly.methods.ddad.asr --checkpoint checkpoints/ddad --data data/cohort --minutes 40 --resume
 # session 5: the ASR head resumed to 90 minutes (1 thread); flip test-time averaging switched on in

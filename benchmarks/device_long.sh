@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (session 17): do the DAE and the AE gain from more training data per
+# run? Rebuilds the cohort's training splits there, then trains side by side on one H100:
+#   dae_long   the shipped DAE's recipe (batch 32), 7 minutes alone instead of 5.5 shared with five jobs
+#   dae_b128   the same DAE with batch 128 (4x the slices per step)
+#   ae_b128    the plain AE with batch 128, so that the AE gets as much more as the DAE
+# Each model is calibrated and validated there (card) and packed into $OUT; the choice is made on
+# val_lesion afterwards, on this machine, with `python -m anomaly.evaluate`.
+#   usage (device):  benchmarks/device_long.sh      locally: OUT=/tmp/o MIN=0.1 DEVICE=cpu BUILD=0 W=/tmp/w
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 ANOMALY_THREADS=${ANOMALY_THREADS:-4}
+PY=${PY:-python3}
+MIN=${MIN:-7}
+DEVICE=${DEVICE:-cuda}
+BUILD=${BUILD:-1}
+W=${W:-runs/device}
+OUT=${OUT:?set OUT}
+. benchmarks/device_common.sh
+device_setup train val_normal val_lesion || exit 1
+for s in train val_normal val_lesion; do md5sum data/cohort/$s/labels.csv; done
+ls data/cohort/train/images | head -2 | while read f; do md5sum "data/cohort/train/images/$f"; done
+
+T="--data data/cohort --seed 0 --device $DEVICE --minutes $MIN"
+pack() { tar czf "$OUT/$1.tgz" --exclude=work -C "$(dirname "$2")" "$(basename "$2")" && echo "packed $1"; }
+run() {  # run NAME ARGS...: train into $W/NAME, then pack it
+  local n=$1; shift
+  $PY -m anomaly.train "$@" --out "$W/$n" > "$W/$n.log" 2>&1; echo "$n rc=$?"; pack "$n" "$W/$n"
+}
+run dae_long dae $T &
+run dae_b128 dae $T --batch-size 128 &
+run ae_b128  ae  $T --batch-size 128 &
+wait
+for f in "$W"/*.log; do echo "== $f"; tail -c 500 "$f" | tr '\r' '\n' | tail -4; done
+tar czf "$OUT/logs.tgz" "$W"/*.log
