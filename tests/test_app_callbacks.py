@@ -1049,6 +1049,29 @@ def test_every_way_of_loading_a_scan_ends_on_the_latest_one(methods_root):
         assert demo.fns[d["id"]].concurrency_limit == 1
 
 
+def test_the_slice_slider_sits_between_the_curve_and_the_grid():
+    """On a phone the columns stack: the slider sat above the per-slice curve, a curve's height away
+    from the images it moves; it now sits under the curve (whose x axis is the slice), right above the grid."""
+    from anomaly.ui.app import build_app
+
+    demo = build_app()
+    by_id = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    grid = by_id["grid"]
+    column = grid.parent
+    kids = list(column.children)
+
+    def child_holding(block):  # Gradio wraps form components (the slider) in a Form of the column
+        while block.parent is not column:
+            block = block.parent
+        return block
+
+    slider = child_holding(by_id["slice-slider"])
+    curve = next(k for k in kids if type(k).__name__ == "Plot")
+    assert kids.index(curve) < kids.index(slider) < kids.index(grid)
+    between = kids[kids.index(slider) + 1 : kids.index(grid)]
+    assert [type(k).__name__ for k in between] == ["Markdown"]  # the grid's caption only
+
+
 def test_the_grid_shows_every_method_before_any_extra_map(methods_root, lesion_volume, monkeypatch):
     """The methods compare in the first rows: the extra maps (e.g. the consensus's votes) follow all
     of them, rather than pushing the next method off the first screen."""

@@ -492,11 +492,13 @@ def build_app() -> gr.Blocks:
                                                               "of their own")
                     with gr.Column(scale=3):
                         summary = gr.Markdown()
-                        slider = ClampedSlider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
                         # captions as text above, not as labels drawn over the figure and the grid's first row
                         gr.Markdown("**Per-slice score** (percentile vs healthy), one line per method; dotted line: slice in view",
                                     elem_classes=["caption"])
                         curve = gr.Plot(label="Per-slice score (percentile vs healthy), one line per method", show_label=False)
+                        # under the curve (whose x axis is the slice) and right above the grid: on a phone, where the
+                        # columns stack, the slider was a curve's height away from the images it moves
+                        slider = ClampedSlider(0, 1, value=0, step=1, label="Slice", interactive=False, elem_id="slice-slider")
                         gr.Markdown("**Per method: input | pseudo-healthy | residual map | overlay** (colours calibrated "
                                     "against healthy: 1.0 = threshold)", elem_classes=["caption"])
                         grid = gr.Image(label="input | pseudo-healthy | residual map | overlay (calibrated against healthy)", elem_id="grid",
