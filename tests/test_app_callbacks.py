@@ -854,6 +854,53 @@ def test_a_file_dropped_on_a_full_upload_box_is_the_one_analysed(methods_root, l
                        progress=lambda *a, **k: None))
 
 
+def test_a_good_file_dropped_after_a_refused_one_is_analysed(methods_root, lesion_volume, tmp_path, monkeypatch):
+    """The page's box keeps a refused file listed: a good image dropped next was never shown (the
+    refused file's message came back for the whole box); an empty file dropped last is answered as a
+    lone empty file is, not skipped unseen behind the scan in view."""
+    import gradio as gr
+
+    from anomaly.ui.app import on_upload_page
+
+    bad = tmp_path / "corrupt.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage" * 50)
+    png = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    monkeypatch.setattr(gr, "Info", lambda *a, **k: None)
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda msg, *x, **k: warned.append(msg))
+    run = lambda files: list(on_upload_page([str(f) for f in files], None, "axial", ["zscore"], "auto", 0.5, 1.0,
+                                            "both", progress=lambda *a, **k: None))
+    outs = run([bad])
+    assert outs[-1][0] is None and "Not loaded" in outs[-1][2]["value"]  # refused alone, as before
+    outs = run([lesion_volume, bad, png])
+    a = cb.get_analysis(outs[-1][0])
+    assert a.n_slices == 1 and "shown is the last one added (healthy_stripped_t1_axial.png)" in outs[-1][3]
+    warned.clear()
+    outs = run([lesion_volume, empty])
+    assert outs[-1][0] is None and "empty" in outs[-1][2]["value"] and warned and "empty.png" in warned[0]
+
+
+def test_the_api_json_carries_the_loading_notes(methods_root, lesion_volume, tmp_path):
+    """The page's summary said "N non-finite voxels replaced", "4D file: volume 1", "files ignored";
+    the API's JSON said nothing of them (a caller could not tell a NIfTI was dropped from a mixed upload)."""
+    import nibabel as nib
+
+    img = nib.load(str(lesion_volume))
+    v = np.asarray(img.dataobj, np.float32).copy()
+    v[0, 0, :3] = np.nan
+    nan_file = tmp_path / "nans.nii.gz"
+    nib.save(nib.Nifti1Image(v, img.affine), str(nan_file))
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    _, a = cb.load_and_analyse([str(nan_file), str(empty)], ["zscore"], "axial")
+    notes = cb.api_summary(a)["notes"]
+    assert any("3 non-finite voxels" in n for n in notes) and any("1 empty file" in n for n in notes)
+    _, clean = cb.load_and_analyse([str(lesion_volume)], ["zscore"], "axial")
+    assert cb.api_summary(clean)["notes"] == []
+
+
 def test_a_window_warning_is_given_once_per_load(methods_root, lesion_volume, monkeypatch):
     """A volume loads in two steps (its first slice, then all): a bad window warns once, not twice."""
     import gradio as gr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -218,8 +219,15 @@ def test_truncated_nifti(tmp_path):
     src = nifti(tmp_path / "full.nii", brain())
     data = src.read_bytes()
     (tmp_path / "cut.nii").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CorruptFileError, match=r"cut\.nii.*truncated"):
+    with pytest.raises(CorruptFileError, match=r"cut\.nii.*truncated") as e:
         load_scan(tmp_path / "cut.nii")
+    assert re.search(r"declares [\d,]+\.\d [kM]B of voxels but the file holds [\d,]+\.\d [kM]B$", str(e.value))
+    hdr = nib.Nifti1Header()  # a header that declares far more than any file (it read "108000000.0 MB")
+    hdr.set_data_shape((3000, 3000, 3000))
+    hdr.set_data_dtype(np.float32)
+    (tmp_path / "huge_header.nii").write_bytes(hdr.binaryblock + b"\0" * 4 + b"\1" * 4096)
+    with pytest.raises(CorruptFileError, match=r"declares 108,000\.0 MB of voxels but the file holds 4\.4 kB$"):
+        load_scan(tmp_path / "huge_header.nii")
     buf = gzip.compress(data)
     (tmp_path / "cut.nii.gz").write_bytes(buf[: len(buf) // 2])
     with pytest.raises(CorruptFileError, match=r"cut\.nii\.gz"):

@@ -71,6 +71,11 @@ def _modality_hint(header, name: str) -> str:
     return "unknown"
 
 
+def _size(n: float) -> str:
+    """A byte count as people read it: "108,000.0 MB", "4.4 kB"."""
+    return f"{n / 1e6:,.1f} MB" if n >= 1e5 else f"{n / 1e3:,.1f} kB"
+
+
 def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1024 * 1024) -> Scan:
     """Read a NIfTI file (see module docstring). Raises ``ScanLoadError`` subclasses."""
     raw = _read(path, name, gz, max_bytes)
@@ -101,7 +106,8 @@ def load_nifti(path: Path, name: str, gz: bool = False, max_bytes: int = 512 * 1
     need = n_vox * dtype.itemsize
     if offset < 0 or offset + need > len(raw):
         raise CorruptFileError(
-            f"{name}: truncated: the header declares {need / 1e6:.1f} MB of voxels but the file holds less"
+            f"{name}: truncated: the header declares {_size(need)} of voxels but the file holds "
+            f"{_size(len(raw))}{' once decompressed' if gz else ''}"
         )
     vol_vox = int(np.prod(shape[:3], dtype=np.float64))
     if vol_vox * 4 > max_bytes:

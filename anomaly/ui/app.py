@@ -262,26 +262,30 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
 def on_upload_page(*args, **kw):
     """The page's upload events: ``on_upload``, but a refused file clears the viewer and says why
     in the banner (the API endpoint ``analyse_view`` keeps raising). Raising would leave the previous
-    scan in the session, with its key, behind "Error" badges: flags added next went to that scan."""
+    scan in the session, with its key, behind "Error" badges: flags added next went to that scan.
+
+    The page's box keeps the files listed before a new one is dropped on it: when its last file stands
+    alone (an image of its own or an empty file, ``callbacks.newest_image``), that file is what is
+    analysed, with a note, whatever else the box lists (a refused file or another DICOM series there
+    decided what was shown, and the new scan never was)."""
+    files = args[0] if args else kw.get("files")
+    newest = cb.newest_image(files)
     try:
-        yield from on_upload(*args, **kw)
+        if newest is None:
+            yield from on_upload(*args, **kw)
+            return
+        gr.Info(f"The upload box holds several files: analysing the last one added ({newest.name}). "
+                "Clear the box (x) to start afresh.")
+        # the summary says so too (the toast goes): the box still lists every file
+        said = (f"*The upload box holds several files: shown is the last one added ({newest.name}). "
+                "Clear the box (x) to start afresh.*")
+        rest = (args[1:], kw) if args else ((), {k: v for k, v in kw.items() if k != "files"})
+        for out in on_upload([str(newest)], *rest[0], **rest[1]):
+            out = list(out)
+            if isinstance(out[3], str):  # upload_outputs[3]: the summary
+                out[3] = f"{said}\n\n{out[3]}" if out[3] else said
+            yield tuple(out)
     except gr.Error as e:
-        newest = cb.newest_image(args[0] if args else kw.get("files")) if "separate images" in e.message else None
-        if newest is not None:  # a file dropped on the box while another is listed: the box keeps both
-            gr.Info(f"Several separate images in the upload box: analysing the last one added ({newest.name}). "
-                    "Clear the box (x) to start afresh.")
-            # the summary says so too (the toast goes): the box still lists every file
-            said = (f"*The upload box holds several separate images: shown is the last one added ({newest.name}). "
-                    "Clear the box (x) to start afresh.*")
-            try:
-                for out in on_upload([str(newest)], *args[1:], **kw):
-                    out = list(out)
-                    if isinstance(out[3], str):  # upload_outputs[3]: the summary
-                        out[3] = f"{said}\n\n{out[3]}" if out[3] else said
-                    yield tuple(out)
-                return
-            except gr.Error as e2:
-                e = e2
         gr.Warning(f"Not loaded: {e.message}")
         cleared = list(on_clear())
         cleared[2] = gr.update(value=f"**Not loaded:** {e.message}", visible=True)

@@ -116,8 +116,10 @@ def load_upload(files, series_uid: str | None = None):
 
 
 def newest_image(files) -> Path | None:
-    """The last file of a multi-file upload when it is a single image of its own (not DICOM): what a
-    reader meant by dropping a new file on the page's box, which keeps the files listed before."""
+    """The last file of a multi-file upload when it stands alone: a single image of its own (NIfTI,
+    PNG, JPEG, TIFF; not DICOM, whose files combine into a series) or an empty file. That is what a
+    reader meant by dropping a new file on the page's box, which keeps the files listed before (a
+    refused file among them, or another series, would otherwise decide what is shown)."""
     from anomaly.io.loader import sniff
 
     try:
@@ -127,6 +129,8 @@ def newest_image(files) -> Path | None:
     if len(paths) < 2 or not paths[-1].is_file():
         return None
     try:
+        if paths[-1].stat().st_size == 0:
+            return paths[-1]  # answered as a lone empty file is ("... is empty"), not skipped unseen
         kind = sniff(paths[-1])
     except OSError:
         return None
@@ -478,6 +482,8 @@ def api_summary(a: Analysis, index: int | None = None, threshold: float = 1.0) -
         "slice_position": a.scan.slice_label(idx, a.plane) or None,
         "in_distribution": a.ood.in_distribution,
         "ood_reasons": a.ood.reasons,
+        # what loading changed or left out (NaNs replaced, 4D: first volume, files ignored), as the page's summary says
+        "notes": list(a.scan.notes),
         "methods": {},
     }
     for name, r in a.results.items():
