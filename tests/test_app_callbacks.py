@@ -877,6 +877,7 @@ def test_a_good_file_dropped_after_a_refused_one_is_analysed(methods_root, lesio
     outs = run([lesion_volume, bad, png])
     a = cb.get_analysis(outs[-1][0])
     assert a.n_slices == 1 and "shown is the last one added (healthy_stripped_t1_axial.png)" in outs[-1][3]
+    assert outs[-1][9]["visible"] is False  # no series chooser left over from a listed DICOM upload
     warned.clear()
     outs = run([lesion_volume, empty])
     assert outs[-1][0] is None and "empty" in outs[-1][2]["value"] and warned and "empty.png" in warned[0]

@@ -284,6 +284,7 @@ def on_upload_page(*args, **kw):
             out = list(out)
             if isinstance(out[3], str):  # upload_outputs[3]: the summary
                 out[3] = f"{said}\n\n{out[3]}" if out[3] else said
+            out[9] = gr.update(choices=[], value=None, visible=False)  # a listed zip's series chooser is not this file's
             yield tuple(out)
     except gr.Error as e:
         gr.Warning(f"Not loaded: {e.message}")
