@@ -156,7 +156,8 @@ class TrainLoop:
         return out
 
     def _run_time(self) -> float:
-        return time.perf_counter() - getattr(self, "_t0", time.perf_counter())
+        end = getattr(self, "_t_end", None) or time.perf_counter()  # frozen when the loop ends
+        return end - getattr(self, "_t0", end)
 
     def save(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
@@ -196,7 +197,7 @@ class TrainLoop:
 
     def __iter__(self):
         cfg = self.cfg
-        self._t0 = time.perf_counter()
+        self._t0, self._t_end = time.perf_counter(), None
         budget = cfg.minutes * 60 - self.elapsed_before
         last_save = time.perf_counter()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=self.desc, dynamic_ncols=True, mininterval=2)
@@ -229,6 +230,9 @@ class TrainLoop:
         bar.total = self.step  # done: the bar ends full whichever limit ended it
         bar.refresh()
         bar.close()
+        # the training time ends with the loop: the card's wall_time_s is the time the saved state holds,
+        # so a resumed run's figure (saved + its own) never reads less than the run it resumed
+        self._t_end = time.perf_counter()
         self.save()
 
     def log(self, **values: float) -> None:

@@ -62,6 +62,16 @@ def test_train_loop_moves_modules_saves_and_resumes(tmp_path):
     assert torch.equal(net2.weight, net.weight) and next(net2.parameters()).device.type == "cpu"
     assert opt2.state_dict()["state"][0]["exp_avg"].shape == (1, 4)
     assert sum(1 for _ in loop2) == 2
+    # the training time ends with the loop: what the card reads later is what the saved state holds, so a
+    # resumed run's figure never reads less than the run it resumed (it did when the card came after a slow finish)
+    import time
+
+    from safetensors.torch import load_file
+
+    done = loop2.wall_time_s
+    time.sleep(0.2)
+    saved = float(load_file(str(tmp_path / "state.safetensors"))["meta.elapsed"][0])
+    assert loop2.wall_time_s == done == saved
 
 
 def test_a_time_limited_loop_shows_the_steps_it_will_reach(tmp_path, capsys):
