@@ -259,7 +259,7 @@ def on_upload(files, series, plane, methods, preset, opacity, threshold, mode, e
                         compare_with, zoom, note=note.strip())
 
 
-def on_upload_page(*args, **kw):
+def on_upload_page(files, *args, **kw):
     """The page's upload events: ``on_upload``, but a refused file clears the viewer and says why
     in the banner (the API endpoint ``analyse_view`` keeps raising). Raising would leave the previous
     scan in the session, with its key, behind "Error" badges: flags added next went to that scan.
@@ -268,19 +268,17 @@ def on_upload_page(*args, **kw):
     alone (an image of its own or an empty file, ``callbacks.newest_image``), that file is what is
     analysed, with a note, whatever else the box lists (a refused file or another DICOM series there
     decided what was shown, and the new scan never was)."""
-    files = args[0] if args else kw.get("files")
     newest = cb.newest_image(files)
     try:
         if newest is None:
-            yield from on_upload(*args, **kw)
+            yield from on_upload(files, *args, **kw)
             return
         gr.Info(f"The upload box holds several files: analysing the last one added ({newest.name}). "
                 "Clear the box (x) to start afresh.")
         # the summary says so too (the toast goes): the box still lists every file
         said = (f"*The upload box holds several files: shown is the last one added ({newest.name}). "
                 "Clear the box (x) to start afresh.*")
-        rest = (args[1:], kw) if args else ((), {k: v for k, v in kw.items() if k != "files"})
-        for out in on_upload([str(newest)], *rest[0], **rest[1]):
+        for out in on_upload([str(newest)], *args, **kw):
             out = list(out)
             if isinstance(out[3], str):  # upload_outputs[3]: the summary
                 out[3] = f"{said}\n\n{out[3]}" if out[3] else said
@@ -547,10 +545,9 @@ def build_app() -> gr.Blocks:
                 # faster), and a load asked for while the same one runs follows it with the latest input
                 # (always_last): a second example clicked during the first's scoring was dropped ("once"),
                 # leaving the first scan on screen under the second's name
-                load_queue = LOAD_QUEUE
-                analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private", **load_queue)
+                analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private", **LOAD_QUEUE)
                 api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
-                files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private", **load_queue)
+                files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private", **LOAD_QUEUE)
                 files.clear(on_clear, None, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
                 slider.input(on_view, view_inputs, [grid, table, compare, curve], api_name="render_slice",
@@ -607,7 +604,7 @@ def build_app() -> gr.Blocks:
                             trigger_mode="always_last")
                 if examples is not None:  # a click on an example analyses it, as an upload does
                     examples.load_input_event.then(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private",
-                                                   **load_queue)
+                                                   **LOAD_QUEUE)
                     # on a phone the result lands far below the examples: go to it
                     examples.load_input_event.then(None, js=f"() => {{ if (window.innerWidth < 700) ({SCROLL_TO_GRID})(); }}")
                 gr.api(analyze_api, api_name="analyze")
