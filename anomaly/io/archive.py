@@ -27,7 +27,8 @@ _CHUNK = 1 << 20
 _JUNK = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|\._|Thumbs\.db$)", re.IGNORECASE)
 
 
-def _mb(n: float) -> str:
+def mb_text(n: float) -> str:
+    """A size limit or file size in a message: "512.0 MB" (also anomaly.io.loader's)."""
     return f"{n / 1e6:.1f} MB"
 
 
@@ -84,11 +85,11 @@ def extract_zip(path: Path, dest: Path, max_bytes: int, name: str | None = None)
         if declared > max_bytes:
             if ratio > MAX_RATIO:
                 raise UnsafeArchiveError(
-                    f"{name}: would expand to {_mb(declared)} from {_mb(packed)} "
+                    f"{name}: would expand to {mb_text(declared)} from {mb_text(packed)} "
                     f"(ratio {ratio:.0f}:1): looks like a zip bomb; archive refused"
                 )
             raise FileTooLargeError(
-                f"{name}: holds {_mb(declared)} uncompressed, above the {_mb(max_bytes)} limit"
+                f"{name}: holds {mb_text(declared)} uncompressed, above the {mb_text(max_bytes)} limit"
             )
         for info in files:
             r = info.file_size / max(info.compress_size, 1)
@@ -112,7 +113,7 @@ def extract_zip(path: Path, dest: Path, max_bytes: int, name: str | None = None)
                         if member_bytes > info.file_size or written > max_bytes:
                             raise UnsafeArchiveError(
                                 f"{name}: a member expands beyond its declared size or the "
-                                f"{_mb(max_bytes)} limit; archive refused"
+                                f"{mb_text(max_bytes)} limit; archive refused"
                             )
                         dst.write(chunk)
             except UnsafeArchiveError:

@@ -28,6 +28,7 @@ from anomaly.errors import (
     ScanLoadError,
     UnsupportedFileError,
 )
+from anomaly.io.archive import extract_zip, mb_text
 from anomaly.keys import content_hash
 from anomaly.scan import Scan
 
@@ -234,15 +235,9 @@ class Gathered:
     n_empty: int = 0
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
 def gather(paths: Paths, stack: contextlib.ExitStack, max_bytes: int = DEFAULT_MAX_BYTES) -> Gathered:
     """Expand files, folders and zips into candidate entries (zips into temp folders
     registered on ``stack``). Checks existence, emptiness and size limits."""
-    from anomaly.io.archive import extract_zip
-
     roots = _as_paths(paths)
     label = roots[0].name if len(roots) == 1 else f"the upload ({len(roots)} files)"
     entries: list[Entry] = []
@@ -260,11 +255,11 @@ def gather(paths: Paths, stack: contextlib.ExitStack, max_bytes: int = DEFAULT_M
             return
         if entry.size > max_bytes:
             raise FileTooLargeError(
-                f"{entry.name} is {_mb(entry.size)}, above the {_mb(max_bytes)} limit"
+                f"{entry.name} is {mb_text(entry.size)}, above the {mb_text(max_bytes)} limit"
             )
         total += entry.size
         if total > max_bytes:
-            raise FileTooLargeError(f"{label}: the upload holds more than {_mb(max_bytes)} of files")
+            raise FileTooLargeError(f"{label}: the upload holds more than {mb_text(max_bytes)} of files")
         entries.append(entry)
 
     for root in roots:
@@ -283,7 +278,7 @@ def gather(paths: Paths, stack: contextlib.ExitStack, max_bytes: int = DEFAULT_M
             if entry.size == 0:
                 raise EmptyFileError(f"{name} is empty (0 bytes)")
             if entry.size > max_bytes:
-                raise FileTooLargeError(f"{name} is {_mb(entry.size)}, above the {_mb(max_bytes)} limit")
+                raise FileTooLargeError(f"{name} is {mb_text(entry.size)}, above the {mb_text(max_bytes)} limit")
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="anomaly-zip-")))
             members = extract_zip(root, tmp, max_bytes=max_bytes, name=name)
             if not members:
