@@ -11,16 +11,11 @@
 #   usage (device):  benchmarks/device_asr.sh      locally: OUT=/tmp/o MIN=0.2 DEVICE=cpu BUILD=0 W=/tmp/w
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 ANOMALY_THREADS=${ANOMALY_THREADS:-1}
-PY=${PY:-python3}
+export ANOMALY_THREADS=${ANOMALY_THREADS:-1}
 MIN=${MIN:-6}
-DEVICE=${DEVICE:-cuda}
-BUILD=${BUILD:-1}
 WORKERS=${WORKERS:-2}
 BS=${BS:-32}
 LOO=${LOO:-runs/loo_v2/ddad}
-W=${W:-runs/device}
-OUT=${OUT:?set OUT}
 . benchmarks/device_common.sh
 device_setup train val_normal val_lesion unlabeled train_loo val_normal_loo || exit 1
 [ -f "$LOO/card.json" ] || { echo "no LOO DDAD at $LOO"; exit 1; }

@@ -1,6 +1,13 @@
 # Shared set-up of the one-call GPU scripts (sourced by benchmarks/device_*.sh, from the repository
-# root, with PY, DEVICE, BUILD, W and OUT set): the offline wheels of .whl/ installed when on a GPU,
-# a torch/CUDA/MONAI check, and (BUILD=1) the cohort splits named as arguments rebuilt there.
+# root, after each has set its own ANOMALY_THREADS and run lengths): the defaults of PY, DEVICE, BUILD
+# and W, OUT required; then device_setup: the offline wheels of .whl/ installed when on a GPU, a
+# torch/CUDA/MONAI check, and (BUILD=1) the cohort splits named as arguments rebuilt there.
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+BUILD=${BUILD:-1}
+W=${W:-runs/device}
+OUT=${OUT:?set OUT}
 device_setup() {  # device_setup SPLIT...
   mkdir -p "$W" "$OUT"
   if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1 && [ "$DEVICE" != cpu ]; then

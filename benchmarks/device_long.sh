@@ -9,13 +9,8 @@
 #   usage (device):  benchmarks/device_long.sh      locally: OUT=/tmp/o MIN=0.1 DEVICE=cpu BUILD=0 W=/tmp/w
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 ANOMALY_THREADS=${ANOMALY_THREADS:-4}
-PY=${PY:-python3}
+export ANOMALY_THREADS=${ANOMALY_THREADS:-4}
 MIN=${MIN:-7}
-DEVICE=${DEVICE:-cuda}
-BUILD=${BUILD:-1}
-W=${W:-runs/device}
-OUT=${OUT:?set OUT}
 . benchmarks/device_common.sh
 device_setup train val_normal val_lesion || exit 1
 for s in train val_normal val_lesion; do md5sum data/cohort/$s/labels.csv; done

@@ -8,15 +8,10 @@
 #   usage (device):  benchmarks/device_loo.sh       (wheels of monai/nibabel/pydicom in .whl/)
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 ANOMALY_THREADS=${ANOMALY_THREADS:-2}
-PY=${PY:-python3}
+export ANOMALY_THREADS=${ANOMALY_THREADS:-2}
 MIN=${MIN:-5}            # minutes per single-stage model
 ENS=${ENS:-2}            # DDAD ensembles (both), then ASR for ASR minutes
 ASR=${ASR:-3}
-DEVICE=${DEVICE:-cuda}
-BUILD=${BUILD:-1}
-W=${W:-runs/device}
-OUT=${OUT:?set OUT}
 . benchmarks/device_common.sh
 device_setup train val_normal val_lesion unlabeled train_loo val_normal_loo || exit 1
 # identity of the data built here (compare with the local build)
