@@ -25,6 +25,7 @@ from anomaly.errors import AnomalyError, DatasetError, TrainingInterrupted
 from anomaly.methods.base import CHECKPOINT_ROOT, clear_cache, get_method, method_class
 from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
 from anomaly.scoring import run_method
+from anomaly import training
 from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
 
 # On-demand (diffusion) methods are calibrated and validated on at most this many random slices of
@@ -206,9 +207,16 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
         write_card(out, card)
     else:
+        if cfg.init_from:
+            _check_init_source(Path(cfg.init_from), cls.name)
         resumed = bool(cfg.resume) and (out / "work").is_dir() and any((out / "work").rglob("state.safetensors"))
         t_fit = time.time()
+        training.INITIALISED.clear()
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
+        initialised = bool(training.INITIALISED)
+        if cfg.init_from and not initialised:
+            print(f"{cls.name}: --init-from has nothing to start: this method fits no network by gradient steps",
+                  file=sys.stderr)
         extra.setdefault("wall_time_s", round(time.time() - t_fit, 1))  # methods without a training loop
         card = save_checkpoint(out, tensors, {
             "method": cls.name,
@@ -227,6 +235,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             "trained_on": device_label(cfg.device),
             # config.resume is what was asked; this says whether a saved state was there to continue
             "resumed_from_saved_state": resumed,
+            **({"initialised_from": _init_source(Path(cfg.init_from))} if initialised else {}),
             "project_version": __version__,
             **extra,
         })
@@ -301,6 +310,27 @@ def _positive(kind):
     return parse
 
 
+def _check_init_source(ckpt_dir: Path, method: str) -> None:
+    """--init-from must name a trained checkpoint of the same method."""
+    from anomaly.errors import CheckpointError
+
+    if not (ckpt_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"--init-from {ckpt_dir}: no trained checkpoint (model.safetensors) there")
+    other = load_card(ckpt_dir).get("method")
+    if other and other != method:
+        raise CheckpointError(f"--init-from {ckpt_dir}: that checkpoint is of the method '{other}', not '{method}'")
+
+
+def _init_source(ckpt_dir: Path) -> dict:
+    """What a card says of the checkpoint its training started from (``--init-from``)."""
+    try:
+        old = load_card(ckpt_dir)
+    except AnomalyError:
+        old = {}
+    return {"checkpoint": str(ckpt_dir), "checkpoint_hash": old.get("checkpoint_hash"),
+            "method": old.get("method"), "train_steps": old.get("train_steps"), "command": old.get("command")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m anomaly.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,12 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available); inference stays on CPU")
     p.add_argument("--resume", action="store_true", help="continue from OUT/work/state.safetensors")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="a checkpoint folder of the same method (e.g. checkpoints/dae): its weights start the training "
+                        "(fine-tuning bundled models on your own healthy scans, or training them longer)")
     p.add_argument("--calibrate-only", action="store_true", help="keep the trained weights; redo calibration and validation")
     p.add_argument("--train-split", default="train", help="sub-folder of DATA with healthy training slices")
     p.add_argument("--val-split", default="val_normal", help="sub-folder of DATA with healthy validation slices")
     a = p.parse_args(argv)
     cfg = TrainConfig(seed=a.seed, minutes=a.minutes, max_steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                      resume=a.resume, device=a.device)
+                      resume=a.resume, device=a.device, init_from=str(a.init_from) if a.init_from else None)
     cmd = "python -m anomaly.train " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         card = train(a.method, a.data, a.out, cfg, command=cmd, train_split=a.train_split, val_split=a.val_split,

@@ -34,6 +34,7 @@ class TrainConfig:
     save_every_s: float = 120.0
     augment: bool = True
     data_dir: str | None = None  # the data-set root (set by anomaly.train; DDAD reads DIR/unlabeled)
+    init_from: str | None = None  # a checkpoint folder whose weights start the networks (fine-tuning)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -114,6 +115,22 @@ def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.rand
             yield (xt, mt) if device == "cpu" else (xt.to(device), mt.to(device))
 
 
+INITIALISED: list[str] = []  # modules started from --init-from weights since anomaly.train last cleared it
+
+
+def matching_prefix(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str | None:
+    """The key prefix under which ``saved`` holds every tensor of ``own`` with the same shapes, or None."""
+    if not own:
+        return ""
+    k0 = next(iter(own))
+    for key in saved:
+        if key.endswith(k0):
+            pre = key[: len(key) - len(k0)]
+            if all(pre + k in saved and saved[pre + k].shape == v.shape for k, v in own.items()):
+                return pre
+    return None
+
+
 class TrainLoop:
     """A timed, resumable loop: ``for step in loop: ...; loop.log(loss=...)``.
 
@@ -135,6 +152,8 @@ class TrainLoop:
             m.to(cfg.device)
         if cfg.resume:
             self._load()
+        if cfg.init_from and self.step == 0:
+            self._init_weights(Path(cfg.init_from))
 
     @property
     def state_path(self) -> Path:
@@ -163,6 +182,24 @@ class TrainLoop:
         tmp = self.state_path.with_suffix(".tmp")
         save_file({k: v.detach().contiguous().cpu() for k, v in self._flat().items()}, str(tmp))
         tmp.replace(self.state_path)
+
+    def _init_weights(self, ckpt_dir: Path) -> None:
+        """Start each network from the weights of a saved checkpoint (``--init-from``); optimisers start fresh."""
+        from anomaly.errors import CheckpointError
+
+        weights = ckpt_dir / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"--init-from {ckpt_dir}: no model.safetensors there")
+        saved = load_file(str(weights))
+        for name, m in self.modules.items():
+            own = m.state_dict()
+            prefix = matching_prefix(own, saved)
+            if prefix is None:
+                raise CheckpointError(f"--init-from {ckpt_dir}: its weights do not fit this method's network "
+                                      f"'{name}' (another method or architecture)")
+            m.load_state_dict({k: saved[prefix + k] for k in own})
+            INITIALISED.append(name)
+        _say(f"{self.desc}: starting from the weights in {ckpt_dir}")
 
     def _load(self) -> None:
         if not self.state_path.exists():

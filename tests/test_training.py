@@ -418,3 +418,43 @@ def test_a_truncated_nifti_in_a_training_folder_is_a_one_line_error(tmp_path):
     with pytest.raises(DatasetError) as e:
         read_image(bad)
     assert "t.nii" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_init_from_starts_from_saved_weights_and_the_card_says_so(tiny_dataset, tmp_path, capsys):
+    """--init-from: a checkpoint's weights start the networks (fine-tuning on one's own healthy scans)."""
+    from anomaly.checkpoints import load_card
+    from anomaly.errors import CheckpointError
+    from anomaly.train import main, train
+
+    base = train("ae", tiny_dataset, tmp_path / "base", TrainConfig(seed=0, max_steps=3, batch_size=4))
+    # zero steps after the start: the networks hold exactly the saved weights
+    loop, net, _ = _tiny_loop(tmp_path / "a", 10)
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.full((1, 4), 0.5), "bias": torch.zeros(1)}, str(tmp_path / "a" / "model.safetensors"))
+    cfg = TrainConfig(seed=0, max_steps=10, minutes=5, device="cpu", init_from=str(tmp_path / "a"))
+    net2 = torch.nn.Linear(4, 1)
+    TrainLoop(cfg, tmp_path / "w", {"net": net2}, {"opt": torch.optim.Adam(net2.parameters())})
+    assert torch.equal(net2.weight, torch.full((1, 4), 0.5))
+    assert "starting from the weights" in capsys.readouterr().err
+    # weights under a prefix (a sub-network of a larger checkpoint) are found too
+    save_file({"asr.weight": torch.ones(1, 4), "asr.bias": torch.zeros(1)}, str(tmp_path / "a" / "model.safetensors"))
+    TrainLoop(cfg, tmp_path / "w2", {"net": net2}, {"opt": torch.optim.Adam(net2.parameters())})
+    assert torch.equal(net2.weight, torch.ones(1, 4))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        net3 = torch.nn.Linear(4, 3)
+        TrainLoop(cfg, tmp_path / "w3", {"net": net3}, {"opt": torch.optim.Adam(net3.parameters())})
+
+    # through the CLI: the card names the checkpoint it started from
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "ft"), "--steps", "2",
+                 "--batch-size", "4", "--device", "cpu", "--init-from", str(tmp_path / "base")]) == 0
+    card = load_card(tmp_path / "ft")
+    assert card["initialised_from"]["checkpoint_hash"] == base["checkpoint_hash"]
+    assert card["initialised_from"]["train_steps"] == 3 and card["config"]["init_from"] == str(tmp_path / "base")
+    # another method's checkpoint, or a folder without weights: a clear message, exit status 2
+    assert main(["vae", "--data", str(tiny_dataset), "--out", str(tmp_path / "v"), "--steps", "1",
+                 "--init-from", str(tmp_path / "base")]) == 2
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "v"), "--steps", "1",
+                 "--init-from", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "of the method 'ae', not 'vae'" in err and "no trained checkpoint" in err
