@@ -111,6 +111,15 @@ def test_api_flag_edit_stale_remove_undo(annot_app):
         c.predict(20, "zscore", "false_positive", "noise", "", "whole slice", None, None, None, None, None, None, 1.0,
                   None, api_name="/add_flag")
     assert st.count_flags() == 1
+    # a refused file empties the API session's scan: a flag sent next is refused, not filed on the scan before
+    bad = annot_app["db"].parent / "not_a_scan.png"
+    bad.write_bytes(b"this is no image")
+    with pytest.raises(Exception, match="(?i)not|cannot|unreadable"):
+        c.predict([handle_file(str(bad))], None, "axial", ["zscore"], "auto", 0.5, 1.0, "both", api_name="/analyse_view")
+    with pytest.raises(Exception):
+        c.predict(20, "zscore", "false_positive", "noise", "after a refused file", "whole slice", None, None, None, None,
+                  None, None, 1.0, token, api_name="/add_flag")
+    assert st.count_flags() == 1
 
 
 @pytest.mark.slow

@@ -291,6 +291,17 @@ def on_upload_page(files, *args, **kw):
         yield tuple(cleared)
 
 
+def on_analyse_api(*args, **kw):
+    """The endpoint ``analyse_view``: ``on_upload``, but a refused file first empties the session's scan
+    (its key) and then raises: the previous scan stayed in the API session, and a ``add_flag`` sent
+    next was filed on it, as if on the refused file."""
+    try:
+        yield from on_upload(*args, **kw)
+    except gr.Error:
+        yield on_clear()
+        raise
+
+
 def on_clear():
     """The upload box was cleared (x): the viewer empties, as before any scan (stale maps of a scan
     no longer listed would mislead); saved flags stay in the store and the annotation panel keeps
@@ -546,7 +557,7 @@ def build_app() -> gr.Blocks:
                 # (always_last): a second example clicked during the first's scoring was dropped ("once"),
                 # leaving the first scan on screen under the second's name
                 analyse_btn.click(on_upload_page, up_inputs, upload_outputs, api_visibility="private", **LOAD_QUEUE)
-                api_analyse.click(on_upload, up_inputs, upload_outputs, api_name="analyse_view")
+                api_analyse.click(on_analyse_api, up_inputs, upload_outputs, api_name="analyse_view")
                 files.upload(on_new_scan, up_inputs, [*upload_outputs, zoom], api_visibility="private", **LOAD_QUEUE)
                 files.clear(on_clear, None, upload_outputs, api_visibility="private")
                 # any user change (drag, arrow keys, typed number); always_last skips stale drag positions
