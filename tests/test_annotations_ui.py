@@ -120,6 +120,9 @@ def test_api_flag_edit_stale_remove_undo(annot_app):
         c.predict(20, "zscore", "false_positive", "noise", "after a refused file", "whole slice", None, None, None, None,
                   None, None, 1.0, token, api_name="/add_flag")
     assert st.count_flags() == 1
+    # refusals are the user's messages, not server faults: no traceback in the server's log for any of them
+    log = (annot_app["db"].parent / "app.log").read_text()
+    assert "Traceback" not in log and "gradio.exceptions.Error" not in log, log[-2000:]
 
 
 @pytest.mark.slow

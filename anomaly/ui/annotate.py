@@ -67,7 +67,7 @@ def _coords(*values):
 
 
 def _err(e: Exception):
-    raise gr.Error(str(e), duration=None) from None
+    raise gr.Error(str(e), duration=None, print_exception=False) from None
 
 
 def _case_of(key, fallback=None):

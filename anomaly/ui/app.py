@@ -168,7 +168,7 @@ def _df(rows: list[dict], empty_columns: list[str] = EMPTY_SCORES) -> pd.DataFra
 
 
 def _fail(e: Exception):
-    raise gr.Error(str(e), duration=None) from None
+    raise gr.Error(str(e), duration=None, print_exception=False) from None
 
 
 def _window(preset, key=None, warn: bool = True):
@@ -429,7 +429,7 @@ def on_grid_click(key, zoom, zoom_centre, evt: gr.SelectData):
 def on_demand(key, index, method, preset, threshold, opacity, mode, zoom=1.0, zoom_centre=None, progress=gr.Progress()):
     """Run a slow (diffusion) method on the slice in view, with a progress bar (at the viewer's zoom)."""
     if not method:
-        raise gr.Error("no on-demand method has a checkpoint")
+        raise gr.Error("no on-demand method has a checkpoint", print_exception=False)
     try:
         return cb.run_on_demand(key, index, method, _window(preset, key), threshold, opacity, mode,
                                 progress=lambda done, total: progress((done, total), desc=method), zoom=zoom,
@@ -464,7 +464,7 @@ def analyze_api(files: list[str], methods: str = "", plane: str = "axial", thres
         key, a = cb.load_and_analyse(files, ms, plane)
         return json.dumps(cb.api_summary(a, None, threshold))
     except AnomalyError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(str(e), print_exception=False) from None
 
 
 def build_app() -> gr.Blocks:

@@ -251,7 +251,7 @@ def on_open_folder(folder, method):
     try:
         df = load_results(folder)
     except AnomalyError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(str(e), print_exception=False) from None
     ms = methods_of(df)
     method = method if method in ms else (ms[0] if ms else None)
     table = worklist_rows(df, method)
@@ -262,7 +262,7 @@ def on_filter(folder, method, min_percentile, ood_only, status):
     try:
         df = load_results(folder)
     except AnomalyError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(str(e), print_exception=False) from None
     table = worklist_rows(df, method, min_percentile or 0, bool(ood_only), status or ANY)
     return table, gallery(df, table, method), summary(df, table, method)
 
@@ -286,7 +286,7 @@ def worklist_api(folder: str, method: str = "", min_percentile: float = 0.0, ood
     try:
         rows = worklist_rows(load_results(folder), method or None, min_percentile, ood_only, status)
     except AnomalyError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(str(e), print_exception=False) from None
     # slice numbers as integers (a column with a failed study's None is float in the table), gaps as null
     ints = {"opens at slice", "method's top slice", "slices", "flags", "false positives"}
     recs = [{k: (None if v is None or (isinstance(v, float) and not np.isfinite(v))
@@ -410,7 +410,7 @@ def build_worklist(open_view, review_inputs: list, review_outputs: list, tabs=No
             top = stored_top_slice(df, key)
             stored = stored_maps(folder_v, df, key)
         except AnomalyError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), print_exception=False) from None
         res = open_view(files, None, *review_values, progress=progress, first_slice=top, stored=stored)
         for step in (res if inspect.isgenerator(res) else [res]):
             step = tuple(step)
