@@ -252,3 +252,21 @@ def test_a_part_being_written_is_skipped_quietly_by_the_progress_poll_and_report
         assert not caplog.records
         assert read_part(part) is None  # reading results afterwards: a truncated part is reported
         assert "skipping unreadable results part part-0.parquet" in caplog.text
+
+
+def test_a_row_carries_the_loading_notes(tmp_path, tiny_checkpoints):
+    """What loading changed (NaNs replaced, a 4D file's first volume) is in the row, as on the page and in /analyze."""
+    import nibabel as nib
+
+    from anomaly.batch.discovery import item
+    from anomaly.data.folder import read_image
+
+    v = read_image(ROOT / "assets" / "templates" / "mni152_2009a_t1_1mm.nii.gz")[::2, ::2, ::2][30:36].astype(np.float32)
+    v[2, 10:20, 10:20] = np.nan
+    four_d = np.stack([v.transpose(2, 1, 0)] * 2, axis=-1)  # display (z, y, x) -> NIfTI (x, y, z), two volumes
+    p = tmp_path / "nan4d.nii.gz"
+    nib.save(nib.Nifti1Image(four_d, np.diag([2.0, 2.0, 2.0, 1.0])), str(p))
+    row = score_study(item(p, [p], "nifti"), ["zscore"], tiny_checkpoints)
+    assert row["status"] == "ok", row.get("error")
+    assert "non-finite" in row["notes"] and "volume" in row["notes"], row["notes"]
+    assert rows_table([row], ["zscore"]).column("notes").to_pylist() == [row["notes"]]

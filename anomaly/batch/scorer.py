@@ -42,6 +42,7 @@ COMMON = [
     ("modality", pa.string()), ("shape", pa.list_(pa.int32())), ("spacing", pa.list_(pa.float64())),
     ("plane", pa.string()), ("n_slices", pa.int32()), ("methods", pa.list_(pa.string())),
     ("ood", pa.bool_()), ("ood_reasons", pa.string()),
+    ("notes", pa.string()),  # what loading changed or left out (NaNs replaced, 4D: first volume, files ignored)
     ("top_slice", pa.int32()), ("thumbnail", pa.binary()),
     ("maps", pa.string()), ("maps_bytes", pa.int64()),  # stored maps (``anomaly.batch.maps``), relative path
     ("seconds_load", pa.float64()), ("seconds_analyse", pa.float64()), ("seconds_total", pa.float64()),
@@ -92,7 +93,7 @@ def _fill(row: dict, a) -> None:
     scan = a.scan
     row.update(study_key=a.study_key, modality=scan.modality, shape=list(scan.shape),
                spacing=[float(s) for s in scan.spacing], n_slices=a.n_slices, ood=not a.ood.in_distribution,
-               ood_reasons="; ".join(a.ood.reasons))
+               ood_reasons="; ".join(a.ood.reasons), notes="; ".join(scan.notes))
     top = a.most_anomalous_slice()
     row["top_slice"] = top
     maps = []
