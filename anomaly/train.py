@@ -189,6 +189,8 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     set_threads()
     cls = method_class(method)
     out = Path(out) if out else CHECKPOINT_ROOT / cls.name
+    if cfg.init_from:  # before the data are read: a wrong option costs no preprocessing
+        _check_init_source(Path(cfg.init_from), cls, out, calibrate_only)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     train_set, val_set, val_lesion = load_training_data(data, train_split, val_split)
@@ -207,16 +209,11 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
         write_card(out, card)
     else:
-        if cfg.init_from:
-            _check_init_source(Path(cfg.init_from), cls.name)
         resumed = bool(cfg.resume) and (out / "work").is_dir() and any((out / "work").rglob("state.safetensors"))
         t_fit = time.time()
         training.INITIALISED.clear()
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
-        initialised = bool(training.INITIALISED)
-        if cfg.init_from and not initialised:
-            print(f"{cls.name}: --init-from has nothing to start: this method fits no network by gradient steps",
-                  file=sys.stderr)
+        init_source = _init_record(out, cfg, fresh=bool(training.INITIALISED), resumed=resumed)
         extra.setdefault("wall_time_s", round(time.time() - t_fit, 1))  # methods without a training loop
         card = save_checkpoint(out, tensors, {
             "method": cls.name,
@@ -235,7 +232,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             "trained_on": device_label(cfg.device),
             # config.resume is what was asked; this says whether a saved state was there to continue
             "resumed_from_saved_state": resumed,
-            **({"initialised_from": _init_source(Path(cfg.init_from))} if initialised else {}),
+            **({"initialised_from": init_source} if init_source else {}),
             "project_version": __version__,
             **extra,
         })
@@ -310,25 +307,49 @@ def _positive(kind):
     return parse
 
 
-def _check_init_source(ckpt_dir: Path, method: str) -> None:
-    """--init-from must name a trained checkpoint of the same method."""
-    from anomaly.errors import CheckpointError
+def _check_init_source(ckpt_dir: Path, cls, out: Path, calibrate_only: bool) -> None:
+    """--init-from must name another folder's trained checkpoint of the same method, whose weights
+    match its card, for a method that trains networks."""
+    from anomaly.checkpoints import load_weights
+    from anomaly.errors import CheckpointError, InvalidRequestError
 
+    if calibrate_only:
+        raise InvalidRequestError("--init-from has no use with --calibrate-only (which keeps the trained weights)")
+    if not cls.trains_networks:
+        raise InvalidRequestError(f"--init-from: {cls.name} fits no network by gradient steps (nothing to start "
+                                  "from a checkpoint); train it without --init-from")
+    if ckpt_dir.resolve() == out.resolve():
+        raise InvalidRequestError(f"--init-from {ckpt_dir} is also the output folder: fine-tuning would overwrite the "
+                                  "checkpoint it starts from; give another --out (e.g. --out mine/METHOD)")
     if not (ckpt_dir / "model.safetensors").is_file():
         raise CheckpointError(f"--init-from {ckpt_dir}: no trained checkpoint (model.safetensors) there")
     other = load_card(ckpt_dir).get("method")
-    if other and other != method:
-        raise CheckpointError(f"--init-from {ckpt_dir}: that checkpoint is of the method '{other}', not '{method}'")
+    if other and other != cls.name:
+        raise CheckpointError(f"--init-from {ckpt_dir}: that checkpoint is of the method '{other}', not '{cls.name}'")
+    load_weights(ckpt_dir)  # readable, and the weights its card describes (typed errors otherwise)
 
 
-def _init_source(ckpt_dir: Path) -> dict:
-    """What a card says of the checkpoint its training started from (``--init-from``)."""
-    try:
-        old = load_card(ckpt_dir)
-    except AnomalyError:
-        old = {}
-    return {"checkpoint": str(ckpt_dir), "checkpoint_hash": old.get("checkpoint_hash"),
-            "method": old.get("method"), "train_steps": old.get("train_steps"), "command": old.get("command")}
+INIT_RECORD = "initialised_from.json"  # in OUT/work: where a run began, kept for the runs that resume it
+
+
+def _init_record(out: Path, cfg: TrainConfig, fresh: bool, resumed: bool) -> dict | None:
+    """The card's ``initialised_from``: the checkpoint this run's networks started from (``fresh``), or
+    the one the run it resumed started from; None for a run from random weights."""
+    import json
+
+    rec = out / "work" / INIT_RECORD
+    if fresh:
+        src = Path(cfg.init_from)
+        old = load_card(src)
+        info = {"checkpoint": str(src.resolve()), "checkpoint_hash": old.get("checkpoint_hash"),
+                "method": old.get("method"), "train_steps": old.get("train_steps"), "command": old.get("command")}
+        rec.parent.mkdir(parents=True, exist_ok=True)
+        rec.write_text(json.dumps(info, indent=1))
+        return info
+    if resumed and rec.is_file():
+        return json.loads(rec.read_text())
+    rec.unlink(missing_ok=True)  # a fresh run from random weights in a folder a fine-tune used before
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,12 +185,10 @@ class TrainLoop:
 
     def _init_weights(self, ckpt_dir: Path) -> None:
         """Start each network from the weights of a saved checkpoint (``--init-from``); optimisers start fresh."""
+        from anomaly.checkpoints import load_weights
         from anomaly.errors import CheckpointError
 
-        weights = ckpt_dir / "model.safetensors"
-        if not weights.is_file():
-            raise CheckpointError(f"--init-from {ckpt_dir}: no model.safetensors there")
-        saved = load_file(str(weights))
+        saved = load_weights(ckpt_dir)  # checked against its card's hash
         for name, m in self.modules.items():
             own = m.state_dict()
             prefix = matching_prefix(own, saved)

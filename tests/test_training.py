@@ -458,3 +458,27 @@ def test_init_from_starts_from_saved_weights_and_the_card_says_so(tiny_dataset, 
                  "--init-from", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert "of the method 'ae', not 'vae'" in err and "no trained checkpoint" in err
+    assert not (tmp_path / "v").exists()  # refused before anything is read or written
+    # refused too: a method without networks, the source as output, --calibrate-only, weights that are not the card's
+    assert main(["zscore", "--data", str(tiny_dataset), "--out", str(tmp_path / "z"), "--init-from", str(tmp_path / "base")]) == 2
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "base"), "--steps", "1",
+                 "--init-from", str(tmp_path / "base")]) == 2
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "ft"), "--calibrate-only",
+                 "--init-from", str(tmp_path / "base")]) == 2
+    import shutil
+
+    shutil.copytree(tmp_path / "base", tmp_path / "lfs", ignore=shutil.ignore_patterns("work"))
+    (tmp_path / "lfs" / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 3\n")
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "l"), "--init-from", str(tmp_path / "lfs")]) == 2
+    err = capsys.readouterr().err
+    assert "fits no network" in err and "overwrite the checkpoint" in err and "--calibrate-only" in err
+    assert "does not match the hash" in err and "Traceback" not in err
+    assert load_card(tmp_path / "base")["checkpoint_hash"] == base["checkpoint_hash"]  # the source is untouched
+    # a resumed fine-tune keeps where it began; a later run from random weights in the same folder does not
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "ft"), "--steps", "4", "--batch-size", "4",
+                 "--device", "cpu", "--resume", "--init-from", str(tmp_path / "base")]) == 0
+    card = load_card(tmp_path / "ft")
+    assert card["resumed_from_saved_state"] and card["initialised_from"]["checkpoint_hash"] == base["checkpoint_hash"]
+    assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "4",
+                 "--device", "cpu"]) == 0
+    assert "initialised_from" not in load_card(tmp_path / "ft")

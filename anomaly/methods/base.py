@@ -86,6 +86,8 @@ class AnomalyMethod:
     # a method that summarises the others (the consensus): where it is shown, the slice the
     # viewer opens on follows it alone (``anomaly.analysis.OPENING_RULE``)
     summarises: ClassVar[bool] = False
+    # fitted by gradient steps on networks (``anomaly.training.TrainLoop``): ``--init-from`` can start them
+    trains_networks: ClassVar[bool] = True
 
     def __init__(self, checkpoint_dir: Path | None = None):
         from anomaly.checkpoints import load_card

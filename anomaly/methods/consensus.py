@@ -26,6 +26,7 @@ class Consensus(AnomalyMethod):
     no_reconstruction_note = "no reconstruction:\nagreement map of\nthe calibrated methods"
     extra_map_scales = {"votes": "share of the member methods that flag the pixel (1.0 = all of them)"}
     summarises = True
+    trains_networks = False
     paper = "Agreement of calibrated per-method maps (ensemble view; cf. Zimmerer et al., MOOD challenge, IEEE TMI 2022)"
     citation = "Zimmerer D, et al. MOOD 2020: A public benchmark for out-of-distribution detection and localization on medical images. IEEE TMI 41(10), 2022."
 

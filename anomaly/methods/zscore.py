@@ -17,6 +17,7 @@ class ZScore(AnomalyMethod):
     Pseudo-healthy image = the mean healthy slice."""
 
     name = "zscore"
+    trains_networks = False
     title = "Normative z-score (baseline)"
     paper = "Pixel-wise normative modelling baseline (e.g. Marquand et al., Biol. Psychiatry CNNI 2016)"
     citation = "Marquand AF, et al. Understanding heterogeneity in clinical cohorts using normative models. Biol Psychiatry Cogn Neurosci Neuroimaging 2016;1(5):433-447."

@@ -179,6 +179,7 @@ def nearest_distance(q: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
 @register
 class FeatureResidual(AnomalyMethod):
     name = "feature"
+    trains_networks = False
     title = "Feature-space residual (PatchCore-style, EfficientNet-Lite0)"
     paper = "Roth et al., Towards Total Recall in Industrial Anomaly Detection (PatchCore), CVPR 2022"
     citation = ("Roth K, Pemula L, Zepeda J, Schoelkopf B, Brox T, Gehler P. Towards Total Recall in Industrial "
