@@ -39,6 +39,13 @@ def study_key(identity: str, salt: str | None = None) -> str:
     return "sk-" + hashlib.sha256(f"{s}|{identity}".encode()).hexdigest()[:20]
 
 
+def series_key(series_identity: str | None, salt: str | None = None) -> str:
+    """``se-`` + 12 hex of sha256(salt | "series" | identity): a series named without its UID (the
+    annotation store's series labels, the page's and the API's series chooser)."""
+    s = study_salt() if salt is None else salt
+    return "se-" + hashlib.sha256(f"{s}|series|{series_identity or ''}".encode()).hexdigest()[:12]
+
+
 def content_hash(data: bytes | Path | list[Path]) -> str:
     """sha256 of bytes, of a file, or of several files (sorted by name)."""
     h = hashlib.sha256()

@@ -177,3 +177,50 @@ def test_flags_of_one_file_of_the_study_are_left_out_of_the_series_seg(tmp_path,
     assert int(seg.NumberOfFrames) == 1
     ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
     assert ref.ReferencedSOPInstanceUID == scan.meta["SOPInstanceUIDs"][3]
+
+
+def _copy_series(dest: Path, **values) -> list[Path]:
+    """The real series with some header values set (``pydicom`` writes them as given, valid or not)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in sorted(SERIES.glob("*.dcm")):
+        ds = pydicom.dcmread(str(p))
+        for tag in [t for t in ds.keys() if t.group == 0]:  # command-set elements cannot be written
+            del ds[tag]
+        for k, v in values.items():
+            setattr(ds, k, v)
+        ds.save_as(str(dest / p.name))
+        out.append(dest / p.name)
+    return out
+
+
+def test_seg_of_a_zipped_series_and_of_malformed_headers_quotes_no_value(tmp_path, series, recwarn, caplog):
+    """A zipped upload (the page's and API's usual DICOM) exports like its files; a birth date not in DICOM
+    format no longer stops the export (the SEG drops it), and a malformed study time is a typed refusal
+    that does not quote the value (highdicom's message did, on the page and in the log)."""
+    import zipfile
+
+    _, scan, key = series
+    s, h, w = scan.shape
+    store = Store(tmp_path / "z.sqlite")
+    store.add_flag(study_key=key, plane="axial", slice_index=s // 2, shape=(h, w), n_slices=s, method="dae",
+                   label="confirmed_finding", reviewer="alice", mask=_box_mask(h, w, 60, 80, 70, 90))
+    bad_birth = _copy_series(tmp_path / "birth", PatientBirthDate="1961-07-04", PatientName="Doe^Jane^SECRETNAME")
+    zpath = tmp_path / "series.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in bad_birth:
+            z.write(p, f"series/{p.name}")
+    caplog.clear()
+    recwarn.clear()
+    assert load_scan([zpath]).shape == scan.shape  # the loader reads the malformed date as missing, quietly
+    out = export_dicom_seg(store, key, [zpath], tmp_path / "seg.dcm")
+    data = out.read_bytes()
+    assert b"1961-07-04" not in data and b"SECRETNAME" not in data and b"Doe" not in data
+    assert pydicom.dcmread(str(out)).Modality == "SEG"
+    bad_time = _copy_series(tmp_path / "time", StudyTime="12h30-SECRET")
+    caplog.clear()
+    with pytest.raises(AnnotationError, match="header value a DICOM SEG cannot carry") as e:
+        export_dicom_seg(store, key, bad_time, tmp_path / "seg2.dcm")
+    assert "SECRET" not in str(e.value) and "12h30" not in str(e.value)
+    assert not any("1961-07-04" in str(w.message) or "12h30" in str(w.message) for w in recwarn.list)
+    assert "1961-07-04" not in caplog.text and "12h30" not in caplog.text, caplog.text

@@ -1142,3 +1142,40 @@ def test_the_grid_shows_every_method_before_any_extra_map(methods_root, lesion_v
     assert extra and len(plain) == 3 and max(plain) < min(extra)
     a.render(30, RenderConfig(), methods=["consensus", "zscore", "ae"], extra_rows=False)
     assert not [t for t in seen["titles"] if "·" in t]
+
+
+def test_the_series_chooser_names_series_by_key_not_uid(tmp_path, monkeypatch, methods_root):
+    """A multi-series upload: the chooser's values (sent to the page and to API clients) are salted series
+    keys, never SeriesInstanceUIDs, and choosing one loads that series."""
+    import gradio as gr
+
+    from anomaly.ui.app import on_upload
+    from tests.test_io_dicom import _two_series_zip
+
+    monkeypatch.setattr(gr, "Warning", lambda *a, **k: None)
+    zpath, first_uid, second_uid = _two_series_zip(tmp_path)
+    run = lambda series: list(on_upload([str(zpath)], series, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                                        progress=lambda *a, **k: None))
+    outs = run(None)
+    chooser = outs[-1][9]
+    values = [v for _, v in chooser["choices"]]
+    assert len(values) == 2 and all(v.startswith("se-") for v in values)
+    assert first_uid not in str(outs[-1]) and second_uid not in str(outs[-1])
+    small = next(v for label, v in chooser["choices"] if "3 images" in label)
+    outs = run(small)
+    assert cb.get_analysis(outs[-1][0]).n_slices == 3
+
+
+def test_a_cached_analysis_takes_the_files_of_the_latest_upload(tmp_path, methods_root):
+    """The same content uploaded again (another session, another temp folder) is a cache hit; its source files
+    are now the latest upload's (the first upload's may be gone, and a DICOM SEG export reads them)."""
+    import shutil
+
+    src = ROOT / "assets" / "examples" / "healthy_stripped_t1_axial.png"
+    first, second = tmp_path / "a" / src.name, tmp_path / "b" / src.name
+    for p in (first, second):
+        p.parent.mkdir()
+        shutil.copy(src, p)
+    k1, a1 = cb.load_and_analyse([str(first)], ["zscore"], "axial")
+    k2, a2 = cb.load_and_analyse([str(second)], ["zscore"], "axial")
+    assert a2 is a1 and [Path(p) for p in a2.source_paths] == [second]

@@ -17,6 +17,10 @@ and birth date, other IDs and the annotators' names are not written.
 
 from __future__ import annotations
 
+import logging
+import tempfile
+import warnings
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,6 +55,14 @@ def _strip_identifiers(ds) -> None:
                 _strip_identifiers(item)
 
 
+def _blank_identifiers(ds) -> None:
+    """Empty ``_PATIENT_KEYWORDS_REMOVED`` in a source dataset (highdicom reads some of them, type 2,
+    so they stay present); the SEG drops them afterwards (``_strip_identifiers``)."""
+    for kw in _PATIENT_KEYWORDS_REMOVED:
+        if kw in ds:
+            ds[kw].value = [] if ds[kw].VR == "SQ" else ""
+
+
 def display_to_stored(mask: np.ndarray, transform: dict) -> np.ndarray:
     """One (H, W) display-order slice -> the stored frame's (rows, cols): the inverse of the
     DICOM loader's transpose / row flip / column flip (``anomaly.io.dicom._to_display``)."""
@@ -75,18 +87,48 @@ def _segments(store: Store, key: str, labels) -> dict[tuple, list]:
     return dict(sorted(groups.items()))
 
 
+def _expanded(files: list[Path], tmp: Path) -> list[Path]:
+    """``files`` with each folder replaced by the files under it and each zip by its members
+    (extracted into ``tmp`` by the loader's safe extractor): an upload of a zipped series."""
+    from anomaly.io.archive import extract_zip
+    from anomaly.io.loader import DEFAULT_MAX_BYTES
+
+    out: list[Path] = []
+    for i, p in enumerate(files):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file())
+        elif p.is_file() and zipfile.is_zipfile(p):
+            (tmp / str(i)).mkdir()
+            out += [m for m, _ in extract_zip(p, tmp / str(i), max_bytes=DEFAULT_MAX_BYTES)]
+        else:
+            out.append(p)
+    return out
+
+
 def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG_LABELS) -> Path:
     """Write ``path`` (a DICOM SEG) for ``study_key``'s flags with ``labels`` on its source series."""
+    files = [Path(p) for p in dicom_files]
+    if not files:
+        raise AnnotationError("no DICOM files given: the SEG must reference the study's source series")
+    log = logging.getLogger("pydicom")
+    level = log.level
+    with tempfile.TemporaryDirectory(prefix="anomaly-seg-src-") as tmp, warnings.catch_warnings():
+        # pydicom's warnings about a source's malformed values quote the values (a date, a name): not logged
+        warnings.simplefilter("ignore")
+        log.setLevel(logging.ERROR)
+        try:
+            return _export(store, study_key, files, Path(tmp), path, labels)
+        finally:
+            log.setLevel(level)
+
+
+def _export(store: Store, study_key: str, files: list[Path], tmp: Path, path, labels) -> Path:
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     from anomaly.errors import AnomalyError
     from anomaly.io import load_scan
-
-    files = [Path(p) for p in dicom_files]
-    if not files:
-        raise AnnotationError("no DICOM files given: the SEG must reference the study's source series")
     try:
         scan = load_scan(files)
     except AnomalyError as e:
@@ -111,6 +153,10 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
     if scan.source != "dicom":
         raise AnnotationError("the source files are not a DICOM series")
     by_uid = {}
+    try:
+        files = _expanded(files, tmp)
+    except AnomalyError as e:
+        raise AnnotationError(f"cannot read the source series: {e}") from e
     for p in files:
         try:
             ds = pydicom.dcmread(str(p))
@@ -121,6 +167,8 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
     if missing:
         raise AnnotationError(f"{len(missing)} image(s) of the series are not among the files given")
     sources = [by_uid[u] for u in uids]
+    for ds in sources:  # what the SEG does not keep reaches highdicom (and its checks of the values) empty
+        _blank_identifiers(ds)
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     pixels = np.zeros((len(sources), rows, cols, len(groups)), bool)
     descriptions = []
@@ -145,12 +193,18 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algo,
             tracking_uid=hd.UID(), tracking_id=f"{study_key}-{label}-{method}"[:64]))
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="anomaly review station",
-        manufacturer_model_name="anomaly", software_versions=anomaly.__version__, device_serial_number="none",
-        series_description="anomaly review: " + ", ".join(_TITLES.get(x, x) for x in labels))
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="anomaly review station",
+            manufacturer_model_name="anomaly", software_versions=anomaly.__version__, device_serial_number="none",
+            series_description="anomaly review: " + ", ".join(_TITLES.get(x, x) for x in labels))
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        # highdicom's messages quote the offending header value (a date, a name): not passed on
+        raise AnnotationError("the source series has a header value a DICOM SEG cannot carry (e.g. a study date or "
+                              f"time not in DICOM format; {type(e).__name__}): no SEG written; export a NIfTI label "
+                              "map instead: `python -m anomaly.annotations export-nifti`") from None
     _strip_identifiers(seg)
     for kw in _BLANKED:
         if kw in seg:

@@ -26,7 +26,6 @@ No patient identifier is ever stored: studies are known by their salted study ke
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -136,10 +135,9 @@ def decode_slice(data: bytes) -> np.ndarray:
 def series_label(series_identity: str | None, description: str = "", salt: str | None = None) -> str:
     """A salted, UID-free series label: ``se-`` + 12 hex of sha256(salt | series identity),
     plus the (identifier-free) description, e.g. ``se-0a1b2c3d4e5f (MR, 20 slices 256x256, ...)``."""
-    from anomaly.keys import study_salt
+    from anomaly.keys import series_key
 
-    s = study_salt() if salt is None else salt
-    h = "se-" + hashlib.sha256(f"{s}|series|{series_identity or ''}".encode()).hexdigest()[:12]
+    h = series_key(series_identity, salt)
     return f"{h} ({description})" if description else h
 
 

@@ -1,7 +1,7 @@
 """Scan loaders: DICOM (files, folders, zips, multi-frame, compressed), NIfTI, PNG/JPEG/TIFF.
 
 ``load_scan(paths, series_uid=None, max_bytes=DEFAULT_MAX_BYTES) -> Scan`` and
-``list_series(paths) -> {SeriesInstanceUID: description}``. Every failure is a
+``list_series(paths) -> {series key: description}`` (a salted key, never the UID). Every failure is a
 ``anomaly.errors.ScanLoadError`` subclass with a message naming the file.
 """
 

@@ -49,8 +49,12 @@ META_KEYWORDS = (
     "SliceThickness", "SpacingBetweenSlices", "KVP", "ConvolutionKernel", "FrameOfReferenceUID",
     "BitsStored", "PatientPosition",
 )
+# pydicom warns (log and warning) about a malformed value by quoting it, e.g. a birth date not in DICOM
+# format: that would put patient data in the server's log; the loader reads such values as missing anyway
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 _IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
-                "IssuerOfPatientID", "OtherPatientNames", "PatientMotherBirthName")
+                "IssuerOfPatientID", "OtherPatientNames", "PatientMotherBirthName", "InstitutionName",
+                "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName")
 
 
 def _get(ds: Dataset, keyword: str, default=None):
@@ -297,9 +301,12 @@ def _headers(entries, label: str) -> tuple[list[Header], int]:
 
 
 def list_series(entries, max_bytes: int | None = None) -> dict[str, str]:
-    """SeriesInstanceUID -> description for DICOM ``entries`` (loader ``Entry`` objects)."""
+    """Series key (``anomaly.keys.series_key``, not the UID) -> description for DICOM ``entries``
+    (loader ``Entry`` objects); ``load_series`` takes the key."""
+    from anomaly.keys import series_key
+
     headers, _ = _headers(entries, "the upload")
-    return {uid: describe_series(g) for uid, g in group_series(headers).items()}
+    return {series_key(uid): describe_series(g) for uid, g in group_series(headers).items()}
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -525,20 +532,24 @@ def _sort_by_position(positions: list[np.ndarray | None], iop: np.ndarray | None
 
 def load_series(entries, series_uid: str | None, max_bytes: int, label: str = "the upload") -> tuple[Scan, list[Path]]:
     """DICOM ``entries`` -> (Scan, files used). Raises ``MultipleSeriesError`` when they
-    hold several series and ``series_uid`` is None (or not among them)."""
+    hold several series and ``series_uid`` is None (or not among them); its ``series`` name each
+    by its key (``anomaly.keys.series_key``, never the UID), and ``series_uid`` may be a UID or a key."""
+    from anomaly.keys import series_key
+
     headers, skipped = _headers(entries, label)
     groups = group_series(headers)
+    by_key = {series_key(u): u for u in groups}
     if series_uid is None:
         if len(groups) > 1:
-            series = {uid: describe_series(g) for uid, g in groups.items()}
+            series = {series_key(uid): describe_series(g) for uid, g in groups.items()}
             raise MultipleSeriesError(
                 f"{label} holds {len(groups)} DICOM series; choose one to load", series=series
             )
         uid = next(iter(groups))
-    elif series_uid in groups:
-        uid = series_uid
+    elif series_uid in groups or series_uid in by_key:
+        uid = by_key.get(series_uid, series_uid)
     else:
-        series = {u: describe_series(g) for u, g in groups.items()}
+        series = {series_key(u): describe_series(g) for u, g in groups.items()}
         raise MultipleSeriesError(
             f"{label}: the chosen series is not in this upload; choose one of its "
             f"{len(groups)} series", series=series

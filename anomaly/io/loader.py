@@ -420,8 +420,9 @@ def load_scan(paths: Paths, series_uid: str | None = None, max_bytes: int = DEFA
 
 
 def list_series(paths: Paths, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, str]:
-    """SeriesInstanceUID -> description (modality, series description, number of images,
-    rows x cols; no patient identifiers) of the DICOM series in an upload ({} if none)."""
+    """Series key (``anomaly.keys.series_key``: a salted hash, never the SeriesInstanceUID) ->
+    description (modality, series description, number of images, rows x cols; no patient
+    identifiers) of the DICOM series in an upload ({} if none). ``load_scan(series_uid=KEY)`` loads one."""
     from anomaly.io import dicom as dcm
 
     with warnings.catch_warnings():

@@ -182,6 +182,8 @@ def load_and_analyse(files, methods: list[str] | None = None, plane: str = "axia
         return _put(a), a
     hit = cached_analysis(scan, methods, plane, series_uid, seed)
     if hit is not None:
+        if paths:  # the same content, uploaded again: its files now (an earlier upload's may be gone)
+            hit[1].source_paths = paths
         return hit
     memo = _memo(scan, methods, plane, seed, series_uid)
     a = analyse(scan, methods, plane=plane, seed=seed, progress=progress)
