@@ -21,7 +21,6 @@ device_setup train val_normal val_lesion unlabeled train_loo val_normal_loo || e
 [ -f "$LOO/card.json" ] || { echo "no LOO DDAD at $LOO"; exit 1; }
 for s in train train_loo val_lesion; do md5sum data/cohort/$s/labels.csv; done
 
-pack() { tar czf "$OUT/$1.tgz" --exclude=work_asr -C "$(dirname "$2")" "$(basename "$2")" && echo "packed $1"; }
 run() {  # run NAME CHECKPOINT CHANNELS [split args...]
   local n=$1 ck=$2 ch=$3; shift 3
   $PY -m anomaly.methods.ddad.asr --checkpoint "$ck" --data data/cohort --out "$W/$n" --minutes "$MIN" \
@@ -35,5 +34,4 @@ run main_deep checkpoints/ddad 16,32,64,128,256 &
 run loo_wide "$LOO" 32,64,128,256 $L &
 run loo_deep "$LOO" 16,32,64,128,256 $L &
 wait
-for f in "$W"/*.log; do echo "== $f"; tail -c 400 "$f" | tr '\r' '\n' | tail -3; done
-tar czf "$OUT/logs.tgz" "$W"/*.log
+report_logs

@@ -21,3 +21,15 @@ device_setup() {  # device_setup SPLIT...
     tail -c 400 "$W/build.log"
   fi
 }
+
+pack() {  # pack NAME DIR: the model folder into $OUT/NAME.tgz, without its resumable states (work/, work_asr/)
+  tar czf "$OUT/$1.tgz" --exclude=work --exclude=work_asr -C "$(dirname "$2")" "$(basename "$2")" && echo "packed $1"
+}
+train_packed() {  # train_packed NAME ARGS...: python -m anomaly.train ARGS into $W/NAME (log $W/NAME.log), then pack it
+  local n=$1; shift
+  $PY -m anomaly.train "$@" --out "$W/$n" > "$W/$n.log" 2>&1; echo "$n rc=$?"; pack "$n" "$W/$n"
+}
+report_logs() {  # the last lines of every log in $W, and the logs packed into $OUT/logs.tgz
+  for f in "$W"/*.log; do echo "== $f"; tail -c 500 "$f" | tr '\r' '\n' | tail -4; done
+  tar czf "$OUT/logs.tgz" "$W"/*.log
+}

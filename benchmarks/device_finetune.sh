@@ -19,15 +19,9 @@ device_setup train val_normal val_lesion || exit 1
 for s in train val_normal val_lesion; do md5sum data/cohort/$s/labels.csv; done
 
 T="--data data/cohort --seed 0 --device $DEVICE --minutes $MIN"
-pack() { tar czf "$OUT/$1.tgz" --exclude=work -C "$(dirname "$2")" "$(basename "$2")" && echo "packed $1"; }
-run() {  # run NAME ARGS...: train into $W/NAME, then pack it
-  local n=$1; shift
-  $PY -m anomaly.train "$@" --out "$W/$n" > "$W/$n.log" 2>&1; echo "$n rc=$?"; pack "$n" "$W/$n"
-}
-run dae_ft     dae     $T --init-from checkpoints/dae &
-run dae_ft_lo  dae     $T --init-from checkpoints/dae --lr 3e-4 &
-run ae_ft      ae      $T --init-from checkpoints/ae --batch-size 64 &
-run anoddpm_ft anoddpm $T --init-from checkpoints/anoddpm --batch-size 64 --lr 2e-4 &
+train_packed dae_ft     dae     $T --init-from checkpoints/dae &
+train_packed dae_ft_lo  dae     $T --init-from checkpoints/dae --lr 3e-4 &
+train_packed ae_ft      ae      $T --init-from checkpoints/ae --batch-size 64 &
+train_packed anoddpm_ft anoddpm $T --init-from checkpoints/anoddpm --batch-size 64 --lr 2e-4 &
 wait
-for f in "$W"/*.log; do echo "== $f"; tail -c 500 "$f" | tr '\r' '\n' | tail -4; done
-tar czf "$OUT/logs.tgz" "$W"/*.log
+report_logs

@@ -17,14 +17,8 @@ for s in train val_normal val_lesion; do md5sum data/cohort/$s/labels.csv; done
 ls data/cohort/train/images | head -2 | while read f; do md5sum "data/cohort/train/images/$f"; done
 
 T="--data data/cohort --seed 0 --device $DEVICE --minutes $MIN"
-pack() { tar czf "$OUT/$1.tgz" --exclude=work -C "$(dirname "$2")" "$(basename "$2")" && echo "packed $1"; }
-run() {  # run NAME ARGS...: train into $W/NAME, then pack it
-  local n=$1; shift
-  $PY -m anomaly.train "$@" --out "$W/$n" > "$W/$n.log" 2>&1; echo "$n rc=$?"; pack "$n" "$W/$n"
-}
-run dae_long dae $T &
-run dae_b128 dae $T --batch-size 128 &
-run ae_b128  ae  $T --batch-size 128 &
+train_packed dae_long dae $T &
+train_packed dae_b128 dae $T --batch-size 128 &
+train_packed ae_b128  ae  $T --batch-size 128 &
 wait
-for f in "$W"/*.log; do echo "== $f"; tail -c 500 "$f" | tr '\r' '\n' | tail -4; done
-tar czf "$OUT/logs.tgz" "$W"/*.log
+report_logs

@@ -20,9 +20,6 @@ ls data/cohort/train_loo/images | head -2 | while read f; do md5sum "data/cohort
 
 T="--data data/cohort --seed 0 --device $DEVICE"
 L="$T --train-split train_loo --val-split val_normal_loo"
-pack() {  # pack NAME DIR: the model folder without its resumable state
-  tar czf "$OUT/$1.tgz" --exclude=work --exclude=work_asr -C "$(dirname "$2")" "$(basename "$2")" && echo "packed $1"
-}
 run() {  # run NAME DIR ARGS...: train one method into DIR, then pack it
   local n=$1 d=$2; shift 2
   $PY -m anomaly.train "$@" --out "$d" > "$W/$n.log" 2>&1; echo "$n rc=$?"; pack "$n" "$d"
@@ -38,5 +35,4 @@ run dae_gpu     $W/dae_gpu     dae     $T --minutes "$MIN" &
       --val-split val_normal_loo --minutes "$ASR" --device "$DEVICE" > "$W/loo_ddad_asr.log" 2>&1
   echo "loo_ddad asr rc=$?"; pack loo_ddad $W/loo/ddad ) &
 wait
-for f in "$W"/*.log; do echo "== $f"; tail -c 600 "$f" | tr '\r' '\n' | tail -4; done
-tar czf "$OUT/logs.tgz" "$W"/*.log
+report_logs
