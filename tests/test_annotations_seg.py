@@ -127,6 +127,14 @@ def test_app_callback_exports_seg_of_the_loaded_dicom_scan(tmp_path, monkeypatch
     os.utime(folder, (old, old))
     on_export_seg(k)
     assert not folder.exists()
+    # the same series chosen from a zip of two series: the export takes the series the scan was loaded from
+    from anomaly.keys import series_key
+    from tests.test_io_dicom import _two_series_zip
+
+    zpath, first_uid, _ = _two_series_zip(tmp_path / "two")
+    k2, a2 = cb.load_and_analyse([str(zpath)], methods=["zscore"], series_uid=series_key(first_uid))
+    assert a2.study_key == a.study_key and a2.n_slices == s
+    assert pydicom.dcmread(on_export_seg(k2)).Modality == "SEG"
 
 
 def test_seg_carries_no_institution_or_identifier_anywhere(tmp_path, series):
@@ -224,3 +232,28 @@ def test_seg_of_a_zipped_series_and_of_malformed_headers_quotes_no_value(tmp_pat
     assert "SECRET" not in str(e.value) and "12h30" not in str(e.value)
     assert not any("1961-07-04" in str(w.message) or "12h30" in str(w.message) for w in recwarn.list)
     assert "1961-07-04" not in caplog.text and "12h30" not in caplog.text, caplog.text
+
+
+def test_seg_of_a_multi_series_upload_takes_the_chosen_series_and_only_its_flags(tmp_path, series):
+    """An upload of two series: the SEG is built on the series the scan was loaded from (it failed:
+    "holds 2 DICOM series"), and a flag drawn on another series of the study with as many slices is left
+    out (it was painted onto this one)."""
+    from anomaly.keys import series_key
+    from anomaly.annotations.store import series_label
+    from tests.test_io_dicom import _two_series_zip
+
+    _, scan, key = series
+    s, h, w = scan.shape
+    zpath, first_uid, second_uid = _two_series_zip(tmp_path)
+    store = Store(tmp_path / "m.sqlite")
+    for z, ser in ((5, series_label(first_uid, "the series")), (9, series_label("1.2.3.other-series-of-20"))):
+        store.add_flag(study_key=key, plane="axial", slice_index=z, shape=(h, w), n_slices=s, method="dae",
+                       label="confirmed_finding", reviewer="alice", mask=_box_mask(h, w, 60, 80, 70, 90), series=ser)
+    with pytest.raises(AnnotationError, match="hold 2 series") as e:
+        export_dicom_seg(store, key, [zpath], tmp_path / "x.dcm")
+    assert series_key(first_uid) in str(e.value) and first_uid not in str(e.value)
+    out = export_dicom_seg(store, key, [zpath], tmp_path / "seg.dcm", series_uid=series_key(first_uid))
+    seg = pydicom.dcmread(str(out))
+    assert int(seg.NumberOfFrames) == 1  # slice 5 only: the other series' flag is not painted onto this one
+    ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == scan.meta["SOPInstanceUIDs"][5]

@@ -120,6 +120,15 @@ def test_api_flag_edit_stale_remove_undo(annot_app):
         c.predict(20, "zscore", "false_positive", "noise", "after a refused file", "whole slice", None, None, None, None,
                   None, None, 1.0, token, api_name="/add_flag")
     assert st.count_flags() == 1
+    # a series chosen by a value the page never listed to this client (a UID from a script, or a key): the
+    # loader decides, Gradio's own choice check (which refused it with a traceback quoting it) is off
+    from tests.test_io_dicom import _two_series_zip
+
+    zpath, first_uid, second_uid = _two_series_zip(annot_app["db"].parent / "two")
+    c2 = Client(annot_app["url"], verbose=False)
+    out = c2.predict([handle_file(str(zpath))], second_uid, "axial", ["zscore"], "auto", 0.5, 1.0, "both",
+                     api_name="/analyse_view")
+    assert any("series chosen from 2 series" in str(o) for o in out)
     # refusals are the user's messages, not server faults: no traceback in the server's log for any of them
     log = (annot_app["db"].parent / "app.log").read_text()
     assert "Traceback" not in log and "gradio.exceptions.Error" not in log, log[-2000:]

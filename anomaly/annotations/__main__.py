@@ -6,7 +6,7 @@
     export --format csv|json --out FILE        the same two, one command
     import-json FILE                           import, skipping flags whose id is already stored
     export-nifti STUDY_KEY --out FILE.nii.gz   a study's flagged regions as a NIfTI label map
-    export-seg STUDY_KEY --dicom DIR --out FILE.dcm   confirmed findings as DICOM SEG on the source series
+    export-seg STUDY_KEY --dicom DIR --out FILE.dcm [--series KEY]   confirmed findings as DICOM SEG on the source series
     fp-rates --out FILE                        per-method false positives per reviewed scan
     add-user NAME [--users-file F]             reads the password from stdin (prompted on a terminal)
     history FLAG_ID                            every version of a flag: who, when, what it read (JSON lines)
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dicom", type=Path, required=True, help="folder of the study's source DICOM series")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--with-missed", action="store_true", help="also the missed lesions (a segment each)")
+    s.add_argument("--series", default=None, help="the series (its se-... key, as listed when the folder holds "
+                   "several, or its SeriesInstanceUID) the flags were drawn on")
     s = sub.add_parser("fp-rates", parents=[common], help="per-method false positives per reviewed scan (CSV)")
     s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("add-user", parents=[common], help="add an annotator (password from stdin)")
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "export-seg":
             src = sorted(p for p in args.dicom.rglob("*") if p.is_file()) if args.dicom.is_dir() else [args.dicom]
             labels = ex.LESION_LABELS if args.with_missed else ("confirmed_finding",)
-            print(ex.export_dicom_seg(store, args.study, src, args.out, labels))
+            print(ex.export_dicom_seg(store, args.study, src, args.out, labels, series_uid=args.series))
         elif args.cmd == "fp-rates":
             print(ex.export_fp_rates(store, args.out))
         elif args.cmd == "history":

@@ -298,11 +298,12 @@ def fp_summary(store: Store, study_key: str | None = None) -> list[dict]:
 # ----------------------------------------------------------------------------- DICOM SEG
 
 
-def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=("confirmed_finding",)) -> Path:
+def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=("confirmed_finding",),
+                     series_uid: str | None = None) -> Path:
     """A study's confirmed findings as DICOM SEG on its source series: see ``anomaly.annotations.seg``."""
     from anomaly.annotations.seg import export_dicom_seg as _export
 
-    return _export(store, study_key, dicom_files, path, labels)
+    return _export(store, study_key, dicom_files, path, labels, series_uid)
 
 
 __all__ = ["export_csv", "export_json", "export_json_dict", "import_json", "export_nifti", "volume_mask",

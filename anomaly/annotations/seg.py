@@ -105,8 +105,10 @@ def _expanded(files: list[Path], tmp: Path) -> list[Path]:
     return out
 
 
-def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG_LABELS) -> Path:
-    """Write ``path`` (a DICOM SEG) for ``study_key``'s flags with ``labels`` on its source series."""
+def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG_LABELS,
+                     series_uid: str | None = None) -> Path:
+    """Write ``path`` (a DICOM SEG) for ``study_key``'s flags with ``labels`` on its source series
+    (``series_uid``, a UID or series key, chooses it when the files hold several)."""
     files = [Path(p) for p in dicom_files]
     if not files:
         raise AnnotationError("no DICOM files given: the SEG must reference the study's source series")
@@ -117,20 +119,25 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
         warnings.simplefilter("ignore")
         log.setLevel(logging.ERROR)
         try:
-            return _export(store, study_key, files, Path(tmp), path, labels)
+            return _export(store, study_key, files, Path(tmp), path, labels, series_uid)
         finally:
             log.setLevel(level)
 
 
-def _export(store: Store, study_key: str, files: list[Path], tmp: Path, path, labels) -> Path:
+def _export(store: Store, study_key: str, files: list[Path], tmp: Path, path, labels, series_uid) -> Path:
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from anomaly.errors import AnomalyError
+    from anomaly.errors import AnomalyError, MultipleSeriesError
     from anomaly.io import load_scan
+    from anomaly.keys import series_key
     try:
-        scan = load_scan(files)
+        scan = load_scan(files, series_uid=series_uid)
+    except MultipleSeriesError as e:
+        listed = "; ".join(f"{k} ({v})" for k, v in e.series.items())
+        raise AnnotationError(f"the DICOM files hold {len(e.series)} series: choose the one the flags were drawn on "
+                              f"(--series KEY): {listed}") from None
     except AnomalyError as e:
         raise AnnotationError(f"cannot read the source series: {e}") from e
     if scan.study_uid is None or make_study_key(scan.study_uid) != study_key:
@@ -144,7 +151,9 @@ def _export(store: Store, study_key: str, files: list[Path], tmp: Path, path, la
         raise AnnotationError(f"study {study_key} has no flags labelled {', '.join(labels)} to export")
     # flags drawn on another series or subset of the study (e.g. one file of it, opened alone) do
     # not belong to this series' frames: left out, not a reason to refuse the others
-    groups = {k: [f for f in fl if f.n_slices == scan.n_slices] for k, fl in groups.items()}
+    this_series = series_key(scan.meta.get("SeriesInstanceUID"))
+    other = lambda f: (f.series or "").startswith("se-") and f.series.split()[0] != this_series  # noqa: E731
+    groups = {k: [f for f in fl if f.n_slices == scan.n_slices and not other(f)] for k, fl in groups.items()}
     groups = {k: fl for k, fl in groups.items() if fl}
     if not groups:
         raise AnnotationError(f"none of the study's flags labelled {', '.join(labels)} was drawn on this series "

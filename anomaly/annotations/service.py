@@ -393,7 +393,7 @@ def export_seg(key, out_dir=None) -> Path:
         out_dir = tempfile.mkdtemp(dir=root)
     out = Path(out_dir) / f"{a.study_key}_seg.dcm"
     try:
-        return export_dicom_seg(get_store(), a.study_key, paths, out)
+        return export_dicom_seg(get_store(), a.study_key, paths, out, series_uid=a.scan.meta.get("SeriesInstanceUID"))
     except Exception:
         if not out.exists() and not any(Path(out_dir).iterdir()):
             Path(out_dir).rmdir()  # a refused export leaves no empty folder

@@ -483,7 +483,9 @@ def build_app() -> gr.Blocks:
                     with gr.Column(scale=1, min_width=300):
                         files = gr.File(label="Scan (DICOM, zip, NIfTI, PNG/JPG/TIFF)", file_count="multiple", height=150,
                                         type="filepath", elem_id="scan-files")
-                        series = gr.Dropdown(label="Series", choices=[], visible=False)
+                        # the loader checks the value (a series key of the upload, or a UID from a script): Gradio's
+                        # own check refused a key sent by a fresh API client and echoed a refused UID in the log
+                        series = gr.Dropdown(label="Series", choices=[], visible=False, allow_custom_value=True)
                         analyse_btn = gr.Button("Analyse", variant="primary")
                         api_analyse = gr.Button("analyse (API)", visible=False)  # raises its errors
                         example_rows, example_labels = _examples()
