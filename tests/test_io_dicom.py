@@ -397,3 +397,32 @@ def test_content_hash_of_single_file():
 def test_one_slice_of_an_oblique_series_says_nothing_of_reformats():
     one = load_scan([str(next(iter(sorted((ROOT / "assets/dicom/brain_pd_series").glob("*.dcm")))))])
     assert any("acquired oblique" in n for n in one.notes) and not any("reformat" in n for n in one.notes)
+
+
+def test_every_pydicom_data_file_loads_or_gets_a_typed_message():
+    """All of pydicom's and pydicom-data's test files (CT, MR, PET, US, RT, SR, multi-frame, JPEG, JPEG 2000,
+    JPEG-LS, RLE, deflated, big endian, truncated, DICOMDIR folders, ...): each loads, or is refused with a
+    ``ScanLoadError`` naming it; no other exception escapes the loader."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    files = get_testdata_files()
+    if len(files) < 100:
+        pytest.skip("pydicom-data not installed")
+    loaded, refused, escaped = 0, 0, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in files:
+            try:
+                scan = load_scan(f)
+                assert scan.n_slices >= 1 and np.isfinite(scan.voxels).all()
+                loaded += 1
+            except ScanLoadError as e:
+                named = str(e).split(":")[0].split(" ")[0]  # the file, or for a folder a file in it
+                assert named == Path(f).name or (Path(f).is_dir() and any(Path(f).rglob(named))), (f, str(e))
+                refused += 1
+            except Exception as e:  # noqa: BLE001 - what the test is looking for
+                escaped.append((Path(f).name, type(e).__name__, str(e)[:120]))
+    assert not escaped, escaped
+    assert loaded > 100 and refused > 50
