@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,11 +21,20 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], card: dict)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(out_dir / WEIGHTS))
+    _readable_as_umask_allows(out_dir / WEIGHTS)
     card = dict(card)
     card["checkpoint_hash"] = checkpoint_hash(out_dir / WEIGHTS)
     card["weights"] = WEIGHTS
     write_card(out_dir, card)
     return card
+
+
+def _readable_as_umask_allows(path: Path) -> None:
+    """safetensors writes its file owner-only (0600): an app run by another user could not read a model
+    trained for it; give it the mode a plain file gets here (0666 less the umask, e.g. 0644)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_card(out_dir: Path, card: dict) -> None:

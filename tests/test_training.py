@@ -243,6 +243,15 @@ def test_the_card_says_whether_a_saved_state_was_resumed(tiny_dataset, tmp_path)
     assert load_card(out)["resumed_from_saved_state"] is True
     c2 = train("ae", tiny_dataset, tmp_path / "fresh", TrainConfig(seed=0, max_steps=2, batch_size=4))
     assert c2["resumed_from_saved_state"] is False
+    import os
+    import stat
+
+    mask = os.umask(0o022)  # the weights are readable as a plain file would be (safetensors wrote 0600)
+    try:
+        train("ae", tiny_dataset, tmp_path / "mode", TrainConfig(seed=0, max_steps=1, batch_size=4))
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "mode" / "model.safetensors").stat().st_mode) == 0o644
     # the card names its data by content too, whatever path it was given
     import re
 
