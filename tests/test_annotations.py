@@ -272,8 +272,8 @@ def test_json_export_import_round_trip_without_duplicates(env):
     a.update_flag(ids[1], 1, reviewer="bob", label="missed_lesion", reason=None)
     p = ex.export_json(a, env.tmp / "flags.json")
     b = Store(env.tmp / "other.sqlite")
-    assert ex.import_json(b, p) == {"imported": 12, "skipped": 0}
-    assert ex.import_json(b, p) == {"imported": 0, "skipped": 12}
+    assert ex.import_json(b, p) == {"imported": 12, "skipped": 0, "newer_skipped": 0}
+    assert ex.import_json(b, p) == {"imported": 0, "skipped": 12, "newer_skipped": 0}
     fa = {f.id: f for f in a.list_flags(include_deleted=True)}
     fb = {f.id: f for f in b.list_flags(include_deleted=True)}
     assert set(fa) == set(fb) and len(fb) == 12
@@ -288,6 +288,69 @@ def test_json_export_import_round_trip_without_duplicates(env):
     with pytest.raises(AnomalyError, match="not an annotation export"):
         (env.tmp / "bad.json").write_text('{"hello": 1}')
         ex.import_json(b, env.tmp / "bad.json")
+    # an audit's files: a flag without an id (it was stored with a NULL key, once more at every import), a
+    # flag that is a string, a mask that is no PNG, a bad flag after good ones: typed, and nothing is imported
+    import base64
+    import json
+
+    data = json.loads(p.read_text())
+    for n, (i, change) in enumerate([(0, {"id": None}), (0, "a string"), (3, {"mask_png_b64": base64.b64encode(b"xx").decode()}),
+                                     (5, {"method": None})]):
+        d = json.loads(p.read_text())
+        d["flags"] = [dict(f, id=f"new-{n}-{j}") for j, f in enumerate(data["flags"])]
+        d["flags"][i] = change if isinstance(change, str) else dict(d["flags"][i], **change)
+        (env.tmp / "bad2.json").write_text(json.dumps(d))
+        c = Store(env.tmp / f"fresh{n}.sqlite")
+        with pytest.raises(AnomalyError, match="nothing was imported"):
+            ex.import_json(c, env.tmp / "bad2.json")
+        assert c.count_flags(include_deleted=True) == 0
+    # another station's later edit of a stored flag is skipped, and counted as such
+    d = json.loads(p.read_text())
+    d["flags"][2] = dict(d["flags"][2], version=7, note="edited elsewhere")
+    (env.tmp / "newer.json").write_text(json.dumps(d))
+    assert ex.import_json(b, env.tmp / "newer.json")["newer_skipped"] == 1
+    # a fresh store gets the cases' review status from the export
+    a.set_case_status(fa[ids[3]].study_key, "done", reviewer="alice")
+    q = ex.export_json(a, env.tmp / "flags2.json")
+    fresh = Store(env.tmp / "fresh_status.sqlite")
+    ex.import_json(fresh, q)
+    assert fresh.get_case(fa[ids[3]].study_key).status == "done"
+
+
+def test_exports_never_destroy_the_database_or_an_earlier_export(env, monkeypatch):
+    """An export onto the database (or its WAL) is refused; a failed export (a full disk) keeps the earlier
+    file whole; the backup is complete and consistent, and restores."""
+    import json
+
+    from anomaly.annotations.__main__ import main
+
+    a = Store(env.db)
+    f = a.add_flag(**_flag_kw(1, note="keep me"))
+    a.set_case_status(f.study_key, "done", reviewer="alice")
+    for out in (env.db, Path(str(env.db) + "-wal")):
+        with pytest.raises(AnomalyError, match="database itself"):
+            ex.export_csv(a, out)
+        with pytest.raises(AnomalyError, match="database itself"):
+            ex.export_json(a, out)
+    assert a.integrity_check() == "ok" and a.count_flags() == 1
+    good = ex.export_json(a, env.tmp / "backup.json")
+    before = good.read_text()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(AnomalyError, match="No space left on device.*earlier backup.json is kept"):
+        ex.export_json(a, good)
+    monkeypatch.undo()
+    assert good.read_text() == before and not (env.tmp / "backup.json.tmp").exists()
+    # the backup command: flags, history, case status; refused onto the database
+    assert main(["backup", "--db", str(env.db), "--out", str(env.tmp / "copy.sqlite")]) == 0
+    assert main(["backup", "--db", str(env.db), "--out", str(env.db)]) == 2
+    copy = Store(env.tmp / "copy.sqlite", read_only=True)
+    assert copy.get_flag(f.id).note == "keep me" and copy.get_case(f.study_key).status == "done"
+    assert len(copy.history(f.id)) == len(a.history(f.id)) and copy.integrity_check() == "ok"
+    assert json.loads(json.dumps(copy.schema_version())) == a.schema_version()
 
 
 def test_csv_rows_carry_provenance(env):
@@ -763,7 +826,7 @@ def test_case_last_change_follows_flag_edits_and_undo(loaded):
     svc.edit_flag(f.id, 1, None, "artefact", "bob's", bob)
     text = svc.case_info(a.study_key)["text"]
     assert "last change by bob" in text
-    svc.undo(f.id, None, tok)
+    svc.undo(f.id, None, tok, version=2)
     info = svc.case_info(a.study_key)
     last_undo = svc.get_store().history(f.id)[-1]
     assert last_undo["action"] == "undo"
@@ -872,3 +935,43 @@ def test_the_page_keeps_a_login_across_restarts(env, monkeypatch):
     assert first and first == auth.browser_state_secret() and first.encode() != auth.session_secret()
     monkeypatch.setenv(auth.SECRET_ENV, "another")
     assert auth.browser_state_secret() != first
+
+
+def test_a_change_of_a_selected_flag_needs_the_version_the_annotator_sees(loaded):
+    """Remove, undo and edit of a selected flag without a version skipped the stale check: bob's undo
+    reverted alice's newer edit unseen. Now the version is required and must be a whole number."""
+    from anomaly.annotations import service as svc
+    from anomaly.annotations.store import InvalidFlagError
+
+    tok = _token()
+    f = svc.add_flag(loaded.key, 3, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=tok)
+    for bad in (None, "", "x", "2.5", 0):
+        with pytest.raises(InvalidFlagError, match="version"):
+            svc.remove_flag(f.id, bad, tok)
+        with pytest.raises(InvalidFlagError, match="version"):
+            svc.undo(f.id, None, tok, version=bad)
+        with pytest.raises(InvalidFlagError, match="version"):
+            svc.edit_flag(f.id, bad, None, None, "note", tok)
+    assert svc.get_store().get_flag(f.id).version == 1 and not svc.get_store().get_flag(f.id).deleted
+    assert svc.remove_flag(f.id, "1", tok).deleted and not svc.undo(f.id, None, tok, version=2.0).deleted
+
+
+def test_database_faults_are_typed_and_change_nothing(env):
+    """A folder or a non-SQLite file as the database, and a failed write inside a transaction: typed errors
+    (they were raw sqlite3 errors), and the file and saved flags are untouched."""
+    from anomaly.annotations.store import AnnotationError
+
+    with pytest.raises(AnnotationError, match="is a folder"):
+        Store(env.tmp)
+    junk = env.tmp / "notes.txt"
+    junk.write_bytes(b"these are my notes, not a database" * 100)
+    with pytest.raises(AnnotationError, match="not an annotation database"):
+        Store(junk)
+    assert junk.read_bytes() == b"these are my notes, not a database" * 100
+    s = Store(env.db)
+    f = s.add_flag(**_flag_kw(1))
+    with pytest.raises(AnnotationError, match="nothing was written"):
+        with s._write() as c:
+            c.execute("UPDATE flags SET note = 'half' WHERE id = ?", (f.id,))
+            c.execute("INSERT INTO no_such_table VALUES (1)")
+    assert s.get_flag(f.id).note == ""

@@ -102,7 +102,7 @@ def test_api_flag_edit_stale_remove_undo(annot_app):
     assert f.note == "alice's edit" and f.version == 2 and f.reason == "artefact"
     c.predict(fid, 2, token, case_key, api_name="/remove_flag")
     assert st.get_flag(fid).deleted
-    c.predict(fid, token, case_key, api_name="/undo_flag")
+    c.predict(fid, token, case_key, "3", api_name="/undo_flag")  # the version it sees (edit 2, removal 3)
     assert not st.get_flag(fid).deleted
     listed = c.predict(case_key, api_name="/list_flags")
     assert [r[-1] for r in listed["data"]] == [fid]

@@ -11,6 +11,7 @@
     add-user NAME [--users-file F]             reads the password from stdin (prompted on a terminal)
     history FLAG_ID                            every version of a flag: who, when, what it read (JSON lines)
     check                                      schema version, integrity check and counts
+    backup --out FILE.sqlite                   a complete copy (flags, history, cases, reviewed slices), safe while the app writes
     selftest [--writers 8] [--flags 200] [--kill]   write through a real app, SIGKILL it, count what survived
 
 Every command takes ``--db PATH`` (default ``$ANOMALY_ANNOTATIONS_DB`` or data/annotations.sqlite).
@@ -74,9 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default $ANOMALY_USERS_FILE or $ANOMALY_DATA_DIR/users.txt")
     s.add_argument("--iterations", type=int, default=None)
     sub.add_parser("check", parents=[common], help="schema version, integrity check, counts")
+    s = sub.add_parser("backup", parents=[common], help="a complete copy of the database (flags, history, cases, "
+                       "reviewed slices), consistent while the app writes; restore: stop the app, put the copy in place")
+    s.add_argument("--out", type=Path, required=True, help="the copy, e.g. backups/annotations-2026-11-27.sqlite")
     s = sub.add_parser("history", parents=[common], help="every version of a flag (JSON lines, no masks)")
     s.add_argument("flag_id", help="the flag's id, or its first 8 characters as the app shows them")
     return p
+
+
+WRITING_COMMANDS = ("import-json",)  # the others only read the database
 
 
 def history_rows(store, flag_id: str) -> list[dict]:
@@ -86,7 +93,7 @@ def history_rows(store, flag_id: str) -> list[dict]:
 
     fid = str(flag_id).strip()
     if len(fid) < 36:  # the app's short form: unique prefix
-        hits = [f.id for f in store.list_flags(include_deleted=True) if f.id.startswith(fid)] if fid else []
+        hits = [f.id for f in store.list_flags(include_deleted=True) if (f.id or "").startswith(fid)] if fid else []
         if len(hits) != 1:
             raise FlagNotFoundError(f"no flag {fid!r}" if not hits else f"{len(hits)} flags start with {fid!r}: give more")
         fid = hits[0]
@@ -128,7 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         from anomaly.annotations import export as ex
         from anomaly.annotations.store import Store
 
-        store = Store(args.db, read_only=False)  # an administrator's command: not subject to the demo mode
+        try:
+            store = Store(args.db, read_only=False)  # an administrator's command: not subject to the demo mode
+        except AnomalyError as e:
+            if "read-only" not in str(e) or args.cmd in WRITING_COMMANDS:
+                raise
+            store = Store(args.db, read_only=True)  # a read-only folder: reading commands still work
+        if args.cmd == "backup":
+            print(store.backup(args.out))
+            return 0
         if args.cmd == "export-dataset":
             info = ex.export_dataset(store, args.out, only_done=args.only_done)
             print(f"wrote {info['n_images']} reviewed slices ({info['n_with_lesion']} with a lesion mask) of "
@@ -146,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "import-json":
             r = ex.import_json(store, args.file, args.reviewer)
             print(f"imported {r['imported']} flag(s), skipped {r['skipped']} already stored")
+            if r.get("newer_skipped"):
+                print(f"note: {r['newer_skipped']} of the skipped flag(s) hold a later version in the file than here "
+                      "(edited elsewhere since): not merged; compare them with `history`")
         elif args.cmd == "export-nifti":
             labels = ex.LESION_LABELS if args.lesions_only else ex.LABELS
             print(ex.export_nifti(store, args.study, args.out, labels, args.binary))

@@ -49,16 +49,41 @@ def flag_row(f: Flag) -> dict:
     }
 
 
-def export_csv(store: Store, path, study_key: str | None = None, include_deleted: bool = False) -> Path:
+def _writable(store: Store, path) -> Path:
+    """An export's path, refused when it is the database itself (or its WAL/shared-memory files)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = store.list_flags(study_key, include_deleted=include_deleted)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for fl in flags:
-            w.writerow(flag_row(fl))
+    db = str(store.path.resolve())
+    if str(path.resolve()) in {db + x for x in ("", "-wal", "-shm", "-journal")}:
+        raise AnnotationError(f"{path} is the annotation database itself: an export there would destroy it; "
+                              "give another file")
     return path
+
+
+def _replace_atomically(path: Path, write) -> Path:
+    """``write(tmp)`` then rename over ``path``: a failed export (a full disk) leaves an earlier file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise AnnotationError(f"cannot write {path}: {e.strerror or e}; an earlier {path.name} is kept") from None
+    return path
+
+
+def export_csv(store: Store, path, study_key: str | None = None, include_deleted: bool = False) -> Path:
+    path = _writable(store, path)
+    flags = store.list_flags(study_key, include_deleted=include_deleted)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            w.writeheader()
+            for fl in flags:
+                w.writerow(flag_row(fl))
+
+    return _replace_atomically(path, write)
 
 
 def export_json_dict(store: Store, study_key: str | None = None, include_deleted: bool = True) -> dict:
@@ -79,10 +104,9 @@ def export_json_dict(store: Store, study_key: str | None = None, include_deleted
 
 def export_json(store: Store, path, study_key: str | None = None, include_deleted: bool = True) -> Path:
     """All flags (with their masks as base64 PNG, and removed ones so that an import mirrors the store)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(export_json_dict(store, study_key, include_deleted), indent=1) + "\n")
-    return path
+    path = _writable(store, path)
+    text = json.dumps(export_json_dict(store, study_key, include_deleted), indent=1) + "\n"
+    return _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def import_json(store: Store, path, reviewer: str = "import") -> dict:
@@ -94,22 +118,32 @@ def import_json(store: Store, path, reviewer: str = "import") -> dict:
         raise AnnotationError(f"cannot read {path} as an annotation export: {e}") from e
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or not isinstance(data.get("flags"), list):
         raise AnnotationError(f"{path} is not an annotation export (format {EXPORT_FORMAT!r} with a 'flags' list)")
-    imported = skipped = 0
+    flags = []
     for i, d in enumerate(data["flags"]):
         try:
-            fl = Flag.from_dict(d)
-        except (KeyError, TypeError, ValueError) as e:
-            raise AnnotationError(f"{path}: flag #{i} is malformed: {e}") from e
-        if store.import_flag(fl, reviewer=reviewer):
-            imported += 1
-        else:
-            skipped += 1
-    for c in data.get("cases", []):
-        if store.get_case(c["study_key"]) is None or not store.get_case(c["study_key"]).shape:
+            flags.append(Flag.from_dict(d))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise AnnotationError(f"{path}: flag #{i} is malformed ({type(e).__name__}: {e}); nothing was imported") from None
+    cases = data.get("cases", [])
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and isinstance(c.get("study_key"), str) for c in cases):
+        raise AnnotationError(f"{path}: its 'cases' are malformed (each needs a study_key); nothing was imported")
+    known = {c["study_key"] for c in cases if store.get_case(c["study_key"]) is not None}
+    try:
+        counts = store.import_flags(flags, reviewer=reviewer)  # all or none
+    except AnnotationError as e:
+        raise AnnotationError(f"{path}: {e}; nothing was imported") from None
+    for c in cases:
+        old = store.get_case(c["study_key"])
+        if old is None or not old.shape:
             store.ensure_case(c["study_key"], series=c.get("series", ""), source=c.get("source", ""),
                               modality=c.get("modality", ""), plane=c.get("plane", "axial"),
                               shape=c.get("shape") or (), spacing=c.get("spacing") or (), reviewer=reviewer)
-    return {"imported": imported, "skipped": skipped}
+        # a case new to this store takes its exported review status; a status set here is not overwritten
+        if c["study_key"] not in known and c.get("status") in ("done", "in review"):
+            cur = store.get_case(c["study_key"])
+            if cur is not None and cur.status != c["status"]:
+                store.set_case_status(c["study_key"], c["status"], reviewer=reviewer)
+    return counts
 
 
 # ----------------------------------------------------------------------------- NIfTI

@@ -242,6 +242,21 @@ def mark_slice_reviewed(key, index, token=None) -> bool:
                            reviewer=user)
 
 
+def _seen_version(version, what: str) -> int:
+    """The flag version the annotator sees, required for a change of a selected flag, so that a change
+    made by someone since is refused (``StaleEditError``) instead of overwritten unseen."""
+    if version in (None, ""):
+        raise InvalidFlagError(f"give the version of the flag you see (the list's 'version' column) to {what} it: "
+                               "a change made since is then refused, not overwritten unseen")
+    try:
+        v = float(str(version).strip())
+    except ValueError:
+        v = float("nan")
+    if not v.is_integer() or v < 1:
+        raise InvalidFlagError(f"the flag version must be a whole number from 1 (got {str(version)[:20]!r})")
+    return int(v)
+
+
 def edit_flag(flag_id: str, version, label=None, reason=None, note=None, token=None) -> Flag:
     """Changes label / reason / note of a flag at ``version`` (``StaleEditError`` if it changed since)."""
     user = require_user(token)
@@ -255,7 +270,7 @@ def edit_flag(flag_id: str, version, label=None, reason=None, note=None, token=N
     if note is not None:
         changes["note"] = note
     store = get_store()
-    expected = None if version in (None, "") else int(version)
+    expected = _seen_version(version, "edit")
     cur = store.get_flag(flag_id)
     if not cur.deleted and expected in (None, cur.version) and all(getattr(cur, k) == v for k, v in changes.items()):
         return cur  # nothing changed: no new version, no history row
@@ -266,7 +281,7 @@ def remove_flag(flag_id: str, version=None, token=None) -> Flag:
     user = require_user(token)
     if not flag_id:
         raise InvalidFlagError("select a flag first (click it in the list)")
-    return get_store().delete_flag(flag_id, None if version in (None, "") else int(version), reviewer=user)
+    return get_store().delete_flag(flag_id, _seen_version(version, "remove"), reviewer=user)
 
 
 def undo(flag_id: str | None = None, study_key: str | None = None, token=None, version=None) -> Flag:
@@ -276,7 +291,7 @@ def undo(flag_id: str | None = None, study_key: str | None = None, token=None, v
     another annotator's newer change unseen)."""
     user = require_user(token)
     store = get_store()
-    expected = None if version in (None, "") else int(version)
+    expected = _seen_version(version, "undo the latest change of") if flag_id else None
     if not flag_id:
         if not study_key:
             raise NothingToUndoError("nothing to undo: select a flag or load a case")

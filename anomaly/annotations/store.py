@@ -403,6 +403,20 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # ----------------------------------------------------------------------------- the store
 
 
+def _db_problem(path: Path, e: Exception) -> str:
+    """A sqlite3 error as a reader-facing sentence (what went wrong with the database file)."""
+    msg = str(e)
+    if "not a database" in msg:
+        return f"{path} is not an annotation database (SQLite) file, or it is damaged"
+    if "readonly" in msg or "read-only" in msg:
+        return f"the annotation database {path} is read-only here (file or folder permissions)"
+    if "full" in msg:
+        return f"the disk holding the annotation database {path} is full"
+    if "unable to open" in msg:
+        return f"cannot open the annotation database {path} (missing folder or permissions)"
+    return f"the annotation database {path} could not be used: {msg}"
+
+
 class Store:
     """The annotation database. One instance may be shared by threads (one connection per thread
     and process); any number of processes may open the same file."""
@@ -413,9 +427,16 @@ class Store:
         self.read_only = is_read_only() if read_only is None else bool(read_only)
         self.timeout = float(timeout)
         self._local = threading.local()
+        if self.path.is_dir():
+            raise AnnotationError(f"{self.path} is a folder, not an annotation database file")
         if not self.read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._migrate()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._migrate()
+            except sqlite3.DatabaseError as e:
+                raise AnnotationError(_db_problem(self.path, e)) from None
+            except OSError as e:
+                raise AnnotationError(f"cannot open the annotation database {self.path}: {e.strerror or e}") from None
 
     # -- connections
 
@@ -468,14 +489,16 @@ class Store:
                 time.sleep(0.05)
         try:
             yield c
-        except BaseException:
+            c.execute("COMMIT")
+        except BaseException as e:
             try:
                 c.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            if isinstance(e, sqlite3.Error):  # disk full, a read-only file, a damaged file: nothing was written
+                raise AnnotationError(_db_problem(self.path, e) + "; nothing was written, saved annotations are "
+                                      "unchanged") from None
             raise
-        else:
-            c.execute("COMMIT")
 
     def _read(self, sql: str, args=()) -> list[sqlite3.Row]:
         c = self._conn()
@@ -511,6 +534,33 @@ class Store:
                 fn(c)
                 c.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
                           (v, desc, now()))
+
+    def backup(self, out: str | Path) -> Path:
+        """A complete copy of the database (flags, history, cases, reviewed slices) made with SQLite's
+        online backup, consistent while others write; written beside ``out`` and renamed into place."""
+        out = Path(out)
+        if out.resolve() in {Path(str(self.path.resolve()) + x) for x in ("", "-wal", "-shm", "-journal")}:
+            raise AnnotationError(f"{out} is the annotation database itself: give another file")
+        if not self.path.exists():
+            raise AnnotationError(f"no annotation database at {self.path}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        try:
+            src = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=self.timeout)
+            try:
+                dst = sqlite3.connect(str(tmp))
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+            tmp.replace(out)
+        except (sqlite3.Error, OSError) as e:
+            tmp.unlink(missing_ok=True)
+            raise AnnotationError(f"backup not written ({_db_problem(self.path, e) if isinstance(e, sqlite3.Error) else e}); "
+                                  f"an earlier {out.name} is kept") from None
+        return out
 
     def schema_version(self) -> int:
         rows = self._read("SELECT MAX(version) AS v FROM schema_version")
@@ -708,27 +758,59 @@ class Store:
     def import_flag(self, flag: Flag, *, reviewer: str) -> bool:
         """Inserts a flag exported elsewhere, keeping its id; returns False (and changes nothing) if a
         flag with that id already exists."""
+        return self.import_flags([flag], reviewer=reviewer)["imported"] == 1
+
+    def import_flags(self, flags: list[Flag], *, reviewer: str) -> dict:
+        """Inserts flags exported elsewhere, keeping their ids, all or none (every flag is checked before
+        anything is written, in one transaction). A flag whose id is stored already is skipped;
+        ``newer_skipped`` counts those whose export holds a higher version than the store's (another
+        station's later edit, not merged). Returns {"imported", "skipped", "newer_skipped"}."""
+        rows = []
+        for i, fl in enumerate(flags):
+            try:
+                rows.append(self._import_row(fl))
+            except AnnotationError as e:
+                raise AnnotationError(f"flag #{i}: {e}") from None
+        t = now()
+        out = {"imported": 0, "skipped": 0, "newer_skipped": 0}
+        with self._write() as c:
+            for i, (fl, d) in enumerate(zip(flags, rows)):
+                have = c.execute("SELECT version FROM flags WHERE id = ?", (fl.id,)).fetchone()
+                if have:
+                    out["skipped"] += 1
+                    out["newer_skipped"] += int(d["version"] > int(have[0]))
+                    continue
+                try:
+                    c.execute(f"INSERT INTO flags ({', '.join(_FLAG_COLS)}) VALUES ({', '.join('?' * len(_FLAG_COLS))})",
+                              [d[k] for k in _FLAG_COLS])
+                except sqlite3.IntegrityError as e:
+                    raise AnnotationError(f"flag #{i} lacks a required field ({e}); nothing was imported") from None
+                self._history(c, fl.id, "import", d["version"], None, reviewer, t)
+                c.execute("INSERT OR IGNORE INTO cases (study_key, status, series, reviewer, created_at, updated_at) "
+                          "VALUES (?, 'in review', ?, ?, ?, ?)", (fl.study_key, fl.series or "", reviewer, t, t))
+                out["imported"] += 1
+        return out
+
+    def _import_row(self, flag: Flag) -> dict:
+        """The row of an imported flag, after the checks an added flag gets (typed errors)."""
+        for name in ("id", "study_key", "method", "created_at", "reviewer"):
+            if not isinstance(getattr(flag, name, None), str) or not getattr(flag, name):
+                raise AnnotationError(f"no {name}")
         label = _check_choice("label", flag.label, LABELS)
         _check_reason(label, flag.reason)
         _check_choice("plane", flag.plane, PLANES)
         if flag.mask_png:
-            m = decode_mask(flag.mask_png)
+            try:
+                m = decode_mask(flag.mask_png)
+            except Exception:  # noqa: BLE001 - PIL's errors on bytes that are no PNG
+                raise AnnotationError("its mask is not a readable PNG") from None
             box, m = validate_region((flag.height, flag.width), flag.n_slices, flag.slice_index, None, m)
         else:
             box, m = validate_region((flag.height, flag.width), flag.n_slices, flag.slice_index, flag.box, None)
         d = flag.to_dict(include_mask=False)
         d.update(box=json.dumps(box), mask_png=encode_mask(m), deleted=int(bool(flag.deleted)),
                  version=int(flag.version or 1), note=flag.note or "", updated_by=flag.updated_by or flag.reviewer)
-        t = now()
-        with self._write() as c:
-            if c.execute("SELECT 1 FROM flags WHERE id = ?", (flag.id,)).fetchone():
-                return False
-            c.execute(f"INSERT INTO flags ({', '.join(_FLAG_COLS)}) VALUES ({', '.join('?' * len(_FLAG_COLS))})",
-                      [d[k] for k in _FLAG_COLS])
-            self._history(c, flag.id, "import", d["version"], None, reviewer, t)
-            c.execute("INSERT OR IGNORE INTO cases (study_key, status, series, reviewer, created_at, updated_at) "
-                      "VALUES (?, 'in review', ?, ?, ?, ?)", (flag.study_key, flag.series or "", reviewer, t, t))
-        return True
+        return d
 
     # -- cases
 
