@@ -896,7 +896,7 @@ def test_panel_forgets_the_selection_on_a_new_scan_and_jumps_only_to_a_matching_
 
     a, key = loaded.a, loaded.key
     out = on_scan(key, "", ["ae"], 1.0)
-    assert len(out) == 13 and out[-7:-2] == NO_SELECTION and out[-2:] == ["", ""]  # and no message left over
+    assert len(out) == 14 and out[-7:-2] == NO_SELECTION and out[-2:] == ["", ""]  # and no message left over
     assert on_scan("no-such-key", "", ["ae"], 1.0)[-7:] == NO_SELECTION + ["", ""]
     h, w = a.scan.slice(3).shape
     m = np.zeros((h, w), bool)
@@ -975,3 +975,25 @@ def test_database_faults_are_typed_and_change_nothing(env):
             c.execute("UPDATE flags SET note = 'half' WHERE id = ?", (f.id,))
             c.execute("INSERT INTO no_such_table VALUES (1)")
     assert s.get_flag(f.id).note == ""
+
+
+def test_a_status_set_by_someone_since_is_refused_not_overwritten(loaded, monkeypatch):
+    """Two reviewers on one case: the page sends the case version it shows; bob's 'done' after alice's
+    change from the same view is refused and the case is shown afresh (the last one used to win unseen)."""
+    import gradio as gr
+
+    from anomaly.annotations import service as svc
+    from anomaly.ui.annotate import _case_outputs, on_status
+
+    warned = []
+    monkeypatch.setattr(gr, "Warning", lambda msg, *a, **k: warned.append(msg))
+    alice, bob = _token(), _token("bob", "hunter2")
+    svc.add_flag(loaded.key, 3, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=alice)
+    sk = loaded.a.study_key
+    seen = _case_outputs(sk)[-1]  # what both pages show
+    text, status, seen_a = on_status(sk, "done", alice, seen)
+    assert status["value"] == "done" and seen_a == seen + 1
+    text, status, seen_b = on_status(sk, "in review", bob, seen)  # bob's page still shows the old version
+    assert text.startswith("**Not set.**") and status["value"] == "done" and seen_b == seen_a and warned
+    assert svc.get_store().get_case(sk).status == "done" and svc.get_store().get_case(sk).reviewer == "alice"
+    assert on_status(sk, "in review", bob, seen_b)[1]["value"] == "in review"  # after seeing it, bob may

@@ -332,11 +332,14 @@ def get_flag(flag_id: str) -> Flag:
 # ----------------------------------------------------------------------------- cases / queue
 
 
-def set_case_status(study_key: str, status: str, token=None) -> dict:
+def set_case_status(study_key: str, status: str, token=None, version=None) -> dict:
+    """Sets a case's review status; with ``version`` (the case version the reviewer saw: the page sends it)
+    a status set by someone since is refused (``StaleEditError``) instead of overwritten unseen."""
     user = require_user(token)
     if not study_key:
         raise InvalidFlagError("load a scan or pick a case from the queue first")
-    c = get_store().set_case_status(study_key, status, reviewer=user)
+    seen = None if version in (None, "") else int(version)
+    c = get_store().set_case_status(study_key, status, reviewer=user, expected_version=seen)
     return case_info(c.study_key)
 
 
@@ -353,7 +356,7 @@ def case_info(study_key: str | None) -> dict:
     flag_change = store.last_flag_change(study_key)
     if flag_change is not None and flag_change[1] > (at or ""):
         by, at = flag_change
-    return {"study_key": study_key, "status": c.status,
+    return {"study_key": study_key, "status": c.status, "version": c.version,
             "text": (f"Case `{study_key}`: **{c.status}**; {c.n_flags} flag(s), {c.n_false_positives} false positive(s), "
                      f"{c.n_slices_stored} reviewed slice(s) kept; series {c.series or 'unknown'}; "
                      f"last change by {by or '-'} at {(at or '')[:19].replace('T', ' ')} UTC")}

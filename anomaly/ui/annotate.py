@@ -109,7 +109,7 @@ NO_SELECTION = ["", "", None, None, ""]
 def _case_outputs(study_key):
     info = svc.case_info(study_key)
     return [study_key or "", _df(svc.flag_table(study_key), FLAG_COLUMNS), info["text"],
-            gr.update(value=info["status"])]
+            gr.update(value=info["status"]), info.get("version")]
 
 
 def on_scan(key, case_key, methods, threshold):
@@ -300,12 +300,18 @@ def on_list(case_key, key):
     return _df(svc.flag_table(sk), FLAG_COLUMNS)
 
 
-def on_status(case_key, status, token):
+def on_status(case_key, status, token, seen=None):
+    """API ``set_case_status`` (the page also sends the case version it shows, session state: a status set
+    by someone since is refused and the case shown afresh)."""
     try:
-        info = svc.set_case_status(case_key, status, token)
+        info = svc.set_case_status(case_key, status, token, seen)
+    except StaleEditError as e:
+        gr.Warning(str(e))
+        info = svc.case_info(case_key)
+        return [f"**Not set.** {e}\n\n{info['text']}", gr.update(value=info["status"]), info.get("version")]
     except AnomalyError as e:
         _err(e)
-    return [info["text"], gr.update(value=info["status"])]
+    return [info["text"], gr.update(value=info["status"]), info.get("version")]
 
 
 def on_queue(method, status):
@@ -316,7 +322,7 @@ def on_step(case_key, method, status, step: int):
     sk = svc.queue_step(case_key or None, step, method, status)
     if sk is None:
         gr.Info("the review queue is empty (with these filters)")
-        return [gr.update()] * 4 + [_df([], QUEUE_COLUMNS)]
+        return [gr.update()] * 5 + [_df([], QUEUE_COLUMNS)]
     return _case_outputs(sk) + [on_queue(method, status)]
 
 
@@ -405,6 +411,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
             list_btn = gr.Button("Reload list")
         with gr.Accordion("Review queue", open=False):
             case_key = gr.Textbox(label="Case (study key)", interactive=False)
+            case_seen = gr.State(None)  # the case version shown: a status change is checked against it
             case_md = gr.Markdown()
             with gr.Row():
                 status_rb = gr.Radio(list(STATUSES), label="Review status of this case")
@@ -434,7 +441,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
     buttons = [add_btn, reviewed_btn, save_btn, remove_btn, undo_btn, status_btn]
     nb = len(buttons)
     access_out = [access_md, login_row, logout_row, *buttons]
-    case_out = [case_key, flags_df, case_md, status_rb]
+    case_out = [case_key, flags_df, case_md, status_rb, case_seen]
     selected_out = [sel_id, sel_version, edit_label, edit_reason, edit_note]
     region_in = [r0, c0, r1, c1, pr, pc]
     preview_in = [key_state, slider, method_dd, threshold, mode_rb, *region_in]
@@ -507,7 +514,8 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                 on_summary, [scope, case_key], summary_out, api_visibility="private").then(
                 on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
 
-    status_btn.click(on_status, [case_key, status_rb, token], [case_md, status_rb], api_name="set_case_status")
+    status_btn.click(on_status, [case_key, status_rb, token, case_seen], [case_md, status_rb, case_seen],
+                     api_name="set_case_status")
     for c in (qmethod, qstatus):
         c.change(on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
     queue_btn.click(on_queue, [qmethod, qstatus], [queue_df], api_name="review_queue")
