@@ -812,6 +812,25 @@ def test_the_same_flag_submitted_twice_in_a_row_is_stored_once(loaded, monkeypat
     monkeypatch.setattr(svc, "DOUBLE_SUBMIT_S", 0.0)
     svc.add_flag(key, 2, "ae", "false_positive", "noise", "", "box", box=[10, 10, 20, 25], token=tok)
     assert len([x for x in svc.flag_table(a.study_key) if x["slice"] == 2]) == 5
+    # six identical requests at the same instant (an audit stored two): the check runs under the write lock
+    import threading
+
+    monkeypatch.setattr(svc, "DOUBLE_SUBMIT_S", 10.0)
+    go, stored, refused = threading.Barrier(6), [], []
+
+    def click():
+        go.wait()
+        try:
+            stored.append(svc.add_flag(key, 4, "ae", "false_positive", "noise", "", "box", box=[30, 30, 40, 44], token=tok))
+        except InvalidFlagError:
+            refused.append(1)
+
+    threads = [threading.Thread(target=click) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(stored) == 1 and len(refused) == 5
 
 
 def test_case_last_change_follows_flag_edits_and_undo(loaded):

@@ -8,7 +8,6 @@ the analysis with ``get_analysis(key)``. Nothing here reads or returns a patient
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -202,31 +201,16 @@ def add_flag(key, index, method: str, label: str, reason=None, note: str = "", m
         raise InvalidFlagError(f"label {label!r} is not one of {', '.join(LABELS)}")
     b, m = region_for(a, idx, method, mode, box, point, threshold)
     store = get_store()
-    _refuse_double_submit(store, a, idx, method, label, m, user)
     ensure_case(store, a, user)
     flag = store.add_flag(study_key=a.study_key, plane=a.plane, slice_index=idx, shape=m.shape, n_slices=a.n_slices,
                           method=method, label=label, reason=_reason(reason), note=note or "", mask=m,
                           checkpoint_hash=a.results[method].checkpoint_hash, threshold=float(threshold),
-                          series=scan_series_label(a), reviewer=user)
+                          series=scan_series_label(a), reviewer=user, refuse_repeat_within_s=DOUBLE_SUBMIT_S)
     store.put_slice(a.study_key, a.plane, idx, a.scan.slice(idx, a.plane), a.scan.slice_spacing(a.plane), reviewer=user)
     return flag
 
 
 DOUBLE_SUBMIT_S = 10.0  # the same flag again within this many seconds is a double click, not a new flag
-
-
-def _refuse_double_submit(store, a, idx: int, method: str, label: str, mask: np.ndarray, user: str) -> None:
-    """``InvalidFlagError`` if ``user`` stored this very flag (same slice, method, label, region) moments ago."""
-    now = datetime.now(timezone.utc)
-    for f in store.list_flags(a.study_key, method=method, label=label, plane=a.plane, slice_index=idx):
-        if f.reviewer != user or f.n_slices != a.n_slices or f.mask.shape != mask.shape:
-            continue
-        try:
-            age = (now - datetime.fromisoformat(f.created_at)).total_seconds()
-        except ValueError:
-            continue
-        if 0 <= age < DOUBLE_SUBMIT_S and np.array_equal(f.mask, mask):
-            raise InvalidFlagError(f"this flag was just added (flag {f.id[:8]}, {age:.0f} s ago): not stored twice")
 
 
 def mark_slice_reviewed(key, index, token=None) -> bool:

@@ -35,7 +35,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -577,8 +577,11 @@ class Store:
     def add_flag(self, *, study_key: str, plane: str, slice_index: int, shape: tuple[int, int], n_slices: int,
                  method: str, label: str, reviewer: str, reason: str | None = None, note: str = "",
                  box=None, mask=None, checkpoint_hash: str = "", threshold: float | None = None,
-                 series: str = "", flag_id: str | None = None) -> Flag:
-        """Validates and stores one flag (version 1); returns it once it is durably committed."""
+                 series: str = "", flag_id: str | None = None, refuse_repeat_within_s: float | None = None) -> Flag:
+        """Validates and stores one flag (version 1); returns it once it is durably committed. With
+        ``refuse_repeat_within_s``, the same flag (reviewer, study, slice, method, label, region) stored
+        that recently is refused (``InvalidFlagError``): a double click, checked under the write lock so
+        that requests sent at the same instant cannot both pass."""
         label = _check_choice("label", label, LABELS)
         reason = _check_reason(label, reason)
         note = _check_note(note)
@@ -597,6 +600,15 @@ class Store:
                encode_mask(m), label, reason, str(note or ""), str(reviewer), str(reviewer), t, t, 1, 0,
                anomaly.__version__)
         with self._write() as c:
+            if refuse_repeat_within_s:
+                since = (datetime.fromisoformat(t) - timedelta(seconds=float(refuse_repeat_within_s))).isoformat()
+                same = c.execute("SELECT id, created_at FROM flags WHERE study_key = ? AND plane = ? AND slice_index = ? "
+                                 "AND n_slices = ? AND method = ? AND label = ? AND reviewer = ? AND mask_png = ? "
+                                 "AND deleted = 0 AND created_at >= ? ORDER BY created_at DESC LIMIT 1",
+                                 (str(study_key), plane, int(slice_index), int(n_slices), str(method), label,
+                                  str(reviewer), row[12], since)).fetchone()
+                if same:
+                    raise InvalidFlagError(f"this flag was just added (flag {same['id'][:8]}): not stored twice")
             c.execute(f"INSERT INTO flags ({', '.join(_FLAG_COLS)}) VALUES ({', '.join('?' * len(_FLAG_COLS))})", row)
             c.execute("INSERT INTO flag_history (flag_id, action, version, previous, reviewer, at) VALUES (?, ?, ?, ?, ?, ?)",
                       (fid, "create", 1, None, str(reviewer), t))
