@@ -1016,3 +1016,32 @@ def test_a_status_set_by_someone_since_is_refused_not_overwritten(loaded, monkey
     assert text.startswith("**Not set.**") and status["value"] == "done" and seen_b == seen_a and warned
     assert svc.get_store().get_case(sk).status == "done" and svc.get_store().get_case(sk).reviewer == "alice"
     assert on_status(sk, "in review", bob, seen_b)[1]["value"] == "in review"  # after seeing it, bob may
+
+
+def test_a_dropped_store_closes_its_database_at_once(env):
+    """A Store that goes out of use closes its connections at once: a sqlite3 connection sits in a reference
+    cycle, so it stayed open until a garbage collection, and children forked meanwhile inherited it and lost
+    committed flags (test_concurrent_processes_lose_and_duplicate_nothing failed whenever no collection
+    had run before the fork)."""
+    import gc
+    import os
+
+    def open_files():
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(env.db)):
+                out.append(target)
+        return out
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc")
+    gc.disable()
+    try:
+        Store(env.db).add_flag(**_flag_kw(1))
+        assert open_files() == []
+    finally:
+        gc.enable()

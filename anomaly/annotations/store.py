@@ -33,6 +33,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -403,6 +404,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # ----------------------------------------------------------------------------- the store
 
 
+def _close_connections(opened: list) -> None:
+    """Close the connections a Store opened in this process (never a parent's, inherited by a fork:
+    closing those would release this process's own locks on the file)."""
+    for pid, c in opened:
+        if pid == os.getpid():
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
+    opened.clear()
+
+
 def _db_problem(path: Path, e: Exception) -> str:
     """A sqlite3 error as a reader-facing sentence (what went wrong with the database file)."""
     msg = str(e)
@@ -427,6 +440,12 @@ class Store:
         self.read_only = is_read_only() if read_only is None else bool(read_only)
         self.timeout = float(timeout)
         self._local = threading.local()
+        # every connection this Store opened, with the opening process: closed when the Store goes (a sqlite3
+        # connection sits in a reference cycle with its statement cache, so dropping it left it open until
+        # a garbage collection, and a process forked meanwhile inherited it: SQLite's locking then failed
+        # silently in the children and concurrent writers lost committed flags)
+        self._opened: list[tuple[int, sqlite3.Connection]] = []
+        weakref.finalize(self, _close_connections, self._opened)
         if self.path.is_dir():
             raise AnnotationError(f"{self.path} is a folder, not an annotation database file")
         if not self.read_only:
@@ -448,6 +467,7 @@ class Store:
                                 isolation_level=None, check_same_thread=False)
         else:
             c = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        self._opened.append((os.getpid(), c))
         c.row_factory = sqlite3.Row
         c.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         if not self.read_only:
