@@ -19,7 +19,6 @@ LOO=${LOO:-runs/loo_v2/ddad}
 . benchmarks/device_common.sh
 device_setup train val_normal val_lesion unlabeled train_loo val_normal_loo || exit 1
 [ -f "$LOO/card.json" ] || { echo "no LOO DDAD at $LOO"; exit 1; }
-for s in train train_loo val_lesion; do md5sum data/cohort/$s/labels.csv; done
 
 run() {  # run NAME CHECKPOINT CHANNELS [split args...]
   local n=$1 ck=$2 ch=$3; shift 3

@@ -20,6 +20,7 @@ device_setup() {  # device_setup SPLIT...
     $PY -m anomaly.data build --out data/cohort --seed 0 --workers 14 --only "$@" > "$W/build.log" 2>&1 || { tail -20 "$W/build.log"; return 1; }
     tail -c 400 "$W/build.log"
   fi
+  for s in "$@"; do md5sum "data/cohort/$s/labels.csv"; done  # compared with this machine's build
 }
 
 pack() {  # pack NAME DIR: the model folder into $OUT/NAME.tgz, without its resumable states (work/, work_asr/)
