@@ -1016,6 +1016,13 @@ def test_a_status_set_by_someone_since_is_refused_not_overwritten(loaded, monkey
     assert text.startswith("**Not set.**") and status["value"] == "done" and seen_b == seen_a and warned
     assert svc.get_store().get_case(sk).status == "done" and svc.get_store().get_case(sk).reviewer == "alice"
     assert on_status(sk, "in review", bob, seen_b)[1]["value"] == "in review"  # after seeing it, bob may
+    # a case nobody has touched yet (no row, shown as version 0): the first status set wins, a second from
+    # the same view is refused (it overwrote the first unseen)
+    fresh = "sk-" + "f" * 20
+    assert _case_outputs(fresh)[-1] == 0
+    assert on_status(fresh, "done", alice, 0)[1]["value"] == "done"
+    assert on_status(fresh, "in review", bob, 0)[0].startswith("**Not set.**")
+    assert svc.get_store().get_case(fresh).status == "done"
 
 
 def test_a_dropped_store_closes_its_database_at_once(env):

@@ -333,7 +333,7 @@ def case_info(study_key: str | None) -> dict:
     store = get_store()
     c = store.get_case(study_key)
     if c is None:
-        return {"study_key": study_key, "status": "not started",
+        return {"study_key": study_key, "status": "not started", "version": 0,  # no case row seen: a row made since is newer
                 "text": f"Case `{study_key}`: **not started** (no flag yet)."}
     # the last change: a status change (the case row) or a flag's add / edit / removal / undo
     by, at = c.reviewer, c.updated_at

@@ -515,7 +515,7 @@ def annotation_panel(key_state, slider, plane, methods, threshold, view=None) ->
                 on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
 
     status_btn.click(on_status, [case_key, status_rb, token, case_seen], [case_md, status_rb, case_seen],
-                     api_name="set_case_status")
+                     api_name="set_case_status").then(on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
     for c in (qmethod, qstatus):
         c.change(on_queue, [qmethod, qstatus], [queue_df], api_visibility="private")
     queue_btn.click(on_queue, [qmethod, qstatus], [queue_df], api_name="review_queue")
