@@ -25,7 +25,6 @@ from anomaly.errors import AnomalyError, DatasetError, TrainingInterrupted
 from anomaly.methods.base import CHECKPOINT_ROOT, clear_cache, get_method, method_class
 from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
 from anomaly.scoring import run_method
-from anomaly import training
 from anomaly.training import TrainConfig, device_label, resolve_device, set_threads
 
 # On-demand (diffusion) methods are calibrated and validated on at most this many random slices of
@@ -210,10 +209,11 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         write_card(out, card)
     else:
         resumed = bool(cfg.resume) and (out / "work").is_dir() and any((out / "work").rglob("state.safetensors"))
+        if not resumed:  # a fresh start: the record says where it starts, before a Ctrl-C can cut the run short
+            _start_record(out, cfg)
         t_fit = time.time()
-        training.INITIALISED.clear()
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
-        init_source = _init_record(out, cfg, fresh=bool(training.INITIALISED), resumed=resumed)
+        init_source = _read_record(out)
         extra.setdefault("wall_time_s", round(time.time() - t_fit, 1))  # methods without a training loop
         card = save_checkpoint(out, tensors, {
             "method": cls.name,
@@ -332,24 +332,30 @@ def _check_init_source(ckpt_dir: Path, cls, out: Path, calibrate_only: bool) -> 
 INIT_RECORD = "initialised_from.json"  # in OUT/work: where a run began, kept for the runs that resume it
 
 
-def _init_record(out: Path, cfg: TrainConfig, fresh: bool, resumed: bool) -> dict | None:
-    """The card's ``initialised_from``: the checkpoint this run's networks started from (``fresh``), or
-    the one the run it resumed started from; None for a run from random weights."""
+def _start_record(out: Path, cfg: TrainConfig) -> None:
+    """At a fresh start: OUT/work/initialised_from.json names the checkpoint the networks start from
+    (``--init-from``), or is removed (random weights; a fine-tune may have used the folder before).
+    Runs that resume this one keep it."""
     import json
 
     rec = out / "work" / INIT_RECORD
-    if fresh:
-        src = Path(cfg.init_from)
-        old = load_card(src)
-        info = {"checkpoint": str(src.resolve()), "checkpoint_hash": old.get("checkpoint_hash"),
-                "method": old.get("method"), "train_steps": old.get("train_steps"), "command": old.get("command")}
-        rec.parent.mkdir(parents=True, exist_ok=True)
-        rec.write_text(json.dumps(info, indent=1))
-        return info
-    if resumed and rec.is_file():
-        return json.loads(rec.read_text())
-    rec.unlink(missing_ok=True)  # a fresh run from random weights in a folder a fine-tune used before
-    return None
+    if not cfg.init_from:
+        rec.unlink(missing_ok=True)
+        return
+    src = Path(cfg.init_from)
+    old = load_card(src)
+    rec.parent.mkdir(parents=True, exist_ok=True)
+    rec.write_text(json.dumps({"checkpoint": str(src.resolve()), "checkpoint_hash": old.get("checkpoint_hash"),
+                               "method": old.get("method"), "train_steps": old.get("train_steps"),
+                               "command": old.get("command")}, indent=1))
+
+
+def _read_record(out: Path) -> dict | None:
+    """The card's ``initialised_from``: where this run, or the run it resumed, started (None: random weights)."""
+    import json
+
+    rec = out / "work" / INIT_RECORD
+    return json.loads(rec.read_text()) if rec.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,9 +115,6 @@ def batches(images: np.ndarray, masks: np.ndarray, batch_size: int, rng: np.rand
             yield (xt, mt) if device == "cpu" else (xt.to(device), mt.to(device))
 
 
-INITIALISED: list[str] = []  # modules started from --init-from weights since anomaly.train last cleared it
-
-
 def matching_prefix(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str | None:
     """The key prefix under which ``saved`` holds every tensor of ``own`` with the same shapes, or None."""
     if not own:
@@ -196,7 +193,6 @@ class TrainLoop:
                 raise CheckpointError(f"--init-from {ckpt_dir}: its weights do not fit this method's network "
                                       f"'{name}' (another method or architecture)")
             m.load_state_dict({k: saved[prefix + k] for k in own})
-            INITIALISED.append(name)
         _say(f"{self.desc}: starting from the weights in {ckpt_dir}")
 
     def _load(self) -> None:

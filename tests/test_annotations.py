@@ -304,6 +304,15 @@ def test_json_export_import_round_trip_without_duplicates(env):
         with pytest.raises(AnomalyError, match="nothing was imported"):
             ex.import_json(c, env.tmp / "bad2.json")
         assert c.count_flags(include_deleted=True) == 0
+    # a malformed case (a shape that is not numbers): refused before any flag is written
+    d = json.loads(p.read_text())
+    d["flags"] = [dict(f, id=f"case-bad-{j}") for j, f in enumerate(data["flags"])]
+    d["cases"][0]["shape"] = ["x"]
+    (env.tmp / "bad3.json").write_text(json.dumps(d))
+    c = Store(env.tmp / "fresh_cases.sqlite")
+    with pytest.raises(AnomalyError, match="cases.*malformed.*nothing was imported"):
+        ex.import_json(c, env.tmp / "bad3.json")
+    assert c.count_flags(include_deleted=True) == 0
     # another station's later edit of a stored flag is skipped, and counted as such
     d = json.loads(p.read_text())
     d["flags"][2] = dict(d["flags"][2], version=7, note="edited elsewhere")
@@ -973,6 +982,10 @@ def test_a_change_of_a_selected_flag_needs_the_version_the_annotator_sees(loaded
             svc.edit_flag(f.id, bad, None, None, "note", tok)
     assert svc.get_store().get_flag(f.id).version == 1 and not svc.get_store().get_flag(f.id).deleted
     assert svc.remove_flag(f.id, "1", tok).deleted and not svc.undo(f.id, None, tok, version=2.0).deleted
+    from anomaly.ui.annotate import on_edit
+
+    out = on_edit(f.id, "3.0", None, None, "a note", tok, None)  # a version typed as "3.0" (it crashed after saving)
+    assert any("Saved flag" in str(o) for o in out)
 
 
 def test_database_faults_are_typed_and_change_nothing(env):
@@ -1011,7 +1024,7 @@ def test_a_status_set_by_someone_since_is_refused_not_overwritten(loaded, monkey
     sk = loaded.a.study_key
     seen = _case_outputs(sk)[-1]  # what both pages show
     text, status, seen_a = on_status(sk, "done", alice, seen)
-    assert status["value"] == "done" and seen_a == seen + 1
+    assert status["value"] == "done" and seen_a == [sk, seen[1] + 1]
     text, status, seen_b = on_status(sk, "in review", bob, seen)  # bob's page still shows the old version
     assert text.startswith("**Not set.**") and status["value"] == "done" and seen_b == seen_a and warned
     assert svc.get_store().get_case(sk).status == "done" and svc.get_store().get_case(sk).reviewer == "alice"
@@ -1019,10 +1032,12 @@ def test_a_status_set_by_someone_since_is_refused_not_overwritten(loaded, monkey
     # a case nobody has touched yet (no row, shown as version 0): the first status set wins, a second from
     # the same view is refused (it overwrote the first unseen)
     fresh = "sk-" + "f" * 20
-    assert _case_outputs(fresh)[-1] == 0
-    assert on_status(fresh, "done", alice, 0)[1]["value"] == "done"
-    assert on_status(fresh, "in review", bob, 0)[0].startswith("**Not set.**")
+    assert _case_outputs(fresh)[-1] == [fresh, 0]
+    assert on_status(fresh, "done", alice, [fresh, 0])[1]["value"] == "done"
+    assert on_status(fresh, "in review", bob, [fresh, 0])[0].startswith("**Not set.**")
     assert svc.get_store().get_case(fresh).status == "done"
+    # what a session saw of one case says nothing of another (an API session's state)
+    assert on_status(fresh, "in review", bob, [sk, 0])[1]["value"] == "in review"
 
 
 def test_a_dropped_store_closes_its_database_at_once(env):
@@ -1050,5 +1065,14 @@ def test_a_dropped_store_closes_its_database_at_once(env):
     try:
         Store(env.db).add_flag(**_flag_kw(1))
         assert open_files() == []
+        # a long-lived store (the app's) used from short-lived threads: each thread's connection goes with it
+        import threading
+
+        s = Store(env.db)
+        for _ in range(50):
+            t = threading.Thread(target=s.count_flags)
+            t.start()
+            t.join()
+        assert len([f for f in open_files() if f == str(env.db)]) <= 2  # not one per thread that used it (50)
     finally:
         gc.enable()

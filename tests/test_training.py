@@ -491,3 +491,11 @@ def test_init_from_starts_from_saved_weights_and_the_card_says_so(tiny_dataset, 
     assert main(["ae", "--data", str(tiny_dataset), "--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "4",
                  "--device", "cpu"]) == 0
     assert "initialised_from" not in load_card(tmp_path / "ft")
+    # the record is written when a fresh run starts, so a run stopped (Ctrl-C) before its card still has it
+    from anomaly.train import INIT_RECORD, _read_record, _start_record
+
+    _start_record(tmp_path / "cut", TrainConfig(init_from=str(tmp_path / "base")))
+    assert (tmp_path / "cut" / "work" / INIT_RECORD).is_file()
+    assert _read_record(tmp_path / "cut")["checkpoint_hash"] == base["checkpoint_hash"]
+    _start_record(tmp_path / "cut", TrainConfig())  # then a fresh run from random weights there: no record
+    assert _read_record(tmp_path / "cut") is None

@@ -125,8 +125,15 @@ def import_json(store: Store, path, reviewer: str = "import") -> dict:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AnnotationError(f"{path}: flag #{i} is malformed ({type(e).__name__}: {e}); nothing was imported") from None
     cases = data.get("cases", [])
-    if not isinstance(cases, list) or not all(isinstance(c, dict) and isinstance(c.get("study_key"), str) for c in cases):
-        raise AnnotationError(f"{path}: its 'cases' are malformed (each needs a study_key); nothing was imported")
+    try:
+        for c in cases:  # checked before anything is written
+            assert isinstance(c, dict) and isinstance(c["study_key"], str) and c["study_key"]
+            [int(v) for v in (c.get("shape") or ())]
+            [float(v) for v in (c.get("spacing") or ())]
+            assert all(isinstance(c.get(k, ""), str) for k in ("series", "source", "modality", "plane"))
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise AnnotationError(f"{path}: its 'cases' are malformed (a study_key, whole-number shape, numeric spacing, "
+                              "text fields); nothing was imported") from None
     known = {c["study_key"] for c in cases if store.get_case(c["study_key"]) is not None}
     try:
         counts = store.import_flags(flags, reviewer=reviewer)  # all or none

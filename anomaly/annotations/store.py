@@ -33,7 +33,6 @@ import sqlite3
 import threading
 import time
 import uuid
-import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -404,16 +403,30 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # ----------------------------------------------------------------------------- the store
 
 
-def _close_connections(opened: list) -> None:
-    """Close the connections a Store opened in this process (never a parent's, inherited by a fork:
-    closing those would release this process's own locks on the file)."""
-    for pid, c in opened:
-        if pid == os.getpid():
-            try:
-                c.close()
-            except sqlite3.Error:
-                pass
-    opened.clear()
+class _Closer:
+    """Closes a thread's connection when that thread's slot of a Store goes (the thread ended, or the
+    Store was dropped). A sqlite3 connection sits in a reference cycle with its statement cache, so a
+    dropped one stayed open until a garbage collection, and a process forked meanwhile inherited it:
+    SQLite's locking then failed silently in the children and concurrent writers lost committed flags.
+    A connection inherited from a parent process is never closed here (closing it would release this
+    process's own locks on the file)."""
+
+    __slots__ = ("conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn, self.pid = conn, os.getpid()
+
+    def __del__(self) -> None:
+        if self.pid != os.getpid():
+            _INHERITED.append(self.conn)  # kept open for good: its garbage collection would close it
+            return
+        try:
+            self.conn.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, or closed already
+            pass
+
+
+_INHERITED: list = []  # in a forked child: connections of the parent that the child dropped
 
 
 def _db_problem(path: Path, e: Exception) -> str:
@@ -440,12 +453,6 @@ class Store:
         self.read_only = is_read_only() if read_only is None else bool(read_only)
         self.timeout = float(timeout)
         self._local = threading.local()
-        # every connection this Store opened, with the opening process: closed when the Store goes (a sqlite3
-        # connection sits in a reference cycle with its statement cache, so dropping it left it open until
-        # a garbage collection, and a process forked meanwhile inherited it: SQLite's locking then failed
-        # silently in the children and concurrent writers lost committed flags)
-        self._opened: list[tuple[int, sqlite3.Connection]] = []
-        weakref.finalize(self, _close_connections, self._opened)
         if self.path.is_dir():
             raise AnnotationError(f"{self.path} is a folder, not an annotation database file")
         if not self.read_only:
@@ -467,7 +474,6 @@ class Store:
                                 isolation_level=None, check_same_thread=False)
         else:
             c = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False)
-        self._opened.append((os.getpid(), c))
         c.row_factory = sqlite3.Row
         c.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         if not self.read_only:
@@ -483,6 +489,7 @@ class Store:
         if getattr(loc, "conn", None) is None or getattr(loc, "pid", None) != os.getpid():
             loc.conn = self._connect()
             loc.pid = os.getpid()
+            loc.closer = _Closer(loc.conn) if loc.conn is not None else None
         return loc.conn
 
     def close(self) -> None:
@@ -529,7 +536,9 @@ class Store:
         except sqlite3.OperationalError as e:
             if self.read_only and "no such table" in str(e):
                 return []
-            raise
+            raise AnnotationError(_db_problem(self.path, e)) from None
+        except sqlite3.DatabaseError as e:
+            raise AnnotationError(_db_problem(self.path, e)) from None
 
     def _migrate(self) -> None:
         c = self._conn()

@@ -109,7 +109,13 @@ NO_SELECTION = ["", "", None, None, ""]
 def _case_outputs(study_key):
     info = svc.case_info(study_key)
     return [study_key or "", _df(svc.flag_table(study_key), FLAG_COLUMNS), info["text"],
-            gr.update(value=info["status"]), info.get("version")]
+            gr.update(value=info["status"]), _seen(study_key, info)]
+
+
+def _seen(study_key, info: dict):
+    """The ``case_seen`` state: which case was shown, at which version (a status change is checked
+    against it only for that case)."""
+    return [study_key, info.get("version")] if study_key else None
 
 
 def on_scan(key, case_key, methods, threshold):
@@ -260,7 +266,7 @@ def on_edit(flag_id, version, label, reason, note, token, case_key):
         return _case_outputs(cur.study_key) + [f"**Not saved.** {e}"] + _selected(cur)
     except AnomalyError as e:
         _err(e)
-    same = version not in (None, "") and int(version) == f.version
+    same = version not in (None, "") and float(version) == f.version
     msg = (f"Nothing to save: flag `{f.id[:8]}` already reads so (version {f.version})." if same
            else f"Saved flag `{f.id[:8]}` (version {f.version}).")
     return _case_outputs(f.study_key) + [msg] + _selected(f)
@@ -303,15 +309,16 @@ def on_list(case_key, key):
 def on_status(case_key, status, token, seen=None):
     """API ``set_case_status`` (the page also sends the case version it shows, session state: a status set
     by someone since is refused and the case shown afresh)."""
+    version = seen[1] if isinstance(seen, (list, tuple)) and len(seen) == 2 and seen[0] == case_key else None
     try:
-        info = svc.set_case_status(case_key, status, token, seen)
+        info = svc.set_case_status(case_key, status, token, version)
     except StaleEditError as e:
         gr.Warning(str(e))
         info = svc.case_info(case_key)
-        return [f"**Not set.** {e}\n\n{info['text']}", gr.update(value=info["status"]), info.get("version")]
+        return [f"**Not set.** {e}\n\n{info['text']}", gr.update(value=info["status"]), _seen(case_key, info)]
     except AnomalyError as e:
         _err(e)
-    return [info["text"], gr.update(value=info["status"]), info.get("version")]
+    return [info["text"], gr.update(value=info["status"]), _seen(case_key, info)]
 
 
 def on_queue(method, status):

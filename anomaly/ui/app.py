@@ -291,13 +291,15 @@ def on_upload_page(files, *args, **kw):
         yield tuple(cleared)
 
 
-def on_analyse_api(*args, **kw):
-    """The endpoint ``analyse_view``: ``on_upload``, but a refused file first empties the session's scan
-    (its key) and then raises: the previous scan stayed in the API session, and a ``add_flag`` sent
-    next was filed on it, as if on the refused file."""
+def on_analyse_api(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows=True,
+                   compare_with=None, zoom=1.0, progress=gr.Progress()):
+    """The endpoint ``analyse_view``: ``on_upload``, but a refused file (or any failure) first empties the
+    session's scan (its key) and then raises: the previous scan stayed in the API session, and an
+    ``add_flag`` sent next was filed on it, as if on the refused file."""
     try:
-        yield from on_upload(*args, **kw)
-    except gr.Error:
+        yield from on_upload(files, series, plane, methods, preset, opacity, threshold, mode, extra_rows,
+                             compare_with, zoom, progress=progress)
+    except Exception:
         yield on_clear()
         raise
 
