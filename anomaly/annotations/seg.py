@@ -17,10 +17,9 @@ and birth date, other IDs and the annotators' names are not written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import tempfile
 import warnings
-import zipfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -87,24 +86,6 @@ def _segments(store: Store, key: str, labels) -> dict[tuple, list]:
     return dict(sorted(groups.items()))
 
 
-def _expanded(files: list[Path], tmp: Path) -> list[Path]:
-    """``files`` with each folder replaced by the files under it and each zip by its members
-    (extracted into ``tmp`` by the loader's safe extractor): an upload of a zipped series."""
-    from anomaly.io.archive import extract_zip
-    from anomaly.io.loader import DEFAULT_MAX_BYTES
-
-    out: list[Path] = []
-    for i, p in enumerate(files):
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file())
-        elif p.is_file() and zipfile.is_zipfile(p):
-            (tmp / str(i)).mkdir()
-            out += [m for m, _ in extract_zip(p, tmp / str(i), max_bytes=DEFAULT_MAX_BYTES)]
-        else:
-            out.append(p)
-    return out
-
-
 def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG_LABELS,
                      series_uid: str | None = None) -> Path:
     """Write ``path`` (a DICOM SEG) for ``study_key``'s flags with ``labels`` on its source series
@@ -114,23 +95,25 @@ def export_dicom_seg(store: Store, study_key: str, dicom_files, path, labels=SEG
         raise AnnotationError("no DICOM files given: the SEG must reference the study's source series")
     log = logging.getLogger("pydicom")
     level = log.level
-    with tempfile.TemporaryDirectory(prefix="anomaly-seg-src-") as tmp, warnings.catch_warnings():
+    with contextlib.ExitStack() as stack, warnings.catch_warnings():  # the stack: folders of extracted zips
         # pydicom's warnings about a source's malformed values quote the values (a date, a name): not logged
         warnings.simplefilter("ignore")
         log.setLevel(logging.ERROR)
         try:
-            return _export(store, study_key, files, Path(tmp), path, labels, series_uid)
+            return _export(store, study_key, files, stack, path, labels, series_uid)
         finally:
             log.setLevel(level)
 
 
-def _export(store: Store, study_key: str, files: list[Path], tmp: Path, path, labels, series_uid) -> Path:
+def _export(store: Store, study_key: str, files: list[Path], stack: contextlib.ExitStack, path, labels,
+            series_uid) -> Path:
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
     from anomaly.errors import AnomalyError, MultipleSeriesError
     from anomaly.io import load_scan
+    from anomaly.io.loader import gather
     from anomaly.keys import series_key
     try:
         scan = load_scan(files, series_uid=series_uid)
@@ -162,8 +145,8 @@ def _export(store: Store, study_key: str, files: list[Path], tmp: Path, path, la
     if scan.source != "dicom":
         raise AnnotationError("the source files are not a DICOM series")
     by_uid = {}
-    try:
-        files = _expanded(files, tmp)
+    try:  # the files the loader read: folders walked, zips extracted (its own safe extractor and limits)
+        files = [e.path for e in gather(files, stack).entries]
     except AnomalyError as e:
         raise AnnotationError(f"cannot read the source series: {e}") from e
     for p in files:
