@@ -52,8 +52,7 @@ def flag_row(f: Flag) -> dict:
 def _writable(store: Store, path) -> Path:
     """An export's path, refused when it is the database itself (or its WAL/shared-memory files)."""
     path = Path(path)
-    db = str(store.path.resolve())
-    if str(path.resolve()) in {db + x for x in ("", "-wal", "-shm", "-journal")}:
+    if store.is_own_file(path):
         raise AnnotationError(f"{path} is the annotation database itself: an export there would destroy it; "
                               "give another file")
     return path

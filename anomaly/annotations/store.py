@@ -533,11 +533,9 @@ class Store:
             return []
         try:
             return c.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as e:
-            if self.read_only and "no such table" in str(e):
-                return []
-            raise AnnotationError(_db_problem(self.path, e)) from None
         except sqlite3.DatabaseError as e:
+            if self.read_only and "no such table" in str(e):  # a read-only view of a store not yet created
+                return []
             raise AnnotationError(_db_problem(self.path, e)) from None
 
     def _migrate(self) -> None:
@@ -564,11 +562,17 @@ class Store:
                 c.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
                           (v, desc, now()))
 
+    def is_own_file(self, path: str | Path) -> bool:
+        """Whether ``path`` is this database or one of its WAL / shared-memory / journal files (an export
+        or a backup written there would destroy it)."""
+        db = str(self.path.resolve())
+        return str(Path(path).resolve()) in {db + x for x in ("", "-wal", "-shm", "-journal")}
+
     def backup(self, out: str | Path) -> Path:
         """A complete copy of the database (flags, history, cases, reviewed slices) made with SQLite's
         online backup, consistent while others write; written beside ``out`` and renamed into place."""
         out = Path(out)
-        if out.resolve() in {Path(str(self.path.resolve()) + x) for x in ("", "-wal", "-shm", "-journal")}:
+        if self.is_own_file(out):
             raise AnnotationError(f"{out} is the annotation database itself: give another file")
         if not self.path.exists():
             raise AnnotationError(f"no annotation database at {self.path}")
