@@ -310,7 +310,7 @@ def _positive(kind):
 def _check_init_source(ckpt_dir: Path, cls, out: Path, calibrate_only: bool) -> None:
     """--init-from must name another folder's trained checkpoint of the same method, whose weights
     match its card, for a method that trains networks."""
-    from anomaly.checkpoints import load_weights
+    from anomaly.checkpoints import WEIGHTS, load_weights
     from anomaly.errors import CheckpointError, InvalidRequestError
 
     if calibrate_only:
@@ -321,8 +321,8 @@ def _check_init_source(ckpt_dir: Path, cls, out: Path, calibrate_only: bool) -> 
     if ckpt_dir.resolve() == out.resolve():
         raise InvalidRequestError(f"--init-from {ckpt_dir} is also the output folder: fine-tuning would overwrite the "
                                   "checkpoint it starts from; give another --out (e.g. --out mine/METHOD)")
-    if not (ckpt_dir / "model.safetensors").is_file():
-        raise CheckpointError(f"--init-from {ckpt_dir}: no trained checkpoint (model.safetensors) there")
+    if not (ckpt_dir / WEIGHTS).is_file():
+        raise CheckpointError(f"--init-from {ckpt_dir}: no trained checkpoint ({WEIGHTS}) there")
     other = load_card(ckpt_dir).get("method")
     if other and other != cls.name:
         raise CheckpointError(f"--init-from {ckpt_dir}: that checkpoint is of the method '{other}', not '{cls.name}'")

@@ -300,13 +300,18 @@ def _headers(entries, label: str) -> tuple[list[Header], int]:
     return headers, skipped
 
 
+def _keyed(groups: dict[str, list]) -> dict[str, str]:
+    """Series key (``anomaly.keys.series_key``, never the UID) -> description, for grouped headers."""
+    from anomaly.keys import series_key
+
+    return {series_key(uid): describe_series(g) for uid, g in groups.items()}
+
+
 def list_series(entries, max_bytes: int | None = None) -> dict[str, str]:
     """Series key (``anomaly.keys.series_key``, not the UID) -> description for DICOM ``entries``
     (loader ``Entry`` objects); ``load_series`` takes the key."""
-    from anomaly.keys import series_key
-
     headers, _ = _headers(entries, "the upload")
-    return {series_key(uid): describe_series(g) for uid, g in group_series(headers).items()}
+    return _keyed(group_series(headers))
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -541,18 +546,16 @@ def load_series(entries, series_uid: str | None, max_bytes: int, label: str = "t
     by_key = {series_key(u): u for u in groups}
     if series_uid is None:
         if len(groups) > 1:
-            series = {series_key(uid): describe_series(g) for uid, g in groups.items()}
             raise MultipleSeriesError(
-                f"{label} holds {len(groups)} DICOM series; choose one to load", series=series
+                f"{label} holds {len(groups)} DICOM series; choose one to load", series=_keyed(groups)
             )
         uid = next(iter(groups))
     elif series_uid in groups or series_uid in by_key:
         uid = by_key.get(series_uid, series_uid)
     else:
-        series = {series_key(u): describe_series(g) for u, g in groups.items()}
         raise MultipleSeriesError(
             f"{label}: the chosen series is not in this upload; choose one of its "
-            f"{len(groups)} series", series=series
+            f"{len(groups)} series", series=_keyed(groups)
         )
     group = groups[uid]
     scan = _load_group(group, max_bytes, label)
