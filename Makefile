@@ -3,6 +3,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch's CPU build comes first from PyTorch's CPU index (PyPI's default Linux torch carries CUDA:
+# several GB); where that index cannot be reached (an offline mirror, a local wheel folder), the
+# next step takes torch==2.13.0 from pip's own sources, as configured
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
 
 .PHONY: run test test-quick install install-test browser train-all data evaluate bench clean
 
@@ -11,6 +16,8 @@ $(BIN)/python:
 
 $(STAMP): requirements.txt requirements-test.txt | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --timeout 10 --retries 0 --index-url $(TORCH_INDEX) "$(TORCH_PIN)" 2>/dev/null \
+	  || echo "PyTorch's CPU index not reachable: torch from pip's configured sources"
 	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt
 	touch $(STAMP)
 

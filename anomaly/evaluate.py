@@ -417,6 +417,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     for chunk in _chunks(items, selection, exclude_invalid, skipped, progress, "evaluate"):
         for e in chunk:
             kind = str(e.item.extras.get("kind", "") or "").strip() or None
+            subject = str(e.item.extras.get("subject", "") or "").strip() or None
             sizes = {c: str(e.item.extras.get(c, "") or "").strip() for c in NUMERIC_COLUMNS}
             for k, s in enumerate(e.samples):
                 sid = len(meta)
@@ -426,7 +427,8 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
                 meta.append({"file": e.item.image_path.name, "index": s.index, "label": s.label,
                              "has_mask": s.mask is not None, "has_pixel_truth": truth is not None,
                              "valid": bool(e.prep.valid[k]),
-                             "kind": kind, **{c: _column_number(v) if v else None for c, v in sizes.items()}})
+                             "kind": kind, "subject": subject,
+                             **{c: _column_number(v) if v else None for c, v in sizes.items()}})
                 if truth is not None:
                     brain = e.prep.original_masks[k]
                     store.add_sample(sid, truth[brain])
@@ -543,24 +545,43 @@ def _paired_differences(reference: str | None, meta: list[dict], accs: dict, sto
     sids = sorted(store.idx)
     masks = [store.labels[s] for s in sids]
     ref_maps = [store.values[reference][s] for s in sids]
+    subjects = _subjects(meta, known)
+    pixel_subjects = _subjects(meta, np.isin(np.arange(len(meta)), sids)) if subjects is not None else None
+
+    def differences(name: str, groups, pixel_groups) -> dict:
+        return {
+            "image_auroc": M.paired_bootstrap(M.image_auroc, y, scores[name], scores[reference], n=bootstrap,
+                                              seed=seed, groups=groups),
+            "image_ap": M.paired_bootstrap(M.image_ap, y, scores[name], scores[reference], n=bootstrap, seed=seed,
+                                           groups=groups),
+            "pixel_ap": M.paired_pixel_ap_bootstrap(masks, [store.values[name][s] for s in sids], ref_maps,
+                                                    n=bootstrap, seed=seed, groups=pixel_groups),
+        }
+
     out = {}
     for name in accs:
         if name == reference:
             continue
-        diffs = {
-            "image_auroc": M.paired_bootstrap(M.image_auroc, y, scores[name], scores[reference], n=bootstrap, seed=seed),
-            "image_ap": M.paired_bootstrap(M.image_ap, y, scores[name], scores[reference], n=bootstrap, seed=seed),
-            "pixel_ap": M.paired_pixel_ap_bootstrap(masks, [store.values[name][s] for s in sids], ref_maps,
-                                                    n=bootstrap, seed=seed),
-        }
         out[name] = {k: {"difference": d.difference, "ci": [d.low, d.high], "share_not_better": d.share_not_better}
-                     for k, d in diffs.items()}
+                     for k, d in differences(name, None, None).items()}
+        if subjects is not None and pixel_subjects is not None:
+            out[name]["by_subject"] = {k: {"ci": [d.low, d.high], "share_not_better": d.share_not_better}
+                                       for k, d in differences(name, subjects, pixel_subjects).items()}
     return {"reference": reference, "bootstrap": int(bootstrap), "methods": out}
 
 
 def _labels(meta: list[dict]) -> np.ndarray:
     """(N,) image labels, -1 where unknown."""
     return np.array([-1 if m["label"] is None else m["label"] for m in meta])
+
+
+def _subjects(meta: list[dict], sel: np.ndarray) -> np.ndarray | None:
+    """The ``subject`` (labels.csv) of each selected sample, for a bootstrap that resamples
+    subjects; None unless every selected sample names one and there are at least 3 of them."""
+    subj = [meta[i].get("subject") for i in np.nonzero(sel)[0]]
+    if not subj or any(v is None for v in subj) or len(set(subj)) < 3:
+        return None
+    return np.array(subj, dtype=object)
 
 
 def _score_vector(acc: _MethodAcc, n: int) -> np.ndarray:
@@ -616,6 +637,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
                 f">=10 mm, contrast {b}": ge10 & (con == b) for b, _, _ in CONTRAST_BINS
                 if np.any(ge10 & (con == b) & (labels == 1))}
 
+    subjects = _subjects(meta, known)
     methods_out = {}
     for name, acc in accs.items():
         scores = _score_vector(acc, len(meta))
@@ -635,6 +657,9 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         r["threshold_source"] = acc.threshold_source
         r["ms_per_slice"] = acc.ms_total / max(acc.n_run, 1)
         r["ci"] = {key: list(M.bootstrap_ci(fn, y, s, n=bootstrap, seed=seed)) for key, fn in IMAGE_METRICS.items()}
+        if subjects is not None:
+            r["ci_by_subject"] = {key: list(M.bootstrap_ci(fn, y, s, n=bootstrap, seed=seed, groups=subjects))
+                                  for key, fn in IMAGE_METRICS.items()}
         br: dict = {}
         for gname, gs in groups.items():
             br[gname] = {}
@@ -666,6 +691,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         "n_with_mask": int(has_mask.sum()),
         "n_with_pixel_truth": int(has_truth.sum()),
         "n_files": len({m["file"] for m in meta}),
+        "n_subjects": int(len(set(subjects))) if subjects is not None else None,
         "n_invalid": int((~valid).sum()),
         "invalid_slices": "excluded" if exclude_invalid else "included",
         "postprocessing": _postprocessing_text(),
@@ -758,6 +784,17 @@ def markdown_report(res: dict) -> str:
             f"{_fmt(r['pixel_auroc'])} | {_fmt(r['pixel_ap'])} | {_fmt(r['best_dice'])} | "
             f"{_fmt(r['dice_at_val_threshold'])} | {_fmt(r['ms_per_slice'])} |"
         )
+    by_subject = [(name, r["ci_by_subject"]) for name, r in res["methods"].items() if r.get("ci_by_subject")]
+    if by_subject:
+        lines += ["", "## Image-level CIs resampling subjects", "",
+                  f"The CIs above resample slices; slices of one subject are not independent. Here each of the "
+                  f"{res['bootstrap']} resamples draws the {res.get('n_subjects')} subjects (labels.csv `subject`) "
+                  f"with replacement and takes all their slices: CIs that speak for other subjects, not only for other "
+                  f"slices of these (usually wider).", "",
+                  "| Method | Image AUROC | Image AP | Sens. @ 95% spec. |", "|---|---|---|---|"]
+        for name, ci in by_subject:
+            r = res["methods"][name]
+            lines.append(f"| {name} | " + " | ".join(_fmt(r[k], ci[k]) for k in IMAGE_METRICS) + " |")
     titles = {"kind": "lesion kind", "size_bin": "lesion size (largest 3D diameter)",
               "size_ge_10mm": "lesions >= 10 mm (3D diameter)",
               "slice_extent_bin": "lesion extent in the slice (largest 2D diameter)",
@@ -790,6 +827,19 @@ def markdown_report(res: dict) -> str:
             for k in PAIRED_METRICS:
                 cells += [_fmt_signed(d[k]["difference"], d[k]["ci"]), _fmt(d[k]["share_not_better"])]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        subj = [(name, d) for name, d in paired["methods"].items() if d.get("by_subject")]
+        if subj:
+            lines += ["", f"## Paired differences resampling subjects: each method minus {ref}", "",
+                      f"As above, but each resample draws whole subjects ({res.get('n_subjects')}, with replacement; "
+                      f"pixel AP: the subjects of the slices in the pixel metrics), the same for both methods.", "",
+                      "| Method | Image AUROC diff. | not better | Image AP diff. | not better | Pixel AP diff. | not better |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, d in subj:
+                cells = []
+                for k in PAIRED_METRICS:
+                    cells += [_fmt_signed(d[k]["difference"], d["by_subject"][k]["ci"]),
+                              _fmt(d["by_subject"][k]["share_not_better"])]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     frac = res.get("lesion_pixels_in_brain_fraction")
     if frac is not None and frac < LESION_IN_BRAIN_WARNING:
         lines[2] += (f"\n\n**Warning:** only {100 * frac:.0f}% of the lesion-mask pixels fall inside the brain masks "

@@ -42,10 +42,18 @@ NAN = float("nan")
 
 
 def _labels_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (0/1) and scores of the images with a finite score.
+
+    A NaN score (an image the method did not score, e.g. the on-demand diffusion model's subset)
+    is left out, and so is its image: callers say how many were scored (``evaluate``'s
+    ``n_scored``). Labels must be 0 or 1: an unknown label (-1) is the caller's to drop, not a
+    normal image (ValueError otherwise)."""
     y = np.asarray(labels).astype(np.float64).ravel()
     s = np.asarray(scores, np.float64).ravel()
     if y.shape != s.shape:
         raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if not np.isin(y[np.isfinite(y)], (0.0, 1.0)).all():
+        raise ValueError("image labels must be 0 (normal) or 1 (anomalous); drop unknown ones first")
     keep = np.isfinite(y) & np.isfinite(s)
     return (y[keep] > 0).astype(np.int8), s[keep]
 
@@ -179,21 +187,52 @@ def _fast_equivalent(fn: Callable) -> Callable:
     return fn
 
 
-def _two_class_resamples(labels: np.ndarray, n: int, seed: int):
-    """Indices of ``n`` bootstrap resamples of the images (seeded), skipping those with one class."""
+def _clusters(groups, m: int) -> tuple[np.ndarray, int] | None:
+    """(cluster index of each of the ``m`` images, number of clusters) of ``groups`` (one label per
+    image, e.g. its subject), or None for ``groups=None`` (every image its own cluster)."""
+    if groups is None:
+        return None
+    g = np.asarray(groups, dtype=object).ravel()
+    if len(g) != m:
+        raise ValueError(f"groups and labels differ in length: {len(g)} vs {m}")
+    _, code = np.unique(g.astype(str), return_inverse=True)
+    return code.ravel(), int(code.max()) + 1 if m else 0
+
+
+def _draw_counts(rng: np.random.Generator, m: int, clusters: tuple[np.ndarray, int] | None) -> np.ndarray:
+    """How many times each of ``m`` images is drawn in one resample: images drawn with replacement,
+    or, with ``clusters``, whole clusters drawn with replacement (an image counts as often as its
+    cluster is drawn)."""
+    if clusters is None:
+        return np.bincount(rng.integers(0, m, m), minlength=m)
+    code, k = clusters
+    return np.bincount(rng.integers(0, k, k), minlength=k)[code]
+
+
+def _two_class_resamples(labels: np.ndarray, n: int, seed: int, groups=None):
+    """Indices of ``n`` bootstrap resamples of the images (seeded), skipping those with one class.
+
+    With ``groups`` (one label per image) the resampling unit is the group: each resample draws
+    as many groups as there are, with replacement, and takes all images of each (a cluster
+    bootstrap: slices of one subject are not independent)."""
     yb = np.asarray(labels, np.float64) > 0
     m = len(yb)
     rng = np.random.default_rng(seed)
+    clusters = _clusters(groups, m)
     for _ in range(int(n)):
-        idx = rng.integers(0, m, m)
+        if clusters is None:
+            idx = rng.integers(0, m, m)
+        else:
+            idx = np.repeat(np.arange(m), _draw_counts(rng, m, clusters))
         k = int(yb[idx].sum())
-        if 0 < k < m:
+        if 0 < k < len(idx):
             yield idx
 
 
 def bootstrap_ci(fn: Callable, labels, scores, n: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) CI of ``fn(labels, scores)``, resampling images.
+                 alpha: float = 0.05, groups=None) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI of ``fn(labels, scores)``, resampling images (or,
+    with ``groups``, whole groups of images such as a subject's slices).
 
     Resamples with a single class (or a NaN metric) are skipped. Deterministic for a
     given ``seed``. ``(nan, nan)`` when no resample is usable or ``n`` is 0.
@@ -207,7 +246,7 @@ def bootstrap_ci(fn: Callable, labels, scores, n: int = 1000, seed: int = 0,
         return (NAN, NAN)
     fn = _fast_equivalent(fn)
     vals = []
-    for idx in _two_class_resamples(y, n, seed):
+    for idx in _two_class_resamples(y, n, seed, groups):
         v = fn(y[idx], s[idx])
         if np.isfinite(v):
             vals.append(v)
@@ -242,8 +281,9 @@ def _paired_summary(point: float, diffs: list[float], alpha: float) -> PairedDif
 
 
 def paired_bootstrap(fn: Callable, labels, scores_a, scores_b, n: int = 1000, seed: int = 0,
-                     alpha: float = 0.05) -> PairedDifference:
-    """``fn(labels, scores_a) - fn(labels, scores_b)`` with a paired bootstrap over images.
+                     alpha: float = 0.05, groups=None) -> PairedDifference:
+    """``fn(labels, scores_a) - fn(labels, scores_b)`` with a paired bootstrap over images (or,
+    with ``groups``, over whole groups of images, as ``bootstrap_ci``).
 
     Each resample draws the same images for both score vectors, so what the two methods share
     (the same hard normals, the same invisible lesions) cancels, and the CI is that of the
@@ -259,7 +299,7 @@ def paired_bootstrap(fn: Callable, labels, scores_a, scores_b, n: int = 1000, se
     if n <= 0 or len(y) == 0:
         return _paired_summary(point, [], alpha)
     diffs = []
-    for idx in _two_class_resamples(y, n, seed):
+    for idx in _two_class_resamples(y, n, seed, groups):
         d = fast(y[idx], a[idx]) - fast(y[idx], b[idx])
         if np.isfinite(d):
             diffs.append(d)
@@ -296,8 +336,9 @@ class _BinnedPixelCounts:
 
 def paired_pixel_ap_bootstrap(masks: Sequence[np.ndarray], maps_a: Sequence[np.ndarray],
                               maps_b: Sequence[np.ndarray], n: int = 1000, seed: int = 0,
-                              alpha: float = 0.05, n_bins: int = 10_000) -> PairedDifference:
-    """Pixel AP of ``maps_a`` minus that of ``maps_b`` (same pixels), bootstrap over images.
+                              alpha: float = 0.05, n_bins: int = 10_000, groups=None) -> PairedDifference:
+    """Pixel AP of ``maps_a`` minus that of ``maps_b`` (same pixels), bootstrap over images (or,
+    with ``groups``, one label per image, over whole groups of images).
 
     ``masks``, ``maps_a``, ``maps_b``: one array of pixel labels/values per image (any shapes,
     the same within an image; e.g. the brain pixels of each masked slice). Images, not pixels,
@@ -319,11 +360,17 @@ def paired_pixel_ap_bootstrap(masks: Sequence[np.ndarray], maps_a: Sequence[np.n
     image_of = np.concatenate([np.full(np.asarray(m).size, i, np.int64) for i, m in enumerate(masks)])
     ta = _BinnedPixelCounts(y, va, image_of, len(masks), n_bins)
     tb = _BinnedPixelCounts(y, vb, image_of, len(masks), n_bins)
+    # binning ties values within a bin, which lowers AP a little; the resampled differences are
+    # shifted by what binning does to the difference on the data as drawn, so the interval is
+    # centred on the exact difference, not on the binned one
+    ones = np.ones(len(masks))
+    shift = point - (ta.ap(ones) - tb.ap(ones))
     rng = np.random.default_rng(seed)
+    clusters = _clusters(groups, len(masks))
     diffs = []
     for _ in range(int(n)):
-        counts = np.bincount(rng.integers(0, len(masks), len(masks)), minlength=len(masks)).astype(np.float64)
-        d = ta.ap(counts) - tb.ap(counts)
+        counts = _draw_counts(rng, len(masks), clusters).astype(np.float64)
+        d = ta.ap(counts) - tb.ap(counts) + shift
         if np.isfinite(d):
             diffs.append(d)
     return _paired_summary(point, diffs, alpha)
@@ -379,7 +426,7 @@ def dice_at_threshold(masks, maps, thr: float, brain_masks=None) -> float:
     y, v = pixel_values(masks, maps, brain_masks, max_pixels=None)
     if not np.isfinite(thr):
         return NAN
-    p = v > thr
+    p = v.astype(np.float64) > float(thr)  # in float64, as dice_curve compares (not float32)
     t = y.astype(bool)
     tp = int(np.count_nonzero(p & t))
     return float(_dice_counts(tp, int(p.sum()) - tp, int(t.sum()) - tp))

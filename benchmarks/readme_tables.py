@@ -2,7 +2,8 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/readme_tables.py runs/benchmark
 The README's tables are these rows, copied as printed (main table, the >= 10 mm groups by 3D
-diameter, by in-slice extent and by lesion contrast, the paired differences against the AE);
+diameter, by in-slice extent and by lesion contrast, the paired differences against the AE, and
+the image-level CIs and paired differences with pseudo-subjects resampled instead of slices);
 nothing is typed by hand.
 """
 import sys
@@ -38,7 +39,9 @@ if __name__ == "__main__":
         md = p.read_text()
         for heading in (None, "## By lesions >= 10 mm (3D diameter)", "## By lesions >= 10 mm across in the scored slice",
                         "## By lesion contrast, lesions >= 10 mm",
-                        "## Paired differences: each method minus ae"):
+                        "## Paired differences: each method minus ae",
+                        "## Image-level CIs resampling subjects",
+                        "## Paired differences resampling subjects: each method minus ae"):
             rows = section(md, heading)
             if rows:
                 print(f"### {run}: {heading or 'main table'}")

@@ -310,6 +310,8 @@ def test_paired_differences_against_a_reference(data, tmp_path, capsys):
         md = (out / "metrics.md").read_text()
         assert "Paired differences: each method minus testnoise" in md
         assert f"{d['pixel_ap']['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in md
+        assert "by_subject" not in d and res["n_subjects"] is None  # labels.csv names no subjects here
+        assert "ci_by_subject" not in blob and "resampling subjects" not in md
         # no ae among the methods: the default compares nothing; 'none' neither
         for extra in ([], ["--reference", "none"]):
             rc, _, err = _run(["--data", data["test"], "--methods", "all", "--out", tmp_path / "o2", "--checkpoints",
@@ -625,3 +627,45 @@ def test_several_lesion_sizes_of_a_volume_read_as_the_largest(tmp_path):
     (tmp_path / "labels.csv").write_text("file,label,size_mm,lesion_contrast\na.png,1,3;12,0.2;0.05\n")
     (item,) = _check_folder(tmp_path)
     assert _column_number(item.extras["size_mm"]) == 12.0
+
+
+def test_subjects_in_labels_csv_give_cluster_bootstrap_cis(data, tmp_path, capsys):
+    """With a labels.csv ``subject`` column the CIs are also computed resampling whole subjects."""
+    import shutil
+
+    register(NoiseMethod)
+    try:
+        test = tmp_path / "test"
+        shutil.copytree(data["test"], test)
+        with open(test / "labels.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for k, r in enumerate(rows):
+            r["subject"] = f"sub-{k % 4}"
+        write_labels(test, rows)
+        ckpt = tmp_path / "ckpt"
+        for name in (NAME, NoiseMethod.name):
+            (ckpt / name).mkdir(parents=True)
+            cal = Calibration(CARD_THRESHOLD, [float(x) for x in np.linspace(0, 1, 201)], 99.5, 10)
+            write_card(ckpt / name, {"calibration": cal.to_dict(), "checkpoint_hash": name})
+        out = tmp_path / "out"
+        rc, _, err = _run(["--data", test, "--methods", "all", "--out", out, "--checkpoints", ckpt,
+                           "--bootstrap", "200", "--reference", "testnoise"], capsys)
+        assert rc == 0, err
+        res = json.loads((out / "metrics.json").read_text())
+        assert res["n_subjects"] == 4
+        r = res["methods"][NAME]
+        for k in ("image_auroc", "image_ap", "sensitivity_at_95_specificity"):
+            lo, hi = r["ci_by_subject"][k]
+            assert lo <= r[k] <= hi, k
+        assert r["ci_by_subject"] != r["ci"]  # another resampling, not a copy
+        d = res["paired"]["methods"][NAME]
+        for k in ("image_auroc", "image_ap", "pixel_ap"):
+            lo, hi = d["by_subject"][k]["ci"]
+            assert lo <= d[k]["difference"] <= hi and 0 <= d["by_subject"][k]["share_not_better"] <= 1, k
+        md = (out / "metrics.md").read_text()
+        assert "## Image-level CIs resampling subjects" in md and "draws the 4 subjects" in md
+        assert "## Paired differences resampling subjects: each method minus testnoise" in md
+        lo, hi = d["by_subject"]["pixel_ap"]["ci"]
+        assert f"{d['pixel_ap']['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in md
+    finally:
+        base._REGISTRY.pop(NoiseMethod.name, None)

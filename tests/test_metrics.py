@@ -72,6 +72,17 @@ def test_non_finite_scores_are_ignored():
     assert M.image_auroc([0, 1, 0, 1], [0.1, 0.9, np.nan, 0.8]) == 1.0
 
 
+def test_unknown_labels_are_refused_not_read_as_normal():
+    for fn in (M.image_auroc, M.image_ap, M.sensitivity_at_specificity):
+        with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+            fn([0, 1, -1, 1], [0.1, 0.9, 0.95, 0.8])
+        with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+            fn([0, 2], [0.1, 0.9])
+    with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+        M.bootstrap_ci(M.image_auroc, [0, 1, -1], [0.1, 0.9, 0.95], n=10)
+    assert M.image_auroc([0.0, 1.0, np.nan], [0.1, 0.9, 0.5]) == 1.0  # a NaN label is left out
+
+
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in length"):
         M.image_auroc([0, 1], [0.1, 0.2, 0.3])
@@ -155,6 +166,15 @@ def test_paired_pixel_ap_bootstrap_resamples_images():
         rs = [k for k in range(len(masks)) for _ in range(counts[k])]
         exact = M.pixel_ap([masks[k] for k in rs], [maps[k] for k in rs])
         assert table.ap(counts.astype(float)) == pytest.approx(exact, abs=2e-3)
+    # the interval is centred on the exact difference: binning coarse enough to tie most values
+    # lowers both binned APs, and the shift takes that back out of every resample
+    coarse = M.paired_pixel_ap_bootstrap(masks, good, poor, n=300, seed=1, n_bins=8)
+    assert coarse.difference == d.difference
+    binned_point = (M._BinnedPixelCounts(y, M._flat(good, np.float64), image_of, len(masks), 8).ap(np.ones(len(masks)))
+                    - M._BinnedPixelCounts(y, M._flat(poor, np.float64), image_of, len(masks), 8).ap(np.ones(len(masks))))
+    assert abs(binned_point - d.difference) > 0.01  # the binning's bias is real at 8 bins
+    assert coarse.low < d.difference < coarse.high
+    assert abs((coarse.low + coarse.high) / 2 - d.difference) < abs((coarse.low + coarse.high) / 2 - binned_point)
     assert math.isnan(M.paired_pixel_ap_bootstrap([np.zeros((4, 4), bool)], [np.ones((4, 4))], [np.ones((4, 4))]).difference)
     assert math.isnan(M.paired_pixel_ap_bootstrap([], [], []).difference)
     with pytest.raises(ValueError, match="number of images"):
@@ -184,6 +204,16 @@ def test_dice_at_threshold_and_brain_mask():
     assert M.dice_at_threshold(masks, maps, 0.9) == 0.0  # strictly above: nothing predicted
     brain = np.array([[1, 1, 0, 1]], bool)
     assert M.dice_at_threshold(masks, maps, 0.3, brain) == 1.0
+
+
+def test_dice_at_threshold_compares_as_dice_curve_does():
+    # float32 maps against a float64 threshold a hair below a float32 value: the comparison is
+    # made in float64, as dice_curve's, so 1.0f is above 0.9999999735 (in float32 it would tie)
+    masks = np.array([[1, 0, 0, 0]], bool)
+    maps = np.array([[1.0, 1.0, 0.0, 0.0]], np.float32)
+    assert M.dice_at_threshold(masks, maps, 0.9999999735) == pytest.approx(2 / 3)
+    thr, d = M.dice_curve(masks, maps, n_thresholds=2)
+    assert M.dice_at_threshold(masks, maps, float(thr[0])) == pytest.approx(d[0])
 
 
 def test_best_dice_known_case_and_matches_brute_force():
@@ -285,3 +315,34 @@ def test_volume_percentile_compares_a_maximum_with_healthy_maxima():
         top = rng.normal(size=66).max()
         pcts.append(volume_percentile(100.0 * (c < top).mean(), 66, 12))
     assert 0 < np.mean(pcts) <= 55
+
+
+def test_cluster_bootstrap_resamples_whole_groups():
+    rng = np.random.default_rng(3)
+    y = np.tile([0, 1], 60)
+    s = y * 0.5 + rng.random(120)
+    one_each = [f"{i:03d}" for i in range(120)]  # every image its own group: the image bootstrap
+    assert M.bootstrap_ci(M.image_auroc, y, s, n=200, seed=4, groups=one_each) == M.bootstrap_ci(
+        M.image_auroc, y, s, n=200, seed=4)
+    # 6 subjects whose lesions are easy in three and invisible in three: resampling subjects sees
+    # that the figure rests on 6 subjects, resampling slices takes the 60 lesion slices as independent
+    subject = np.repeat(np.arange(6), 20)
+    s_subj = rng.random(120) + y * np.repeat([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], 20)
+    lo, hi = M.bootstrap_ci(M.image_auroc, y, s_subj, n=300, seed=1)
+    glo, ghi = M.bootstrap_ci(M.image_auroc, y, s_subj, n=300, seed=1, groups=subject)
+    assert ghi - glo > 1.3 * (hi - lo)
+    b = rng.random(120)
+    d = M.paired_bootstrap(M.image_auroc, y, s_subj, b, n=300, seed=1)
+    dg = M.paired_bootstrap(M.image_auroc, y, s_subj, b, n=300, seed=1, groups=subject)
+    assert dg.difference == d.difference and dg.high - dg.low > d.high - d.low
+    # pixel AP: a group's images are drawn together
+    masks = [rng.random((8, 8)) < 0.1 for _ in range(12)]
+    a_maps = [m + rng.random(m.shape) for m in masks]
+    b_maps = [rng.random(m.shape) for m in masks]
+    pg = M.paired_pixel_ap_bootstrap(masks, a_maps, b_maps, n=100, seed=0, groups=np.repeat([0, 1, 2], 4))
+    assert pg.difference == M.paired_pixel_ap_bootstrap(masks, a_maps, b_maps, n=0).difference
+    assert pg.low <= pg.difference <= pg.high
+    p1 = M.paired_pixel_ap_bootstrap(masks, a_maps, b_maps, n=100, seed=0, groups=[f"{i:02d}" for i in range(12)])
+    assert p1 == M.paired_pixel_ap_bootstrap(masks, a_maps, b_maps, n=100, seed=0)
+    with pytest.raises(ValueError, match="groups and labels differ"):
+        M.bootstrap_ci(M.image_auroc, y, s, n=10, groups=subject[:-1])
