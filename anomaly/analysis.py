@@ -379,13 +379,13 @@ def score_prepared(prepared: PreparedSlices, methods: list[str], seed: int = 0, 
     when they are among ``methods`` or in ``known`` (results already scored on ``prepared``), as the
     app does. ``progress(i, name)`` before each method."""
     results: dict[str, MethodResult] = dict(known or {})
-    order = sorted(methods, key=lambda n: n == "consensus")  # members first
+    order = sorted(methods, key=lambda n: method_class(n).summarises)  # a summary after its members
     for i, name in enumerate(order):
         m = get_method(name, None if checkpoint_root is None else checkpoint_root / name)
         if progress is not None:
             progress(i, name)
         members = getattr(m, "members", None)
-        if name == "consensus" and members and all(x in results for x in members):
+        if m.summarises and members and all(x in results for x in members):
             from anomaly.methods.consensus import from_member_results
 
             results[name] = from_member_results(m, prepared, results)

@@ -21,7 +21,7 @@ from anomaly import __version__
 from anomaly.calibration import brain_fill, fit_calibration
 from anomaly.checkpoints import load_card, save_checkpoint, write_card
 from anomaly.data.prepared import PreparedSet, load_prepared
-from anomaly.errors import AnomalyError, DatasetError, TrainingInterrupted
+from anomaly.errors import AnomalyError, CheckpointError, DatasetError, TrainingInterrupted
 from anomaly.methods.base import CHECKPOINT_ROOT, clear_cache, get_method, method_class
 from anomaly.preprocess import MODEL_SIZE, NORM_CLIP, PreparedSlices
 from anomaly.scoring import run_method
@@ -212,7 +212,14 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         if not resumed:  # a fresh start: the record says where it starts, before a Ctrl-C can cut the run short
             _start_record(out, cfg)
         t_fit = time.time()
+        from anomaly.training import INIT_USED
+
+        INIT_USED.clear()
         tensors, extra = cls.fit(train_set, val_set, out, cfg)
+        if cfg.init_from and not resumed and str(Path(cfg.init_from).resolve()) not in INIT_USED:
+            raise CheckpointError(f"--init-from: {cls.name}'s training did not start any network from "
+                                  f"{cfg.init_from} (its fit does not train through anomaly.training.TrainLoop; "
+                                  f"such a method sets trains_networks = False); nothing was saved")
         init_source = _read_record(out)
         extra.setdefault("wall_time_s", round(time.time() - t_fit, 1))  # methods without a training loop
         card = save_checkpoint(out, tensors, {
@@ -264,7 +271,12 @@ def _recalibrate_consensus(trained: str, root: Path, data: Path, cfg: TrainConfi
 
     if trained == "consensus" or not (root / "consensus" / "card.json").is_file():
         return
-    if not stale_members(load_card(root / "consensus"), root):
+    cons = load_card(root / "consensus")
+    if trained not in cons.get("members", []) and not method_class(trained).on_demand:
+        print(f"note: the consensus in {root} does not include {trained} (its members were fixed when it was "
+              f"calibrated: {', '.join(cons.get('members', []))}); to add it: python -m anomaly.train consensus "
+              f"--data {data} --out {root / 'consensus'}", file=sys.stderr)
+    if not stale_members(cons, root):
         return
     print(f"{trained} is a member of the consensus in {root}: re-calibrating the consensus on {data}", file=sys.stderr)
     train("consensus", data, root / "consensus", TrainConfig(seed=cfg.seed, device="cpu"),
@@ -311,7 +323,7 @@ def _check_init_source(ckpt_dir: Path, cls, out: Path, calibrate_only: bool) -> 
     """--init-from must name another folder's trained checkpoint of the same method, whose weights
     match its card, for a method that trains networks."""
     from anomaly.checkpoints import WEIGHTS, load_weights
-    from anomaly.errors import CheckpointError, InvalidRequestError
+    from anomaly.errors import InvalidRequestError
 
     if calibrate_only:
         raise InvalidRequestError("--init-from has no use with --calibrate-only (which keeps the trained weights)")

@@ -22,6 +22,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 
+# the --init-from checkpoints whose weights a TrainLoop of this process started networks from:
+# ``anomaly.train`` checks after ``fit`` that the checkpoint it was given was used
+INIT_USED: set[str] = set()
+
+
 @dataclass
 class TrainConfig:
     seed: int = 0
@@ -193,6 +198,7 @@ class TrainLoop:
                 raise CheckpointError(f"--init-from {ckpt_dir}: its weights do not fit this method's network "
                                       f"'{name}' (another method or architecture)")
             m.load_state_dict({k: saved[prefix + k] for k in own})
+        INIT_USED.add(str(ckpt_dir.resolve()))
         _say(f"{self.desc}: starting from the weights in {ckpt_dir}")
 
     def _load(self) -> None:

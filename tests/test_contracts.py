@@ -355,3 +355,46 @@ def test_every_shipped_checkpoint_has_a_complete_card_and_fits_the_budget():
     total = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     assert total < 60e6
     assert not [f for f in root.rglob("*") if f.suffix in (".pt", ".pth", ".pkl", ".ckpt")]
+
+
+def test_a_method_module_that_fails_to_import_leaves_the_others_working(tmp_path, monkeypatch, caplog):
+    """Adding a method is one file: one whose optional dependency is missing must not take the
+    registry (and with it the app, evaluate and batch) down; asking for it says why it is missing."""
+    import anomaly.methods as pkg
+    from anomaly.methods import base
+
+    (tmp_path / "brokenmethod.py").write_text("import no_such_package_here  # noqa\n")
+    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
+    monkeypatch.setattr(base, "_DISCOVERED", False)
+    monkeypatch.setattr(base, "UNAVAILABLE", {})
+    with caplog.at_level("WARNING"):
+        names = registered_methods()
+    assert {"zscore", "ae", "ddad"} <= set(names) and "brokenmethod" not in names
+    assert "brokenmethod" in caplog.text and "no_such_package_here" in caplog.text
+    with pytest.raises(UnknownMethodError, match="'brokenmethod' could not be loaded.*ModuleNotFoundError"):
+        method_class("brokenmethod")
+
+
+def test_a_method_without_a_card_is_refused_not_scored_uncalibrated(tmp_path):
+    from anomaly.methods.base import register, _REGISTRY
+
+    @register
+    class NoWeights(AnomalyMethod):
+        name = "noweightsprobe"
+        title = paper = citation = "probe"
+
+        def predict(self, images, masks, seed=0):
+            return MethodOutput(pseudo_healthy=images, residual=np.zeros_like(images))
+
+    try:
+        with pytest.raises(CheckpointError, match="no card at .*card.json: train the method first"):
+            get_method("noweightsprobe", tmp_path / "noweightsprobe")
+    finally:
+        _REGISTRY.pop("noweightsprobe", None)
+
+
+def test_the_on_demand_panel_is_named_by_its_methods():
+    from anomaly.ui.callbacks import on_demand_heading
+
+    assert method_class("anoddpm").title in on_demand_heading(["anoddpm"])
+    assert "none" in on_demand_heading([])

@@ -499,3 +499,49 @@ def test_init_from_starts_from_saved_weights_and_the_card_says_so(tiny_dataset, 
     assert _read_record(tmp_path / "cut")["checkpoint_hash"] == base["checkpoint_hash"]
     _start_record(tmp_path / "cut", TrainConfig())  # then a fresh run from random weights there: no record
     assert _read_record(tmp_path / "cut") is None
+
+
+def test_init_from_is_refused_when_fit_starts_no_network_from_it(tiny_dataset, tmp_path):
+    """A method that trains networks but not through TrainLoop cannot honour --init-from: the run
+    says so and saves nothing, rather than writing a card that claims a start it did not make."""
+    from anomaly.errors import CheckpointError
+    from anomaly.methods.base import AnomalyMethod, MethodOutput, _REGISTRY, register
+    from anomaly.train import train
+
+    @register
+    class OwnLoop(AnomalyMethod):
+        name = "ownloopprobe"
+        title = paper = citation = "probe"
+
+        @classmethod
+        def fit(cls, train_set, val_set, out_dir, cfg):
+            return {"w": torch.ones(2)}, {"train_steps": 1}
+
+        def predict(self, images, masks, seed=0):
+            return MethodOutput(pseudo_healthy=images, residual=np.abs(images - images.mean()).astype(np.float32))
+
+    try:
+        train("ownloopprobe", tiny_dataset, tmp_path / "base", TrainConfig(seed=0))
+        with pytest.raises(CheckpointError, match="did not start any network from"):
+            train("ownloopprobe", tiny_dataset, tmp_path / "ft", TrainConfig(seed=0, init_from=str(tmp_path / "base")))
+        assert not (tmp_path / "ft" / "card.json").exists()
+    finally:
+        _REGISTRY.pop("ownloopprobe", None)
+
+
+def test_training_a_method_the_consensus_lacks_says_how_to_add_it(tiny_checkpoints, tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from anomaly.checkpoints import load_card
+    from anomaly.train import train
+
+    root = tmp_path / "root"
+    for n in ("zscore", "ae", "consensus"):
+        shutil.copytree(tiny_checkpoints / n, root / n)
+    members = load_card(root / "consensus")["members"]
+    assert "vae" not in members
+    train("vae", tiny_dataset, root / "vae", TrainConfig(seed=0, max_steps=2, batch_size=4))
+    err = capsys.readouterr().err
+    assert f"the consensus in {root} does not include vae" in err
+    assert f"python -m anomaly.train consensus --data {tiny_dataset} --out {root / 'consensus'}" in err
+    assert load_card(root / "consensus")["members"] == members  # told, not changed behind the user's back

@@ -8,6 +8,7 @@ nothing else: the registry discovers every module of this package.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pkgutil
 import threading
@@ -95,6 +96,11 @@ class AnomalyMethod:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else CHECKPOINT_ROOT / self.name
         self.card: dict = load_card(self.checkpoint_dir)
         self.load()
+        if not self.card:  # a method whose load() reads no weights would otherwise score uncalibrated
+            from anomaly.errors import CheckpointError
+
+            raise CheckpointError(f"no card at {self.checkpoint_dir / 'card.json'}: train the method first "
+                                  f"(python -m anomaly.train {self.name} --data DIR)")
         if self.channels_last:
             to_channels_last(self)
 
@@ -138,6 +144,7 @@ _REGISTRY: dict[str, type[AnomalyMethod]] = {}
 _INSTANCES: dict[tuple[str, str], AnomalyMethod] = {}
 _LOCK = threading.Lock()
 _DISCOVERED = False
+UNAVAILABLE: dict[str, str] = {}  # method modules that failed to import: name -> why
 
 
 class ReconstructionMethod(AnomalyMethod):
@@ -185,7 +192,12 @@ def _discover() -> None:
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in ("base",) and not mod.name.startswith("_"):
-            importlib.import_module(f"anomaly.methods.{mod.name}")
+            try:
+                importlib.import_module(f"anomaly.methods.{mod.name}")
+            except Exception as e:  # one broken method (a missing optional package) must not take the app down
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                UNAVAILABLE[mod.name] = reason
+                logging.getLogger(__name__).warning("method module anomaly.methods.%s not loaded (%s)", mod.name, reason)
     _DISCOVERED = True
 
 
@@ -200,6 +212,8 @@ def method_class(name: str) -> type[AnomalyMethod]:
     try:
         return _REGISTRY[name.lower()]
     except KeyError:
+        if name.lower() in UNAVAILABLE:
+            raise UnknownMethodError(f"method {name!r} could not be loaded ({UNAVAILABLE[name.lower()]})") from None
         raise UnknownMethodError(
             f"unknown method {name!r}; registered: {', '.join(_REGISTRY) or 'none'}"
         ) from None

@@ -529,8 +529,8 @@ def build_app() -> gr.Blocks:
                         findings = gr.Dataframe(_df([], EMPTY_FINDINGS),
                                                 label="Findings: connected regions above threshold (in 3D for a volume) "
                                                 "(click to jump)", interactive=False)
-                        with gr.Accordion("Diffusion model (AnoDDPM): run on the slice in view", open=False):
-                            od_choices = cb.on_demand_methods()
+                        od_choices = cb.on_demand_methods()
+                        with gr.Accordion(cb.on_demand_heading(od_choices), open=False):
                             od_method = gr.Dropdown(od_choices, value=od_choices[0] if od_choices else None,
                                                     label="Method run on demand (this slice only, seeded: the same "
                                                           "slice gives the same map)")

@@ -560,6 +560,13 @@ def on_demand_methods() -> list[str]:
     return [m for m in available_methods() if method_class(m).on_demand]
 
 
+def on_demand_heading(names: list[str]) -> str:
+    """The heading of the on-demand panel, naming the slow methods it offers by their titles."""
+    if not names:
+        return "Slow methods run on demand: none installed"
+    return "Run on the slice in view: " + "; ".join(method_class(n).title for n in names)
+
+
 def run_on_demand(key: str, index: int, method: str, preset: str = "auto", threshold: float = 1.0,
                   opacity: float = 0.5, mode: str = "both", seed: int = 0, progress=None, zoom: float = 1.0,
                   zoom_centre=None):

@@ -94,13 +94,25 @@ def load_results(folder: str | Path) -> pd.DataFrame:
 
 
 def methods_of(df: pd.DataFrame) -> list[str]:
-    """Methods with scores in the results; ``consensus`` first when present, then the app's order (best
-    validation pixel AP first)."""
+    """Methods with scores in the results; a summarising method (the consensus) first when present,
+    then the app's order (best validation pixel AP first)."""
     from anomaly.batch.results import result_methods
     from anomaly.ui.callbacks import validation_rank
 
     ms = result_methods(df)
-    return sorted(ms, key=lambda m: (m != "consensus", validation_rank(m)))
+    return sorted(ms, key=lambda m: (not _summarises(m), validation_rank(m)))
+
+
+def _summarises(name: str) -> bool:
+    """Whether ``name`` is a registered method that summarises the others (False for an unknown name,
+    e.g. a results file of a method this installation lacks)."""
+    from anomaly.errors import UnknownMethodError
+    from anomaly.methods.base import method_class
+
+    try:
+        return method_class(name).summarises
+    except UnknownMethodError:
+        return False
 
 
 def review_info() -> dict[str, dict]:
