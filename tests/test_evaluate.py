@@ -285,19 +285,25 @@ class NoiseMethod(AnomalyMethod):
         return MethodOutput(pseudo_healthy=images, residual=rng.random(images.shape).astype(np.float32))
 
 
+def _paired_run(test_dir, tmp_path, capsys):
+    """Cards for the blob detector and the noise method, then ``evaluate --methods all --reference
+    testnoise`` on ``test_dir``: (checkpoint root, out folder, metrics dict)."""
+    ckpt = tmp_path / "ckpt"
+    for name in (NAME, NoiseMethod.name):
+        (ckpt / name).mkdir(parents=True)
+        cal = Calibration(CARD_THRESHOLD, [float(x) for x in np.linspace(0, 1, 201)], 99.5, 10)
+        write_card(ckpt / name, {"calibration": cal.to_dict(), "checkpoint_hash": name})
+    out = tmp_path / "out"
+    rc, _, err = _run(["--data", test_dir, "--methods", "all", "--out", out, "--checkpoints", ckpt,
+                       "--bootstrap", "200", "--reference", "testnoise"], capsys)
+    assert rc == 0, err
+    return ckpt, out, json.loads((out / "metrics.json").read_text())
+
+
 def test_paired_differences_against_a_reference(data, tmp_path, capsys):
     register(NoiseMethod)
     try:
-        ckpt = tmp_path / "ckpt"
-        for name in (NAME, NoiseMethod.name):
-            (ckpt / name).mkdir(parents=True)
-            cal = Calibration(CARD_THRESHOLD, [float(x) for x in np.linspace(0, 1, 201)], 99.5, 10)
-            write_card(ckpt / name, {"calibration": cal.to_dict(), "checkpoint_hash": name})
-        out = tmp_path / "out"
-        rc, _, err = _run(["--data", data["test"], "--methods", "all", "--out", out, "--checkpoints", ckpt,
-                           "--bootstrap", "200", "--reference", "testnoise"], capsys)
-        assert rc == 0, err
-        res = json.loads((out / "metrics.json").read_text())
+        ckpt, out, res = _paired_run(data["test"], tmp_path, capsys)
         p = res["paired"]
         assert p["reference"] == "testnoise" and p["bootstrap"] == 200 and list(p["methods"]) == [NAME]
         d = p["methods"][NAME]
@@ -642,16 +648,7 @@ def test_subjects_in_labels_csv_give_cluster_bootstrap_cis(data, tmp_path, capsy
         for k, r in enumerate(rows):
             r["subject"] = f"sub-{k % 4}"
         write_labels(test, rows)
-        ckpt = tmp_path / "ckpt"
-        for name in (NAME, NoiseMethod.name):
-            (ckpt / name).mkdir(parents=True)
-            cal = Calibration(CARD_THRESHOLD, [float(x) for x in np.linspace(0, 1, 201)], 99.5, 10)
-            write_card(ckpt / name, {"calibration": cal.to_dict(), "checkpoint_hash": name})
-        out = tmp_path / "out"
-        rc, _, err = _run(["--data", test, "--methods", "all", "--out", out, "--checkpoints", ckpt,
-                           "--bootstrap", "200", "--reference", "testnoise"], capsys)
-        assert rc == 0, err
-        res = json.loads((out / "metrics.json").read_text())
+        _, out, res = _paired_run(test, tmp_path, capsys)
         assert res["n_subjects"] == 4
         r = res["methods"][NAME]
         for k in ("image_auroc", "image_ap", "sensitivity_at_95_specificity"):
