@@ -417,7 +417,8 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     for chunk in _chunks(items, selection, exclude_invalid, skipped, progress, "evaluate"):
         for e in chunk:
             kind = str(e.item.extras.get("kind", "") or "").strip() or None
-            subject = str(e.item.extras.get("subject", "") or "").strip() or None
+            subject = str(next((v for k, v in e.item.extras.items() if str(k).strip().lower() == "subject"), "")
+                          or "").strip() or None  # the column name in any case, as training reads it
             sizes = {c: str(e.item.extras.get(c, "") or "").strip() for c in NUMERIC_COLUMNS}
             for k, s in enumerate(e.samples):
                 sid = len(meta)
@@ -575,13 +576,31 @@ def _labels(meta: list[dict]) -> np.ndarray:
     return np.array([-1 if m["label"] is None else m["label"] for m in meta])
 
 
+MIN_SUBJECTS = 3  # fewer subjects give no subject-resampled CIs
+
+
 def _subjects(meta: list[dict], sel: np.ndarray) -> np.ndarray | None:
     """The ``subject`` (labels.csv) of each selected sample, for a bootstrap that resamples
     subjects; None unless every selected sample names one and there are at least 3 of them."""
     subj = [meta[i].get("subject") for i in np.nonzero(sel)[0]]
-    if not subj or any(v is None for v in subj) or len(set(subj)) < 3:
+    if not subj or any(v is None for v in subj) or len(set(subj)) < MIN_SUBJECTS:
         return None
     return np.array(subj, dtype=object)
+
+
+def _subjects_note(meta: list[dict], known: np.ndarray) -> str | None:
+    """Why a data set that names subjects gets no subject-resampled CIs (None: it got them, or it
+    names none at all)."""
+    subj = [meta[i].get("subject") for i in np.nonzero(known)[0]]
+    named = [v for v in subj if v is not None]
+    if not named:
+        return None
+    if len(named) < len(subj):
+        return (f"no CIs resampling subjects: {len(subj) - len(named)} of the {len(subj)} labelled slices have no "
+                f"subject in labels.csv")
+    if len(set(named)) < MIN_SUBJECTS:
+        return f"no CIs resampling subjects: labels.csv names {len(set(named))} subject(s), at least {MIN_SUBJECTS} needed"
+    return None
 
 
 def _score_vector(acc: _MethodAcc, n: int) -> np.ndarray:
@@ -692,6 +711,7 @@ def _summarise(data_dir, meta, accs, store, skipped, seed, bootstrap, exclude_in
         "n_with_pixel_truth": int(has_truth.sum()),
         "n_files": len({m["file"] for m in meta}),
         "n_subjects": int(len(set(subjects))) if subjects is not None else None,
+        "subjects_note": _subjects_note(meta, known),
         "n_invalid": int((~valid).sum()),
         "invalid_slices": "excluded" if exclude_invalid else "included",
         "postprocessing": _postprocessing_text(),
@@ -774,6 +794,8 @@ def markdown_report(res: dict) -> str:
         notes.append("Pixel metrics need lesion masks: n/a here.")
     if res.get("paired_note"):
         notes.append(res["paired_note"].capitalize() + ".")
+    if res.get("subjects_note"):
+        notes.append(res["subjects_note"].capitalize() + ".")
     if notes:
         lines[-2:-2] = [" ".join(notes), ""]  # between the summary and the table
     for name, r in res["methods"].items():

@@ -646,10 +646,10 @@ def test_subjects_in_labels_csv_give_cluster_bootstrap_cis(data, tmp_path, capsy
         with open(test / "labels.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         for k, r in enumerate(rows):
-            r["subject"] = f"sub-{k % 4}"
+            r["Subject"] = f"sub-{k % 4}"  # the column name in any case, as training reads it
         write_labels(test, rows)
         _, out, res = _paired_run(test, tmp_path, capsys)
-        assert res["n_subjects"] == 4
+        assert res["n_subjects"] == 4 and res["subjects_note"] is None
         r = res["methods"][NAME]
         for k in ("image_auroc", "image_ap", "sensitivity_at_95_specificity"):
             lo, hi = r["ci_by_subject"][k]
@@ -664,5 +664,20 @@ def test_subjects_in_labels_csv_give_cluster_bootstrap_cis(data, tmp_path, capsy
         assert "## Paired differences resampling subjects: each method minus testnoise" in md
         lo, hi = d["by_subject"]["pixel_ap"]["ci"]
         assert f"{d['pixel_ap']['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in md
+        # two subjects, or a slice without one: no such CIs, and the report says why
+        for k, r in enumerate(rows):
+            r["Subject"] = "" if k == 0 else f"sub-{k % 2}"
+        write_labels(test, rows)
+        for cut in (True, False):
+            if not cut:
+                rows[0]["Subject"] = "sub-0"
+                write_labels(test, rows)
+            rc, _, err = _run(["--data", test, "--methods", NAME, "--out", tmp_path / "o2", "--checkpoints",
+                               tmp_path / "ckpt", "--bootstrap", "20"], capsys)
+            assert rc == 0, err
+            res2 = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+            assert res2["n_subjects"] is None and "ci_by_subject" not in res2["methods"][NAME]
+            why = "have no subject in labels.csv" if cut else "names 2 subject(s), at least 3 needed"
+            assert why in res2["subjects_note"] and why in (tmp_path / "o2" / "metrics.md").read_text()
     finally:
         base._REGISTRY.pop(NoiseMethod.name, None)
