@@ -184,6 +184,7 @@ def pixel_truth(mask: np.ndarray | None, label: int | None, shape: tuple[int, in
 def _chunks(items: list[Item], selection: dict[str, set[int]] | None, exclude_invalid: bool,
             skipped: list[dict], progress: bool, desc: str):
     """Yield lists of ``_Entry`` holding about ``BATCH`` slices or more (one file is never split)."""
+    from anomaly.data.folder import read_pixel_spacing
     from anomaly.preprocess import preprocess_slices
     from anomaly.scoring import BATCH
 
@@ -197,7 +198,7 @@ def _chunks(items: list[Item], selection: dict[str, set[int]] | None, exclude_in
         samples = read_item(item)
         stack = np.stack([s.image for s in samples])
         try:
-            prep = preprocess_slices(stack)
+            prep = preprocess_slices(stack, pixel_spacing=read_pixel_spacing(item.image_path))
         except AnomalyError as e:  # constant / all-NaN / too small: nothing to analyse
             skipped.append({"file": str(item.image_path), "reason": str(e)})
             tqdm.write(f"warning: skipped {item.image_path}: {e}", file=sys.stderr)

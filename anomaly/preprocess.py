@@ -24,7 +24,7 @@ MIN_BRAIN_FRACTION = 0.25  # slices with less brain than this x the largest slic
 MIN_BRAIN_PIXELS = 64
 NORM_CLIP = 1.5
 NORM_REF = 0.85  # the brain's 75th percentile maps here
-PREPROCESS_VERSION = 3  # bump when preprocessing changes (invalidates caches); 3: scored slices by brain area in the scan's pixels
+PREPROCESS_VERSION = 4  # bump when preprocessing changes (invalidates caches); 3: scored slices by brain area in the scan's pixels; 4: crop boxes square in mm for non-square pixels
 
 
 @dataclass
@@ -73,13 +73,13 @@ class PreparedSlices:
         maps = np.asarray(maps, dtype=np.float32)
         h, w = self.original_shape
         out = np.zeros((len(maps), h, w), np.float32)
-        for i, (m, (r0, c0, side, _)) in enumerate(zip(maps, self.boxes)):
+        for i, (m, (r0, c0, n_rows, n_cols)) in enumerate(zip(maps, self.boxes)):
             t = torch.from_numpy(np.ascontiguousarray(m))[None, None]
             mode = "bilinear" if order == 1 else "nearest"
             kw = {"align_corners": False} if mode == "bilinear" else {}
-            big = F.interpolate(t, size=(int(side), int(side)), mode=mode, **kw)[0, 0].numpy()
+            big = F.interpolate(t, size=(int(n_rows), int(n_cols)), mode=mode, **kw)[0, 0].numpy()
             rs, cs = max(r0, 0), max(c0, 0)
-            re_, ce = min(r0 + side, h), min(c0 + side, w)
+            re_, ce = min(r0 + n_rows, h), min(c0 + n_cols, w)
             if re_ > rs and ce > cs:
                 out[i, rs:re_, cs:ce] = big[rs - r0 : re_ - r0, cs - c0 : ce - c0]
         return out
@@ -164,24 +164,30 @@ def informative_slices(masks: np.ndarray) -> np.ndarray:
     return (areas >= MIN_BRAIN_FRACTION * areas.max()) & (areas >= MIN_BRAIN_PIXELS)
 
 
-def square_box(mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
-    """Square (row0, col0, side, side) around the mask (whole image if mask is empty)."""
+def square_box(mask: np.ndarray, margin: float = CROP_MARGIN, aspect: float = 1.0) -> tuple[int, int, int, int]:
+    """(row0, col0, rows, cols) of a box around the mask that is square in millimetres (the whole
+    image if the mask is empty). ``aspect``: a row's height over a column's width (row spacing /
+    column spacing; 1 for square pixels, where the box is square in pixels too), so that resizing
+    the box to the model's square frame gives square model pixels whatever the scan's pixels were."""
     h, w = mask.shape
     rows, cols = np.nonzero(mask)
+    aspect = float(aspect) if np.isfinite(aspect) and aspect > 0 else 1.0
     if len(rows) == 0:
-        side = max(h, w)
-        return ((h - side) // 2, (w - side) // 2, side, side)
+        side = max(int(np.ceil(h * aspect - 1e-9)), w)  # in column pixels
+        n_rows = int(round(side / aspect))
+        return ((h - n_rows) // 2, (w - side) // 2, n_rows, side)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    side = int(np.ceil(max(r1 - r0, c1 - c0) * (1 + 2 * margin))) + 2
+    side = int(np.ceil(max((r1 - r0) * aspect, c1 - c0) * (1 + 2 * margin))) + 2  # in column pixels
+    n_rows = side if aspect == 1.0 else max(int(round(side / aspect)), 1)
     rc, cc = (r0 + r1) / 2, (c0 + c1) / 2
-    return (int(round(rc - side / 2)), int(round(cc - side / 2)), side, side)
+    return (int(round(rc - n_rows / 2)), int(round(cc - side / 2)), n_rows, side)
 
 
 def _crop(img: np.ndarray, box: tuple[int, int, int, int], fill: float = 0.0) -> np.ndarray:
-    r0, c0, side, _ = box
+    r0, c0, n_rows, n_cols = (int(v) for v in box)
     h, w = img.shape
-    out = np.full((side, side), fill, img.dtype)
-    rs, cs, re_, ce = max(r0, 0), max(c0, 0), min(r0 + side, h), min(c0 + side, w)
+    out = np.full((n_rows, n_cols), fill, img.dtype)
+    rs, cs, re_, ce = max(r0, 0), max(c0, 0), min(r0 + n_rows, h), min(c0 + n_cols, w)
     if re_ > rs and ce > cs:
         out[rs - r0 : re_ - r0, cs - c0 : ce - c0] = img[rs:re_, cs:ce]
     return out
@@ -189,7 +195,7 @@ def _crop(img: np.ndarray, box: tuple[int, int, int, int], fill: float = 0.0) ->
 
 def _resize(img: np.ndarray, size: int, mode: str = "area") -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-    if mode == "area" and img.shape[0] < size:
+    if mode == "area" and min(img.shape) < size:
         mode = "bilinear"
     kw = {"align_corners": False} if mode == "bilinear" else {}
     return F.interpolate(t, size=(size, size), mode=mode, **kw)[0, 0].numpy()
@@ -243,9 +249,14 @@ def check_pixels(slices: np.ndarray) -> np.ndarray:
 
 
 def preprocess_slices(
-    slices: np.ndarray, masks: np.ndarray | None = None, size: int = MODEL_SIZE
+    slices: np.ndarray, masks: np.ndarray | None = None, size: int = MODEL_SIZE,
+    pixel_spacing: tuple[float, float] | None = None,
 ) -> PreparedSlices:
-    """Slices (N, H, W) of one scan -> ``PreparedSlices`` (see module docstring)."""
+    """Slices (N, H, W) of one scan -> ``PreparedSlices`` (see module docstring).
+
+    ``pixel_spacing`` (row, column) in mm, where known: non-square pixels (a rectangular field of
+    view; a coronal or sagittal plane of thick slices) get a crop box that is square in mm, so the
+    model sees the anatomy in its true proportions. None or square pixels: the box is square in pixels."""
     a = check_pixels(slices)
     if masks is None:
         masks = extract_brain(a)
@@ -255,8 +266,13 @@ def preprocess_slices(
     images = np.zeros((n, size, size), np.float32)
     small = np.zeros((n, size, size), bool)
     boxes = np.zeros((n, 4), np.int64)
+    aspect = 1.0
+    if pixel_spacing is not None:
+        dr, dc = (float(v) for v in pixel_spacing)
+        if dr > 0 and dc > 0 and np.isfinite(dr / dc) and abs(dr / dc - 1.0) > 1e-3:
+            aspect = dr / dc
     for i in range(n):
-        box = square_box(masks[i])
+        box = square_box(masks[i], aspect=aspect)
         boxes[i] = box
         norm = normalise_intensity(a[i], masks[i], background) if masks[i].any() else np.zeros_like(a[i])
         crop = _crop(norm * masks[i], box)
@@ -278,4 +294,5 @@ def preprocess_scan(scan, plane: str = "axial", indices=None, size: int = MODEL_
     n = plane_size(scan, plane)
     idx = range(n) if indices is None else indices
     slices = np.stack([scan.slice(i, plane) for i in idx])
-    return preprocess_slices(slices, size=size)
+    spacing = scan.slice_spacing(plane) if getattr(scan, "spacing_known", True) else None
+    return preprocess_slices(slices, size=size, pixel_spacing=spacing)

@@ -32,6 +32,7 @@ from anomaly.training import TrainConfig, device_label, resolve_device, set_thre
 # setting (session 8) it costs ~25 ms, so the cohort's splits (158-161 slices) are used whole and
 # the cap only bounds very large validation folders of a user's own data.
 ON_DEMAND_SUBSET = 500
+MIN_CALIBRATION_SLICES = 20  # fewer healthy calibration slices: the card and stderr warn
 
 
 def _as_prepared(ps: PreparedSet) -> PreparedSlices:
@@ -208,9 +209,16 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
         write_card(out, card)
     else:
-        resumed = bool(cfg.resume) and (out / "work").is_dir() and any((out / "work").rglob("state.safetensors"))
-        if not resumed:  # a fresh start: the record says where it starts, before a Ctrl-C can cut the run short
-            _start_record(out, cfg)
+        saved_states = list((out / "work").rglob("state.safetensors")) if (out / "work").is_dir() else []
+        resumed = bool(cfg.resume) and bool(saved_states)
+        fingerprint = data_fingerprint(train_set, val_set)
+        if resumed:
+            _check_resumed_data(out, fingerprint, data)
+        else:  # a fresh start: the record says where it starts, before a Ctrl-C can cut the run short
+            if saved_states:
+                print(f"note: {out / 'work'} holds the saved state of an earlier run: starting afresh over it "
+                      "(--resume continues it)", file=sys.stderr)
+            _start_record(out, cfg, fingerprint)
         t_fit = time.time()
         from anomaly.training import INIT_USED
 
@@ -230,7 +238,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
             "input_size": [MODEL_SIZE, MODEL_SIZE],
             "normalisation": f"anomaly.preprocess: brain crop, resize {MODEL_SIZE}, (x - background) / ((p75 brain - background) / 0.85), clip [0, {NORM_CLIP}]",
             "training_data": _training_data_text(data, train_split, val_split, val_set),
-            "data_fingerprint": data_fingerprint(train_set, val_set),
+            "data_fingerprint": fingerprint,
             "n_train_slices": len(train_set),
             "n_val_normal_slices": len(val_set),
             "command": command or f"python -m anomaly.train {cls.name} --data {data}",
@@ -252,6 +260,10 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
     card["calibration"] = fit_calibration(res.anomaly_map, val_set.masks, res.raw_scores,
                                           fill=brain_fill(val_set.masks)).to_dict()
     card["validation"] = {"ms_per_slice": res.ms_per_slice}
+    if len(val_set) < MIN_CALIBRATION_SLICES:  # percentiles of a handful of slices say little
+        card["calibration_warning"] = (f"calibrated on {len(val_set)} healthy slice(s) only: its percentiles and "
+                                       f"thresholds are coarse (at least {MIN_CALIBRATION_SLICES} advised; add healthy scans)")
+        print(f"warning: {cls.name}: {card['calibration_warning']}", file=sys.stderr)
     write_card(out, card)  # the validation figures are scored with this calibration (brain-fill conditioning)
     clear_cache()
     m = get_method(cls.name, out)
@@ -342,14 +354,18 @@ def _check_init_source(ckpt_dir: Path, cls, out: Path, calibrate_only: bool) -> 
 
 
 INIT_RECORD = "initialised_from.json"  # in OUT/work: where a run began, kept for the runs that resume it
+DATA_RECORD = "data.json"  # OUT/work/data.json: the data fingerprint a run started on
 
 
-def _start_record(out: Path, cfg: TrainConfig) -> None:
+def _start_record(out: Path, cfg: TrainConfig, fingerprint: str | None = None) -> None:
     """At a fresh start: OUT/work/initialised_from.json names the checkpoint the networks start from
-    (``--init-from``), or is removed (random weights; a fine-tune may have used the folder before).
-    Runs that resume this one keep it."""
+    (``--init-from``), or is removed (random weights; a fine-tune may have used the folder before);
+    OUT/work/data.json keeps the data fingerprint the run starts on. Runs that resume this one keep both."""
     import json
 
+    if fingerprint is not None:
+        (out / "work").mkdir(parents=True, exist_ok=True)
+        (out / "work" / DATA_RECORD).write_text(json.dumps({"data_fingerprint": fingerprint}))
     rec = out / "work" / INIT_RECORD
     if not cfg.init_from:
         rec.unlink(missing_ok=True)
@@ -360,6 +376,23 @@ def _start_record(out: Path, cfg: TrainConfig) -> None:
     rec.write_text(json.dumps({"checkpoint": str(src.resolve()), "checkpoint_hash": old.get("checkpoint_hash"),
                                "method": old.get("method"), "train_steps": old.get("train_steps"),
                                "command": old.get("command")}, indent=1))
+
+
+def _check_resumed_data(out: Path, fingerprint: str, data: Path) -> None:
+    """--resume continues a run only on the data it started on (the card could not say otherwise)."""
+    import json
+
+    rec = out / "work" / DATA_RECORD
+    if not rec.is_file():  # a run started before the record existed
+        return
+    try:
+        started = json.loads(rec.read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return
+    if started and started != fingerprint:
+        raise DatasetError(f"--resume: the saved state in {out / 'work'} was trained on other data (fingerprint "
+                           f"{started}; {data} gives {fingerprint}): resume with the data it started on, or train "
+                           "afresh without --resume (or into another --out)")
 
 
 def _read_record(out: Path) -> dict | None:

@@ -398,3 +398,61 @@ def test_the_on_demand_panel_is_named_by_its_methods():
 
     assert method_class("anoddpm").title in on_demand_heading(["anoddpm"])
     assert "none" in on_demand_heading([])
+
+
+def _disc_in_mm(shape, spacing, radius_mm, value=100.0):
+    """A filled disc of ``radius_mm`` drawn on a grid whose pixels are ``spacing`` (row, col) mm."""
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    y, x = (rr - shape[0] / 2) * spacing[0], (cc - shape[1] / 2) * spacing[1]
+    return np.where(y**2 + x**2 <= radius_mm**2, value, 0.0).astype(np.float32)
+
+
+def test_non_square_pixels_reach_the_model_in_true_proportions():
+    """A round brain scanned with 2 x 1 mm pixels is an ellipse in pixels; the model must see a disc
+    (a box square in mm, resized to the square frame), and maps must go back onto the scan's grid."""
+    from anomaly.preprocess import preprocess_slices, square_box
+
+    rng = np.random.default_rng(0)
+    m = rng.random((60, 80)) > 0.2
+    m[:5], m[-5:] = False, False
+    assert square_box(m) == square_box(m, aspect=1.0)  # square pixels: the box as before, square in pixels
+    r0, c0, h, w = square_box(m, aspect=2.0)
+    assert abs(h * 2.0 - w) <= 2  # rows of 2 mm: half as many rows as columns, the same millimetres
+    disc = _disc_in_mm((90, 160), (2.0, 1.0), 60.0)
+    mask = disc > 0
+    for spacing, expect_round in (((2.0, 1.0), True), (None, False)):
+        prep = preprocess_slices(disc[None] + 1.0, masks=mask[None], pixel_spacing=spacing)
+        rows, cols = np.nonzero(prep.masks[0])
+        ratio = (rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1)
+        assert (abs(ratio - 1.0) < 0.05) == expect_round, (spacing, ratio)
+        back = prep.to_original(prep.masks[:1].astype(np.float32))[0] > 0.5
+        assert back.shape == mask.shape and (back & mask).sum() / mask.sum() > 0.97
+
+
+def test_scans_and_folders_pass_their_pixel_spacing(tmp_path):
+    """The app (``preprocess_scan``, every plane) and training/evaluation folders (NIfTI header)
+    give preprocessing the pixel spacing; a PNG has none."""
+    import nibabel as nib
+
+    from anomaly.data.folder import read_pixel_spacing
+    from anomaly.io import load_scan
+    from anomaly.preprocess import preprocess_scan
+
+    # a sphere of radius 40 mm in a volume of 1 x 1 x 4 mm voxels (4 mm slices): round in every plane
+    zz, yy, xx = np.mgrid[:30, :100, :100]
+    vol = np.where(((zz - 15) * 4.0) ** 2 + (yy - 50.0) ** 2 + (xx - 50.0) ** 2 <= 40.0**2, 100.0, 1.0).astype(np.float32)
+    ras = np.transpose(vol, (2, 1, 0))  # (x, y, z)
+    p = tmp_path / "aniso.nii.gz"
+    nib.save(nib.Nifti1Image(ras, np.diag([1.0, 1.0, 4.0, 1.0])), str(p))
+    scan = load_scan(p)
+    for plane in ("axial", "coronal"):
+        prep = preprocess_scan(scan, plane)
+        mid = int(np.argmax(prep.original_masks.reshape(len(prep), -1).sum(1)))
+        rows, cols = np.nonzero(prep.masks[mid])
+        assert abs((rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1) - 1.0) < 0.1, plane
+    nib.save(nib.Nifti1Image(ras, np.diag([1.0, 2.0, 4.0, 1.0])), str(tmp_path / "b.nii.gz"))
+    assert read_pixel_spacing(tmp_path / "b.nii.gz") == (2.0, 1.0)  # rows run front to back (y), columns x
+    from PIL import Image
+
+    Image.fromarray(vol[15].astype(np.uint8)).save(tmp_path / "s.png")
+    assert read_pixel_spacing(tmp_path / "s.png") is None

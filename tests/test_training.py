@@ -545,3 +545,62 @@ def test_training_a_method_the_consensus_lacks_says_how_to_add_it(tiny_checkpoin
     assert f"the consensus in {root} does not include vae" in err
     assert f"python -m anomaly.train consensus --data {tiny_dataset} --out {root / 'consensus'}" in err
     assert load_card(root / "consensus")["members"] == members  # told, not changed behind the user's back
+
+
+def test_a_calibration_on_few_healthy_slices_is_flagged(tmp_path, capsys):
+    """Two PNGs train and calibrate (one slice each), but the card, stderr and the app's methods
+    table say the percentiles rest on almost nothing."""
+    from anomaly.checkpoints import load_card
+    from anomaly.data.folder import read_image, write_image
+    from anomaly.train import MIN_CALIBRATION_SLICES, train
+    from anomaly.ui.callbacks import _validation_cell
+    from tests.conftest import TEMPLATE
+
+    v = read_image(TEMPLATE)
+    for i in (60, 70):
+        write_image(tmp_path / "two", f"s{i}", v[i:i + 1].astype(np.float32))
+    train("zscore", tmp_path / "two", tmp_path / "z", TrainConfig(seed=0))
+    card = load_card(tmp_path / "z")
+    assert card["calibration"]["n_slices"] < MIN_CALIBRATION_SLICES
+    assert "calibrated on 1 healthy slice(s) only" in card["calibration_warning"]
+    assert "warning: zscore: calibrated on 1 healthy slice(s)" in capsys.readouterr().err
+    assert "calibrated on few healthy slices" in _validation_cell(card)
+
+
+def test_resume_on_other_data_is_refused_and_a_fresh_start_over_a_saved_state_says_so(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from anomaly.train import main, train
+
+    out = tmp_path / "ae"
+    train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=2, batch_size=4))
+    assert (out / "work" / "data.json").is_file()
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    victim = sorted((other / "train" / "images").iterdir())[0]
+    victim.unlink()  # other data: one training file fewer
+    capsys.readouterr()
+    assert main(["ae", "--data", str(other), "--out", str(out), "--steps", "4", "--batch-size", "4",
+                 "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: the saved state" in err and "was trained on other data" in err and "Traceback" not in err
+    # the same data resumes; training afresh over a saved state says that it does
+    assert train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=3, batch_size=4, resume=True))["resumed_from_saved_state"]
+    train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=1, batch_size=4))
+    assert "holds the saved state of an earlier run: starting afresh over it" in capsys.readouterr().err
+
+
+def test_files_in_images_that_are_not_read_are_named(tmp_path, capsys):
+    from anomaly.data.folder import read_folder, read_image, write_image
+    from tests.conftest import TEMPLATE
+
+    v = read_image(TEMPLATE)
+    write_image(tmp_path / "ds", "s60", v[60:61].astype(np.float32))
+    (tmp_path / "ds" / "images" / "README.txt").write_text("notes")
+    (tmp_path / "ds" / "images" / "series").mkdir()
+    (tmp_path / "ds" / "images" / ".DS_Store").write_text("")
+    assert [it.name for it in read_folder(tmp_path / "ds")] == ["s60"]
+    err = capsys.readouterr().err
+    assert "also holds README.txt, series/: not read" in err and ".DS_Store" not in err
+    read_folder(tmp_path / "ds")
+    assert "not read" not in capsys.readouterr().err  # said once

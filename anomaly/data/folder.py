@@ -15,6 +15,7 @@ other than 0, 1 or empty and a mask without an image of its name are ``DatasetEr
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +72,41 @@ def read_image(path: Path) -> np.ndarray:
     return ras_to_display(a).astype(np.float32)
 
 
+def read_pixel_spacing(path: Path) -> tuple[float, float] | None:
+    """(row, column) spacing in mm of the slices ``read_image`` gives (rows anterior->posterior,
+    columns right->left, from the NIfTI header's voxel sizes); None for a PNG (no pixel size) or a
+    header without usable sizes."""
+    path = Path(path)
+    if path.name.lower().endswith(".png"):
+        return None
+    try:
+        import nibabel as nib
+
+        zooms = nib.as_closest_canonical(nib.load(str(path))).header.get_zooms()
+    except Exception:  # read_image says what is wrong with the file
+        return None
+    if len(zooms) < 2 or not all(np.isfinite(float(z)) and float(z) > 0 for z in zooms[:2]):
+        return None
+    return (float(zooms[1]), float(zooms[0]))
+
+
 def read_mask(path: Path) -> np.ndarray:
     return read_image(path) > 0
+
+
+_NOTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _note_ignored(img_dir: Path, names: list[str]) -> None:
+    """Say once (per folder and set of names) which entries of images/ are not read: a user who put
+    DICOM files or a README there should know they were not used."""
+    key = (str(img_dir), tuple(names))
+    if not names or key in _NOTED:
+        return
+    _NOTED.add(key)
+    shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+    print(f"note: {img_dir} also holds {shown}: not read (a data set's images are .png, .nii or .nii.gz; "
+          "convert DICOM to NIfTI, or open it in the app)", file=sys.stderr)
 
 
 def read_folder(root: Path) -> list[Item]:
@@ -86,6 +120,8 @@ def read_folder(root: Path) -> list[Item]:
     images = sorted(p for p in img_dir.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
     if not images:
         raise DatasetError(f"{img_dir} holds no .png, .nii or .nii.gz images")
+    _note_ignored(img_dir, sorted(p.name + ("/" if p.is_dir() else "") for p in img_dir.iterdir()
+                                  if not p.name.startswith(".") and not p.name.lower().endswith(IMAGE_SUFFIXES)))
     masks = {}
     if (root / "masks").is_dir():
         masks = {_stem(p): p for p in (root / "masks").iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from anomaly.data.folder import read_folder, read_image, read_matching_mask
+from anomaly.data.folder import read_folder, read_image, read_matching_mask, read_pixel_spacing
 from anomaly.errors import InvalidImageError
 from anomaly.preprocess import MODEL_SIZE, PREPROCESS_VERSION, extractor_id, preprocess_slices
 
@@ -82,7 +82,7 @@ def load_prepared(root: Path, size: int = MODEL_SIZE, only_valid: bool = True, c
             a = read_image(item.image_path)
             bm = brain_dir / item.image_path.name
             gt = read_matching_mask(bm, a, item.image_path, "brain mask") if (use_bm and bm.exists()) else None
-            prep = preprocess_slices(a, masks=gt, size=size)
+            prep = preprocess_slices(a, masks=gt, size=size, pixel_spacing=read_pixel_spacing(item.image_path))
         except InvalidImageError as e:  # blank or tiny: nothing to learn from, not a reason to stop
             tqdm.write(f"skipped {item.image_path.name}: {e}", file=sys.stderr)
             continue

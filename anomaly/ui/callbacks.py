@@ -540,9 +540,10 @@ def _number(x) -> bool:
 def _validation_cell(card: dict) -> str:
     v = card.get("validation") if isinstance(card.get("validation"), dict) else {}
     auc, ap, n = v.get("val_lesion_image_auroc"), v.get("val_lesion_pixel_ap"), v.get("val_lesion_slices")
+    warn = " (calibrated on few healthy slices: coarse percentiles)" if card.get("calibration_warning") else ""
     if not (_number(auc) and _number(ap)):
-        return "not measured"
-    return f"{auc:.2f} / {ap:.3f}" + (f" ({int(n)} slices)" if _number(n) else "")
+        return "not measured" + warn
+    return f"{auc:.2f} / {ap:.3f}" + (f" ({int(n)} slices)" if _number(n) else "") + warn
 
 
 def _trained_cell(card: dict) -> str:
