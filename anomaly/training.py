@@ -231,6 +231,12 @@ class TrainLoop:
         self.step = int(flat["meta.step"][0])
         self.elapsed_before = float(flat["meta.elapsed"][0])
         _say(f"{self.desc}: resuming from step {self.step} ({self.elapsed_before / 60:.1f} min already trained)")
+        if self.step >= self.cfg.max_steps:
+            _say(f"{self.desc}: already at step {self.step}, not below --steps {self.cfg.max_steps}: nothing more "
+                 "to train (raise --steps to go on)")
+        elif self.elapsed_before >= self.cfg.minutes * 60:
+            _say(f"{self.desc}: {self.elapsed_before / 60:.1f} min already trained, not below --minutes "
+                 f"{self.cfg.minutes:g}: nothing more to train (raise --minutes to go on)")
 
     def __iter__(self):
         cfg = self.cfg

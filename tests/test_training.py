@@ -197,6 +197,8 @@ def test_an_interrupted_loop_saves_its_state_and_resume_says_where_it_goes_on(tm
     again, net2, _ = _tiny_loop(tmp_path, 100, resume=True)
     assert again.step == 4 and torch.equal(net2.weight, net.weight)
     assert "resuming from step 4" in capsys.readouterr().err
+    _tiny_loop(tmp_path, 3, resume=True)  # --steps below the steps done: said, not silently nothing
+    assert "already at step 4, not below --steps 3: nothing more to train" in capsys.readouterr().err
     _tiny_loop(tmp_path / "none", 10, resume=True)
     assert "no saved state" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="not that of this model"):
@@ -604,3 +606,15 @@ def test_files_in_images_that_are_not_read_are_named(tmp_path, capsys):
     assert "also holds README.txt, series/: not read" in err and ".DS_Store" not in err
     read_folder(tmp_path / "ds")
     assert "not read" not in capsys.readouterr().err  # said once
+
+
+def test_a_4d_volume_in_a_data_set_is_refused_with_what_to_do(tmp_path):
+    import nibabel as nib
+
+    from anomaly.data.folder import read_image
+    from anomaly.errors import DatasetError
+
+    p = tmp_path / "dwi.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 4, 3), np.float32), np.eye(4)), str(p))
+    with pytest.raises(DatasetError, match="4D file holds 3 volumes: save the one meant as its own NIfTI"):
+        read_image(p)

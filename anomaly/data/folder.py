@@ -68,7 +68,9 @@ def read_image(path: Path) -> np.ndarray:
     if a.ndim == 4 and a.shape[3] == 1:
         a = a[..., 0]
     if a.ndim != 3:
-        raise DatasetError(f"{path}: expected a 2D or 3D image, got shape {a.shape}")
+        hint = (f"; a 4D file holds {a.shape[3]} volumes: save the one meant as its own NIfTI (e.g. "
+                f"nibabel.funcs.four_to_three)" if a.ndim == 4 else "")
+        raise DatasetError(f"{path}: expected a 2D or 3D image, got shape {a.shape}{hint}")
     return ras_to_display(a).astype(np.float32)
 
 

@@ -280,7 +280,9 @@ class FeatureResidual(AnomalyMethod):
         # greedy coreset in a random projection (PatchCore's speed-up), then keep the full vectors
         d = vecs.shape[1]
         proj = torch.randn(d, min(d, int(fcfg["coreset_dim"])), generator=g) / math.sqrt(d)
-        print(f"feature: coreset {fcfg['bank_size']} of {len(vecs)} patches", file=sys.stderr)
+        kept = min(int(fcfg["bank_size"]), len(vecs))
+        print(f"feature: memory bank of {kept} of {len(vecs)} patches"
+              + (" (all of them: fewer than the bank size)" if kept == len(vecs) else " (greedy coreset)"), file=sys.stderr)
         idx = greedy_coreset(vecs @ proj if d > fcfg["coreset_dim"] else vecs, int(fcfg["bank_size"]), g)
         bank = vecs[idx]
         tensors = {f"backbone.{k}": v for k, v in weights.items()}
