@@ -550,14 +550,16 @@ def _paired_differences(reference: str | None, meta: list[dict], accs: dict, sto
     subjects = _subjects(meta, known)
     pixel_subjects = _subjects(meta, np.isin(np.arange(len(meta)), sids)) if subjects is not None else None
 
-    def differences(name: str, groups, pixel_groups) -> dict:
+    def differences(name: str, groups, pixel_groups, pixel: bool = True) -> dict:
         return {
             "image_auroc": M.paired_bootstrap(M.image_auroc, y, scores[name], scores[reference], n=bootstrap,
                                               seed=seed, groups=groups),
             "image_ap": M.paired_bootstrap(M.image_ap, y, scores[name], scores[reference], n=bootstrap, seed=seed,
                                            groups=groups),
-            "pixel_ap": M.paired_pixel_ap_bootstrap(masks, [store.values[name][s] for s in sids], ref_maps,
-                                                    n=bootstrap, seed=seed, groups=pixel_groups),
+            # the pixel slices may name fewer subjects than the labelled ones: then no such interval
+            "pixel_ap": (M.paired_pixel_ap_bootstrap(masks, [store.values[name][s] for s in sids], ref_maps,
+                                                     n=bootstrap, seed=seed, groups=pixel_groups)
+                         if pixel else M.PairedDifference(M.NAN, M.NAN, M.NAN, M.NAN)),
         }
 
     out = {}
@@ -566,9 +568,10 @@ def _paired_differences(reference: str | None, meta: list[dict], accs: dict, sto
             continue
         out[name] = {k: {"difference": d.difference, "ci": [d.low, d.high], "share_not_better": d.share_not_better}
                      for k, d in differences(name, None, None).items()}
-        if subjects is not None and pixel_subjects is not None:
+        if subjects is not None:
             out[name]["by_subject"] = {k: {"ci": [d.low, d.high], "share_not_better": d.share_not_better}
-                                       for k, d in differences(name, subjects, pixel_subjects).items()}
+                                       for k, d in differences(name, subjects, pixel_subjects,
+                                                               pixel_subjects is not None).items()}
     return {"reference": reference, "bootstrap": int(bootstrap), "methods": out}
 
 

@@ -32,7 +32,8 @@ class PreparedSlices:
     """Model-ready slices and the geometry to map results back.
 
     images: (N, S, S) float32 normalised; masks: (N, S, S) bool brain masks;
-    boxes: (N, 4) int (row0, col0, side, side) square crop in original pixels;
+    boxes: (N, 4) int (row0, col0, rows, cols) crop in original pixels, square in mm (in pixels too
+    for square pixels);
     original_masks: (N, H, W) bool; valid: (N,) bool slices with enough brain to score.
     """
 
@@ -195,9 +196,12 @@ def _crop(img: np.ndarray, box: tuple[int, int, int, int], fill: float = 0.0) ->
 
 def _resize(img: np.ndarray, size: int, mode: str = "area") -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
+    kw = {}
     if mode == "area" and min(img.shape) < size:
         mode = "bilinear"
-    kw = {"align_corners": False} if mode == "bilinear" else {}
+        if max(img.shape) > size:  # a rectangular crop (non-square pixels), shrunk along one side only
+            kw["antialias"] = True
+    kw.update({"align_corners": False} if mode == "bilinear" else {})
     return F.interpolate(t, size=(size, size), mode=mode, **kw)[0, 0].numpy()
 
 

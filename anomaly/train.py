@@ -206,7 +206,7 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         old = load_card(out)
         if not old.get("checkpoint_hash"):
             raise DatasetError(f"--calibrate-only: no trained checkpoint in {out}")
-        card = {k: v for k, v in old.items() if k not in ("calibration", "validation")}
+        card = {k: v for k, v in old.items() if k not in ("calibration", "validation", "calibration_warning")}
         write_card(out, card)
     else:
         saved_states = list((out / "work").rglob("state.safetensors")) if (out / "work").is_dir() else []
@@ -215,9 +215,11 @@ def train(method: str, data: Path, out: Path | None = None, cfg: TrainConfig | N
         if resumed:
             _check_resumed_data(out, fingerprint, data)
         else:  # a fresh start: the record says where it starts, before a Ctrl-C can cut the run short
-            if saved_states:
+            if saved_states:  # removed, so that a later --resume cannot pick up the earlier run's weights
                 print(f"note: {out / 'work'} holds the saved state of an earlier run: starting afresh over it "
-                      "(--resume continues it)", file=sys.stderr)
+                      "(--resume would have continued it)", file=sys.stderr)
+                for st in saved_states:
+                    st.unlink(missing_ok=True)
             _start_record(out, cfg, fingerprint)
         t_fit = time.time()
         from anomaly.training import INIT_USED

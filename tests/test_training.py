@@ -590,6 +590,11 @@ def test_resume_on_other_data_is_refused_and_a_fresh_start_over_a_saved_state_sa
     assert train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=3, batch_size=4, resume=True))["resumed_from_saved_state"]
     train("ae", tiny_dataset, out, TrainConfig(seed=0, max_steps=1, batch_size=4))
     assert "holds the saved state of an earlier run: starting afresh over it" in capsys.readouterr().err
+    # the earlier run's state (step 3) went with it: what a later --resume finds is the fresh run's (step 1)
+    from safetensors.torch import load_file
+
+    states = list((out / "work").rglob("state.safetensors"))
+    assert states and all(int(load_file(str(st))["meta.step"][0]) == 1 for st in states)
 
 
 def test_files_in_images_that_are_not_read_are_named(tmp_path, capsys):
@@ -618,3 +623,20 @@ def test_a_4d_volume_in_a_data_set_is_refused_with_what_to_do(tmp_path):
     nib.save(nib.Nifti1Image(np.ones((10, 10, 4, 3), np.float32), np.eye(4)), str(p))
     with pytest.raises(DatasetError, match="4D file holds 3 volumes: save the one meant as its own NIfTI"):
         read_image(p)
+
+
+def test_calibrate_only_on_enough_slices_drops_the_few_slices_warning(tiny_dataset, tmp_path):
+    from anomaly.checkpoints import load_card, write_card
+    from anomaly.train import train
+
+    out = tmp_path / "z"
+    train("zscore", tiny_dataset, out, TrainConfig(seed=0))
+    card = load_card(out)
+    card["calibration_warning"] = "calibrated on 1 healthy slice(s) only"  # as a first fit on two files left it
+    write_card(out, card)
+    train("zscore", tiny_dataset, out, TrainConfig(seed=0), calibrate_only=True)
+    n = load_card(out)["calibration"]["n_slices"]
+    from anomaly.train import MIN_CALIBRATION_SLICES
+
+    assert ("calibration_warning" in load_card(out)) == (n < MIN_CALIBRATION_SLICES)
+    assert load_card(out).get("calibration_warning") != "calibrated on 1 healthy slice(s) only"
