@@ -418,8 +418,6 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
     for chunk in _chunks(items, selection, exclude_invalid, skipped, progress, "evaluate"):
         for e in chunk:
             kind = str(e.item.extras.get("kind", "") or "").strip() or None
-            subject = str(next((v for k, v in e.item.extras.items() if str(k).strip().lower() == "subject"), "")
-                          or "").strip() or None  # the column name in any case, as training reads it
             sizes = {c: str(e.item.extras.get(c, "") or "").strip() for c in NUMERIC_COLUMNS}
             for k, s in enumerate(e.samples):
                 sid = len(meta)
@@ -429,7 +427,7 @@ def evaluate(data_dir, methods: list[str], out_dir, val_data=None, checkpoint_ro
                 meta.append({"file": e.item.image_path.name, "index": s.index, "label": s.label,
                              "has_mask": s.mask is not None, "has_pixel_truth": truth is not None,
                              "valid": bool(e.prep.valid[k]),
-                             "kind": kind, "subject": subject,
+                             "kind": kind, "subject": e.item.subject,
                              **{c: _column_number(v) if v else None for c, v in sizes.items()}})
                 if truth is not None:
                     brain = e.prep.original_masks[k]

@@ -179,7 +179,7 @@ def square_box(mask: np.ndarray, margin: float = CROP_MARGIN, aspect: float = 1.
         return ((h - n_rows) // 2, (w - side) // 2, n_rows, side)
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     side = int(np.ceil(max((r1 - r0) * aspect, c1 - c0) * (1 + 2 * margin))) + 2  # in column pixels
-    n_rows = side if aspect == 1.0 else max(int(round(side / aspect)), 1)
+    n_rows = int(round(side / aspect))  # = side for square pixels
     rc, cc = (r0 + r1) / 2, (c0 + c1) / 2
     return (int(round(rc - n_rows / 2)), int(round(cc - side / 2)), n_rows, side)
 
@@ -298,5 +298,5 @@ def preprocess_scan(scan, plane: str = "axial", indices=None, size: int = MODEL_
     n = plane_size(scan, plane)
     idx = range(n) if indices is None else indices
     slices = np.stack([scan.slice(i, plane) for i in idx])
-    spacing = scan.slice_spacing(plane) if getattr(scan, "spacing_known", True) else None
+    spacing = scan.slice_spacing(plane) if scan.spacing_known else None
     return preprocess_slices(slices, size=size, pixel_spacing=spacing)

@@ -119,12 +119,7 @@ def _healthy_only(ps: PreparedSet, items: list) -> PreparedSet:
 def _subjects_of(items: list) -> dict[str, str]:
     """File name -> ``subject`` from the folder's labels.csv (``_folder_items``; files without one are
     left out; the column name is matched without regard to case)."""
-    out = {}
-    for it in items:
-        val = next((v for k, v in it.extras.items() if str(k).strip().lower() == "subject"), None)
-        if str(val or "").strip():
-            out[it.name] = str(val).strip()
-    return out
+    return {it.name: it.subject for it in items if it.subject}
 
 
 def hold_out_files(ps: PreparedSet, fraction: float = 0.1, seed: int = 0,

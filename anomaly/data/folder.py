@@ -44,6 +44,12 @@ class Item:
     label: int | None = None
     extras: dict = field(default_factory=dict)
 
+    @property
+    def subject(self) -> str | None:
+        """The labels.csv ``subject`` of this file (the column name in any case), None where it has none."""
+        val = next((v for k, v in self.extras.items() if str(k).strip().lower() == "subject"), None)
+        return (str(val).strip() or None) if val is not None else None
+
 
 def read_image(path: Path) -> np.ndarray:
     """(N, H, W) float32: a PNG is (1, H, W); a NIfTI 2D/3D is (S, H, W) in display order."""
@@ -84,12 +90,19 @@ def read_pixel_spacing(path: Path) -> tuple[float, float] | None:
     try:
         import nibabel as nib
 
-        zooms = nib.as_closest_canonical(nib.load(str(path))).header.get_zooms()
+        img = nib.load(str(path))
+        zooms = [float(z) for z in img.header.get_zooms()[:3]]
+        # the voxel sizes along the RAS+ axes read_image reorients to, from the affine alone (the
+        # canonical image itself would read a non-RAS volume's voxels a second time)
+        ornt = nib.orientations.io_orientation(img.affine)
+        ras = [1.0] * 3
+        for axis, (to, _) in enumerate(ornt[: len(zooms)]):
+            ras[int(to)] = zooms[axis]
     except Exception:  # read_image says what is wrong with the file
         return None
-    if len(zooms) < 2 or not all(np.isfinite(float(z)) and float(z) > 0 for z in zooms[:2]):
+    if len(zooms) < 2 or not all(np.isfinite(z) and z > 0 for z in ras[:2]):
         return None
-    return (float(zooms[1]), float(zooms[0]))
+    return (ras[1], ras[0])
 
 
 def read_mask(path: Path) -> np.ndarray:
